@@ -1,0 +1,50 @@
+//! tidelog's storage engine: topics of partitions, each an append-only log of CRC-checked
+//! batches in memory-mapped segment files, with sparse offset and time indexes, group
+//! commit, crash recovery and retention. No networking here.
+//!
+//! # Layout (in data-path order)
+//! - `builder.rs` — a producer's side: records → one batch, CRC computed once.
+//! - `batch.rs` — the batch header byte layout, frame check (length + CRC) and full
+//!   validation of an arriving batch; `record.rs` — records inside a batch, zero-copy views;
+//!   `varint.rs` — the integer encoding both use.
+//! - `partition.rs` — append (validate → producer dedup → roll → copy into the mapping →
+//!   index → publish), read (index lookup → whole batches as a borrowed slice), flush,
+//!   retention.
+//! - `segment.rs` — one segment file and its mapping; `index.rs` — its offset and time
+//!   indexes over `entry_file.rs`, a mapped array of fixed-size entries.
+//! - `flusher.rs` — the background thread: group commit, periodic sync, retention.
+//! - `checkpoint.rs` — how far the active segment is durable; `recovery.rs` — opening a
+//!   partition after a clean or unclean stop; `producer.rs` — idempotent producer state.
+//! - `topic.rs` — topic metadata; `engine.rs` — the data directory, topics, clean shutdown.
+//! - `notify.rs` — change notification for long polls and subscriptions; `fsio.rs` —
+//!   fallocate, atomic writes, the sync seam for fault injection; `config.rs`, `error.rs`.
+//!
+//! The file formats are specified in `docs/FORMAT.md`.
+
+pub mod batch;
+pub mod builder;
+mod checkpoint;
+pub mod config;
+mod engine;
+mod entry_file;
+pub mod error;
+mod flusher;
+pub mod fsio;
+pub mod index;
+pub mod notify;
+pub mod partition;
+pub mod producer;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+pub mod topic;
+pub mod varint;
+
+pub use builder::{build_batch, build_batch_into, ProducerStamp, Record};
+pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};
+pub use config::{EngineConfig, RecoveryPolicy, TopicConfig};
+pub use engine::{AckLevel, Engine, PartitionInfo, TopicInfo, CLEAN_SHUTDOWN_FILE};
+pub use error::{EngineError, Result};
+pub use notify::{Change, Watcher};
+pub use partition::{Appended, Fetched, Partition, SeekFrom};
+pub use recovery::{RecoveryReport, Truncation};

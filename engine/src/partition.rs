@@ -1,0 +1,543 @@
+//! A partition: an ordered list of segments, the last one active, with dense offsets.
+//!
+//! Who owns what:
+//! - `writer` (a mutex) is held by whoever appends: it owns the active segment's write
+//!   position, producer state and rolling. Appends to one partition are serialised;
+//!   appends to different partitions run in parallel.
+//! - `segments` is an immutable list swapped on roll and retention; readers clone the
+//!   `Arc` and read lock-free from the mappings.
+//! - `flush` is held by the flusher thread while it syncs; it records how far the active
+//!   segment is durable and writes the recovery checkpoint.
+//!
+//! Lock order: `flush` → `writer` → `segments`.
+//!
+//! Invariants: offsets are dense and increasing across segments (segment N+1's base is
+//! segment N's next offset); `durable_offset <= next_offset`; every segment but the last is
+//! sealed (trimmed and fsynced); after a failed sync the partition is poisoned and
+//! refuses appends until reopened.
+
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::Instant;
+
+use crate::batch::{self, BatchError};
+use crate::checkpoint::{Checkpoint, CheckpointFile};
+use crate::config::TopicConfig;
+use crate::error::{EngineError, Result};
+use crate::fsio::{self, SyncPolicy};
+use crate::notify::{Change, WaitPoint, Watcher};
+use crate::producer::{BatchRecord, ProducerState, SequenceCheck};
+use crate::segment::Segment;
+
+pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
+
+/// Where to start reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekFrom {
+    Earliest,
+    /// The next offset to be written: only new records.
+    Latest,
+    Offset(u64),
+    /// The first batch holding a record at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// The batch was a producer retry already in the log; nothing was written.
+    pub duplicate: bool,
+}
+
+/// Whole batches read from one segment: a borrowed view of the mapping, zero-copy.
+/// Holding it keeps the segment's mapping alive (retention cannot pull it away).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    segment: Option<Arc<Segment>>,
+    start: u32,
+    end: u32,
+    /// Offset after the last batch returned (where the next read starts).
+    pub next_offset: u64,
+    /// The partition's next offset to be written, when the read was made.
+    pub high_watermark: u64,
+    /// The partition's earliest offset, when the read was made.
+    pub earliest_offset: u64,
+}
+
+impl Fetched {
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+    /// The segment the bytes come from and their position, for `sendfile`.
+    pub fn file_range(&self) -> Option<(&Segment, u32, u32)> {
+        self.segment.as_deref().map(|s| (s, self.start, self.end))
+    }
+}
+
+impl Deref for Fetched {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.segment
+            .as_ref()
+            .and_then(|s| s.bytes(self.start, self.end))
+            .unwrap_or(&[])
+    }
+}
+
+#[derive(Debug)]
+struct Writer {
+    active: Arc<Segment>,
+    producers: ProducerState,
+}
+
+#[derive(Debug, Default)]
+struct FlushProgress {
+    segment_base: u64,
+    position: u32,
+    offset_entries: usize,
+    time_entries: usize,
+}
+
+/// Shared with the engine: who to tell about changes.
+pub(crate) type WatcherSlot = Arc<OnceLock<Arc<dyn Watcher>>>;
+
+pub struct Partition {
+    topic: Arc<str>,
+    id: u32,
+    dir: PathBuf,
+    config: TopicConfig,
+    sync: SyncPolicy,
+    writer: Mutex<Writer>,
+    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    next_offset: AtomicU64,
+    durable_offset: AtomicU64,
+    poisoned: AtomicBool,
+    flush: Mutex<FlushProgress>,
+    checkpoint: CheckpointFile,
+    wait: WaitPoint,
+    watcher: WatcherSlot,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("topic", &self.topic)
+            .field("id", &self.id)
+            .field("next_offset", &self.next_offset())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What recovery hands to a partition.
+pub(crate) struct Recovered {
+    pub segments: Vec<Arc<Segment>>,
+    pub producers: ProducerState,
+    /// Offset up to which the log is known durable (sealed segments, or the checkpoint).
+    pub durable_offset: u64,
+}
+
+impl Partition {
+    pub(crate) fn from_recovered(
+        topic: Arc<str>,
+        id: u32,
+        dir: PathBuf,
+        config: TopicConfig,
+        sync: SyncPolicy,
+        recovered: Recovered,
+        watcher: WatcherSlot,
+    ) -> Result<Partition> {
+        let active = recovered.segments.last().cloned().ok_or_else(|| {
+            EngineError::InvalidConfig("a partition needs at least one segment".into())
+        })?;
+        let next = active.next_offset();
+        let checkpoint = CheckpointFile::open(&dir)?;
+        Ok(Partition {
+            topic,
+            id,
+            dir,
+            config,
+            sync,
+            next_offset: AtomicU64::new(next),
+            durable_offset: AtomicU64::new(recovered.durable_offset.min(next)),
+            writer: Mutex::new(Writer {
+                active,
+                producers: recovered.producers,
+            }),
+            segments: RwLock::new(Arc::new(recovered.segments)),
+            poisoned: AtomicBool::new(false),
+            flush: Mutex::new(FlushProgress::default()),
+            checkpoint,
+            wait: WaitPoint::default(),
+            watcher,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn config(&self) -> &TopicConfig {
+        &self.config
+    }
+
+    /// The next offset to be assigned (the high watermark): records `< next_offset()` are
+    /// readable.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    /// Records `< durable_offset()` are synced to disk.
+    pub fn durable_offset(&self) -> u64 {
+        self.durable_offset.load(Ordering::Acquire)
+    }
+
+    pub fn earliest_offset(&self) -> u64 {
+        self.segments().first().map_or(0, |s| s.base_offset())
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// The current segment list (a snapshot; cheap to clone).
+    pub fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.segments.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Bytes held on disk by the partition's data (not counting preallocation).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments().iter().map(|s| u64::from(s.len())).sum()
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, change: Change) {
+        self.wait.notify();
+        if let Some(w) = self.watcher.get() {
+            w.on_change(&self.topic, self.id, change);
+        }
+    }
+
+    fn poison(&self, err: &EngineError) {
+        tracing::error!(topic = %self.topic, partition = self.id, error = %err, "sync failed; partition poisoned");
+        self.poisoned.store(true, Ordering::Release);
+        self.emit(Change::Poisoned);
+    }
+
+    fn poisoned_error(&self) -> EngineError {
+        EngineError::Poisoned {
+            topic: self.topic.to_string(),
+            partition: self.id,
+        }
+    }
+
+    /// Appends one batch (as built by `builder::build_batch` or received from a producer).
+    /// The batch is fully validated (CRC, structure) before anything is written. Returns
+    /// once the batch is readable (`written`); see [`Partition::wait_durable`] for
+    /// `durable`.
+    pub fn append(&self, batch_bytes: &[u8]) -> Result<Appended> {
+        let max = self.config.batch_bytes_max as usize;
+        if batch_bytes.len() > max {
+            return Err(EngineError::RecordTooLarge {
+                len: batch_bytes.len(),
+                max,
+            });
+        }
+        let view = batch::validate(batch_bytes).map_err(|e| match e {
+            BatchError::Incomplete { needed, have } => {
+                EngineError::InvalidBatch(format!("truncated: batch needs {needed} bytes, {have} given"))
+            }
+            BatchError::Invalid(why) => EngineError::InvalidBatch(why),
+        })?;
+        let header = view.header;
+        let mut w = self.lock_writer();
+        if self.is_poisoned() {
+            return Err(self.poisoned_error());
+        }
+        if header.producer_id != 0 {
+            if let SequenceCheck::Duplicate(hit) = w.producers.check(header.producer_id, header.producer_seq)? {
+                return Ok(Appended {
+                    base_offset: hit.base_offset,
+                    last_offset: hit.last_offset,
+                    duplicate: true,
+                });
+            }
+        }
+        if !w.active.has_room(batch_bytes.len()) || self.segment_expired(&w.active) {
+            self.roll(&mut w)?;
+        }
+        let base_offset = self.next_offset.load(Ordering::Relaxed);
+        w.active.append(batch_bytes, &header, base_offset);
+        let last_offset = base_offset + u64::from(header.last_offset_delta);
+        if header.producer_id != 0 {
+            w.producers.record(
+                header.producer_id,
+                BatchRecord {
+                    sequence: header.producer_seq,
+                    base_offset,
+                    last_offset,
+                },
+            );
+        }
+        self.next_offset.store(last_offset + 1, Ordering::SeqCst);
+        drop(w);
+        self.emit(Change::Appended {
+            next_offset: last_offset + 1,
+        });
+        Ok(Appended {
+            base_offset,
+            last_offset,
+            duplicate: false,
+        })
+    }
+
+    fn segment_expired(&self, active: &Segment) -> bool {
+        self.config.segment_ms > 0
+            && !active.is_empty()
+            && fsio::now_ms().saturating_sub(active.opened_ms()) as u64 >= self.config.segment_ms
+    }
+
+    /// Seals the active segment and starts a new one at the next offset.
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        let old = w.active.clone();
+        if let Err(e) = old.seal(&self.sync) {
+            self.poison(&e);
+            return Err(e);
+        }
+        let next = self.next_offset.load(Ordering::Relaxed);
+        let seg = Arc::new(Segment::create(
+            &self.dir,
+            next,
+            self.config.segment_bytes,
+            self.config.index_interval_bytes,
+        )?);
+        fsio::sync_dir(&self.dir)?;
+        // Bounds the replay of producer state on open to the active segment. Not fsynced:
+        // losing it only makes recovery replay more.
+        let snapshot = w.producers.encode(next);
+        if let Err(e) = fsio::write_atomic(&self.dir.join(PRODUCER_SNAPSHOT_FILE), &snapshot, false) {
+            tracing::warn!(error = %e, "could not write producer snapshot");
+        }
+        {
+            let mut list = self.segments.write().unwrap_or_else(|p| p.into_inner());
+            let mut segs: Vec<Arc<Segment>> = list.as_ref().clone();
+            segs.push(seg.clone());
+            *list = Arc::new(segs);
+        }
+        w.active = seg;
+        tracing::debug!(topic = %self.topic, partition = self.id, base = next, "rolled segment");
+        // Everything before the new segment is sealed, hence durable.
+        if self.durable_offset.fetch_max(next, Ordering::AcqRel) < next {
+            self.emit(Change::Durable { durable_offset: next });
+        }
+        Ok(())
+    }
+
+    /// Resolves a starting point to an offset.
+    pub fn resolve(&self, from: SeekFrom) -> u64 {
+        match from {
+            SeekFrom::Earliest => self.earliest_offset(),
+            SeekFrom::Latest => self.next_offset(),
+            SeekFrom::Offset(o) => o,
+            SeekFrom::Timestamp(ts) => self.offset_for_time(ts),
+        }
+    }
+
+    /// Base offset of the first batch holding a record at or after `timestamp_ms`, or the
+    /// next offset if there is none.
+    pub fn offset_for_time(&self, timestamp_ms: i64) -> u64 {
+        let next = self.next_offset();
+        for seg in self.segments().iter() {
+            if let Some((_, base)) = seg.find_time(timestamp_ms) {
+                return base.min(next);
+            }
+        }
+        next
+    }
+
+    /// Reads whole batches starting with the one that holds `from`, up to `max_bytes`
+    /// (at least one batch, so a consumer always makes progress), from one segment.
+    /// Reading at the high watermark returns an empty result.
+    pub fn read(&self, from: u64, max_bytes: u32) -> Result<Fetched> {
+        // Load the watermark before the segment list: a roll publishes the new segment
+        // before the offsets in it become visible.
+        let high_watermark = self.next_offset();
+        let segs = self.segments();
+        let earliest = segs.first().map_or(0, |s| s.base_offset());
+        let empty = |next| Fetched {
+            segment: None,
+            start: 0,
+            end: 0,
+            next_offset: next,
+            high_watermark,
+            earliest_offset: earliest,
+        };
+        if from == high_watermark && from >= earliest {
+            return Ok(empty(from));
+        }
+        if from < earliest || from > high_watermark {
+            return Err(EngineError::OffsetOutOfRange {
+                requested: from,
+                earliest,
+                next: high_watermark,
+            });
+        }
+        let idx = segs.partition_point(|s| s.base_offset() <= from).saturating_sub(1);
+        let seg = segs.get(idx).ok_or_else(|| EngineError::OffsetOutOfRange {
+            requested: from,
+            earliest,
+            next: high_watermark,
+        })?;
+        let Some(start) = seg.find_position(from) else {
+            return Err(EngineError::corrupt(seg.path(), 0, format!("offset {from} not found in its segment")));
+        };
+        let (end, next_offset) = seg.batch_run(start, max_bytes);
+        let next_offset = next_offset.unwrap_or(from);
+        Ok(Fetched {
+            segment: Some(seg.clone()),
+            start,
+            end,
+            next_offset,
+            high_watermark,
+            earliest_offset: earliest,
+        })
+    }
+
+    /// Blocks until the high watermark passes `offset` (a record at `offset` is readable)
+    /// or the deadline; returns whether it did.
+    pub fn wait_for_data(&self, offset: u64, deadline: Instant) -> bool {
+        self.wait.wait_until(deadline, || self.next_offset() > offset)
+    }
+
+    /// Blocks until `offset` is durable. Errors if the partition is poisoned or the
+    /// deadline passes first. The flusher must have been asked (the engine does this).
+    pub fn wait_durable(&self, offset: u64, deadline: Instant) -> Result<()> {
+        self.wait
+            .wait_until(deadline, || self.durable_offset() > offset || self.is_poisoned());
+        if self.durable_offset() > offset {
+            Ok(())
+        } else if self.is_poisoned() {
+            Err(self.poisoned_error())
+        } else {
+            Err(EngineError::Timeout("a durable flush"))
+        }
+    }
+
+    /// Syncs everything appended so far and advances the durable offset. Flusher only.
+    pub fn flush(&self) -> Result<()> {
+        let mut progress = self.flush.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_poisoned() {
+            return Err(self.poisoned_error());
+        }
+        let (seg, len, next, max_ts, offset_entries, time_entries) = {
+            let w = self.lock_writer();
+            let s = w.active.clone();
+            let snapshot = (s.len(), s.next_offset(), s.max_timestamp_ms(), s.index().offset_entries(), s.index().time_entries());
+            (s, snapshot.0, snapshot.1, snapshot.2, snapshot.3, snapshot.4)
+        };
+        let same = progress.segment_base == seg.base_offset() && progress.position <= len;
+        if same && progress.position == len && next <= self.durable_offset() {
+            return Ok(());
+        }
+        let (from, oe_from, te_from) = if same {
+            (progress.position, progress.offset_entries, progress.time_entries)
+        } else {
+            (0, 0, 0)
+        };
+        let synced = seg
+            .sync_range(from, len, &self.sync)
+            .and_then(|()| seg.index().sync_range(oe_from, te_from, &self.sync));
+        if let Err(e) = synced {
+            self.poison(&e);
+            return Err(e);
+        }
+        let cp = Checkpoint {
+            segment_base: seg.base_offset(),
+            position: len,
+            offset_entries: offset_entries as u32,
+            time_entries: time_entries as u32,
+            next_offset: next,
+            max_timestamp_ms: max_ts,
+        };
+        if let Err(e) = self.checkpoint.write(&cp) {
+            tracing::warn!(error = %e, "could not write recovery checkpoint");
+        }
+        *progress = FlushProgress {
+            segment_base: seg.base_offset(),
+            position: len,
+            offset_entries,
+            time_entries,
+        };
+        if self.durable_offset.fetch_max(next, Ordering::AcqRel) < next {
+            self.emit(Change::Durable { durable_offset: next });
+        }
+        Ok(())
+    }
+
+    /// Whether there is appended data not yet durable.
+    pub fn is_dirty(&self) -> bool {
+        self.durable_offset() < self.next_offset()
+    }
+
+    /// Deletes whole sealed segments past the size or age limit, oldest first. Returns
+    /// the number of segments deleted. Readers holding a deleted segment keep reading it.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        let (bytes_max, ms_max) = (self.config.retention_bytes, self.config.retention_ms);
+        if bytes_max == u64::MAX && ms_max == u64::MAX {
+            return Ok(0);
+        }
+        let _w = self.lock_writer();
+        let segs = self.segments();
+        let mut total: u64 = segs.iter().map(|s| u64::from(s.len())).sum();
+        let sealed = segs.len().saturating_sub(1);
+        let mut drop_count = 0;
+        for seg in segs.iter().take(sealed) {
+            let len = u64::from(seg.len());
+            let past_size = total.saturating_sub(len) >= bytes_max;
+            let past_age = ms_max != u64::MAX && now_ms.saturating_sub(seg.max_timestamp_ms()) as u64 > ms_max;
+            if !(past_size || past_age) {
+                break;
+            }
+            total -= len;
+            drop_count += 1;
+        }
+        if drop_count == 0 {
+            return Ok(0);
+        }
+        let (gone, kept) = segs.split_at(drop_count);
+        *self.segments.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(kept.to_vec());
+        for seg in gone {
+            seg.delete_files(&self.dir)?;
+            tracing::info!(topic = %self.topic, partition = self.id, base = seg.base_offset(), "retention deleted segment");
+        }
+        fsio::sync_dir(&self.dir)?;
+        Ok(drop_count)
+    }
+
+    /// Clean close: sync everything, seal the active segment, persist producer state.
+    pub(crate) fn close(&self) -> Result<()> {
+        self.flush()?;
+        let w = self.lock_writer();
+        if let Err(e) = w.active.seal(&self.sync) {
+            self.poison(&e);
+            return Err(e);
+        }
+        fsio::write_atomic(
+            &self.dir.join(PRODUCER_SNAPSHOT_FILE),
+            &w.producers.encode(self.next_offset()),
+            true,
+        )
+    }
+}
+

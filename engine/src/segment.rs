@@ -1,0 +1,536 @@
+//! One segment: a log file of batches written through a shared memory mapping, plus its
+//! offset and time indexes.
+//!
+//! Files: `{base_offset:020}.log`, `.index`, `.timeindex` (see `docs/FORMAT.md`).
+//!
+//! Concurrency: one writer (the partition's append lock holder) copies a batch into the
+//! mapping *past* the published length, stamps its offset, indexes it, and only then
+//! publishes the new length with release ordering. Readers build slices only below the
+//! published length, which is immutable from then on, so a reader never observes a
+//! partial batch and never needs a lock. Readers hold an `Arc<Segment>`, which keeps the
+//! mapping alive even after retention unlinks the files.
+//!
+//! The active file is preallocated (fallocate) to `capacity` so a write through the
+//! mapping never lands in a hole; when the segment closes the file is trimmed to its real
+//! length (the mapping stays; nobody touches the cut pages, as they lie past `len`).
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::batch::{self, BatchError, BatchHeader};
+use crate::error::{EngineError, Result};
+use crate::fsio::{self, SyncPolicy};
+use crate::index::{OffsetEntry, SegmentIndex};
+
+
+/// Bytes faulted in ahead of the write position, so appends are a memcpy and not a page
+/// fault per 4 KiB.
+const PREFAULT_WINDOW_BYTES: u32 = 8 << 20;
+
+pub fn log_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.log"))
+}
+pub fn offset_index_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.index"))
+}
+pub fn time_index_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.timeindex"))
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    base_offset: u64,
+    path: PathBuf,
+    file: File,
+    /// `None` only for an empty closed file (zero-length mappings are not allowed).
+    map: Option<MmapRaw>,
+    /// Whether the mapping is writable (active segment).
+    writable: bool,
+    /// Bytes the mapping covers.
+    capacity: u32,
+    /// Bytes published to readers: every batch below this is complete and immutable.
+    len: AtomicU32,
+    /// Offset after the last batch (== base_offset when empty).
+    next_offset: AtomicU64,
+    /// Largest record timestamp in the segment (i64::MIN when empty).
+    max_timestamp_ms: AtomicI64,
+    /// Position of the last index entry, to space entries `index_interval` apart. Writer only.
+    last_indexed_position: AtomicU32,
+    /// Bytes already faulted in. Writer only.
+    prefaulted_to: AtomicU32,
+    index: SegmentIndex,
+    index_interval_bytes: u32,
+    /// Wall-clock time the segment was opened for writing, for age-based rolling.
+    opened_ms: i64,
+}
+
+/// What a scan over a run of batches found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOutcome {
+    /// Position after the last valid batch.
+    pub end: u32,
+    pub next_offset: u64,
+    pub max_timestamp_ms: i64,
+    pub batches: u64,
+    /// Why the scan stopped before the end of the bytes, if it did (zeros are a clean end).
+    pub stopped: Option<String>,
+}
+
+impl Segment {
+    /// Creates a fresh, empty active segment.
+    pub fn create(dir: &Path, base_offset: u64, capacity: u32, index_interval_bytes: u32) -> Result<Segment> {
+        let path = log_path(dir, base_offset);
+        for p in [&path, &offset_index_path(dir, base_offset), &time_index_path(dir, base_offset)] {
+            if p.exists() {
+                std::fs::remove_file(p).map_err(|e| EngineError::io("remove stale", p, e))?;
+            }
+        }
+        Self::open_active(dir, base_offset, capacity, index_interval_bytes, 0, base_offset, i64::MIN, (0, 0))
+    }
+
+    /// Opens a segment for appending, with `len` valid bytes already in it (established by
+    /// recovery or a clean shutdown) and `index_len` valid index entries.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_active(
+        dir: &Path,
+        base_offset: u64,
+        capacity: u32,
+        index_interval_bytes: u32,
+        len: u32,
+        next_offset: u64,
+        max_timestamp_ms: i64,
+        index_len: (usize, usize),
+    ) -> Result<Segment> {
+        let path = log_path(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| EngineError::io("open segment", &path, e))?;
+        let current = file.metadata().map_err(|e| EngineError::io("stat", &path, e))?.len();
+        let capacity = capacity.max(len).max(batch::HEADER_LEN as u32 + 1);
+        if current < u64::from(capacity) {
+            fsio::preallocate(&file, &path, u64::from(capacity))?;
+        }
+        let map = MmapOptions::new()
+            .len(capacity as usize)
+            .map_raw(&file)
+            .map_err(|e| EngineError::io("mmap segment", &path, e))?;
+        let index_capacity = (capacity / index_interval_bytes.max(1)) as usize + 2;
+        let index = SegmentIndex::open_writable(
+            &offset_index_path(dir, base_offset),
+            &time_index_path(dir, base_offset),
+            index_capacity,
+            index_len.0,
+            index_len.1,
+        )?;
+        let last_indexed = index.last_offset_entry().map(|e| e.position).unwrap_or(0);
+        let seg = Segment {
+            base_offset,
+            path,
+            file,
+            map: Some(map),
+            writable: true,
+            capacity,
+            len: AtomicU32::new(len),
+            next_offset: AtomicU64::new(next_offset),
+            max_timestamp_ms: AtomicI64::new(max_timestamp_ms),
+            last_indexed_position: AtomicU32::new(last_indexed),
+            prefaulted_to: AtomicU32::new(len),
+            index,
+            index_interval_bytes,
+            opened_ms: fsio::now_ms(),
+        };
+        seg.prefault(len);
+        Ok(seg)
+    }
+
+    /// Opens a closed segment (file trimmed to its data) read-only. Its indexes are used
+    /// as they are; `check_tail` / recovery decide whether they can be trusted.
+    pub fn open_closed(dir: &Path, base_offset: u64, index_interval_bytes: u32) -> Result<Segment> {
+        let path = log_path(dir, base_offset);
+        let file = File::open(&path).map_err(|e| EngineError::io("open segment", &path, e))?;
+        let file_len = file.metadata().map_err(|e| EngineError::io("stat", &path, e))?.len();
+        let len = u32::try_from(file_len)
+            .map_err(|_| EngineError::corrupt(&path, 0, format!("segment of {file_len} bytes exceeds 4 GiB")))?;
+        let map = if len == 0 {
+            None
+        } else {
+            Some(
+                MmapOptions::new()
+                    .len(len as usize)
+                    .map_raw_read_only(&file)
+                    .map_err(|e| EngineError::io("mmap segment", &path, e))?,
+            )
+        };
+        let index = SegmentIndex::open_readonly(&offset_index_path(dir, base_offset), &time_index_path(dir, base_offset))?;
+        Ok(Segment {
+            base_offset,
+            path,
+            file,
+            map,
+            writable: false,
+            capacity: len,
+            len: AtomicU32::new(len),
+            next_offset: AtomicU64::new(base_offset),
+            max_timestamp_ms: AtomicI64::new(i64::MIN),
+            last_indexed_position: AtomicU32::new(0),
+            prefaulted_to: AtomicU32::new(len),
+            index,
+            index_interval_bytes,
+            opened_ms: fsio::now_ms(),
+        })
+    }
+
+    pub fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn len(&self) -> u32 {
+        self.len.load(Ordering::Acquire)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+    pub fn max_timestamp_ms(&self) -> i64 {
+        self.max_timestamp_ms.load(Ordering::Acquire)
+    }
+    pub fn opened_ms(&self) -> i64 {
+        self.opened_ms
+    }
+    pub fn index(&self) -> &SegmentIndex {
+        &self.index
+    }
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Published bytes `[from, to)`; `None` if the range is not fully published.
+    pub fn bytes(&self, from: u32, to: u32) -> Option<&[u8]> {
+        if from > to || to > self.len() {
+            return None;
+        }
+        if from == to {
+            return Some(&[]);
+        }
+        let map = self.map.as_ref()?;
+        // SAFETY: [from, to) lies below the published length: inside the mapping, fully
+        // written, and never written again while the segment is shared.
+        Some(unsafe { std::slice::from_raw_parts(map.as_ptr().add(from as usize), (to - from) as usize) })
+    }
+
+    /// Every byte the mapping covers up to `limit` (recovery only: includes unpublished
+    /// bytes, which must be treated as untrusted).
+    fn raw_bytes(&self, limit: u32) -> &[u8] {
+        match self.map.as_ref() {
+            // SAFETY: limit is clamped to the mapping length; during recovery no writer
+            // runs, so the bytes do not change under us.
+            Some(map) => unsafe { std::slice::from_raw_parts(map.as_ptr(), limit.min(self.capacity) as usize) },
+            None => &[],
+        }
+    }
+
+    /// Room left for a batch of `len` bytes?
+    pub fn has_room(&self, len: usize) -> bool {
+        self.writable && (self.len() as usize).saturating_add(len) <= self.capacity as usize
+    }
+
+    /// Appends a validated batch at the end, stamped with `base_offset`, indexes it and
+    /// publishes it. Single writer only; the caller checked `has_room`.
+    pub fn append(&self, batch_bytes: &[u8], header: &BatchHeader, base_offset: u64) -> u32 {
+        let position = self.len.load(Ordering::Relaxed);
+        let end = position as usize + batch_bytes.len();
+        assert!(self.writable && end <= self.capacity as usize, "append past segment capacity");
+        let map = self.map.as_ref().expect("active segment is mapped");
+        self.prefault(end as u32);
+        // SAFETY: [position, end) is inside the writable mapping and past the published
+        // length, so no reader can be looking at it.
+        unsafe {
+            let dst = map.as_mut_ptr().add(position as usize);
+            std::ptr::copy_nonoverlapping(batch_bytes.as_ptr(), dst, batch_bytes.len());
+            std::ptr::copy_nonoverlapping(base_offset.to_le_bytes().as_ptr(), dst.add(batch::BASE_OFFSET_AT), 8);
+        }
+        let max_ts = self.max_timestamp_ms.load(Ordering::Relaxed).max(header.max_timestamp_ms);
+        self.maybe_index(position, base_offset, max_ts);
+        self.max_timestamp_ms.store(max_ts, Ordering::Release);
+        self.next_offset
+            .store(base_offset + u64::from(header.last_offset_delta) + 1, Ordering::Release);
+        self.len.store(end as u32, Ordering::Release);
+        position
+    }
+
+    fn maybe_index(&self, position: u32, base_offset: u64, running_max_ts: i64) {
+        let last = self.last_indexed_position.load(Ordering::Relaxed);
+        let first = self.index.offset_entries() == 0;
+        if first || position - last >= self.index_interval_bytes {
+            let entry = OffsetEntry {
+                relative_offset: (base_offset - self.base_offset) as u32,
+                position,
+            };
+            if self.index.push(entry, running_max_ts) {
+                self.last_indexed_position.store(position, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn prefault(&self, up_to: u32) {
+        if !self.writable {
+            return;
+        }
+        let done = self.prefaulted_to.load(Ordering::Relaxed);
+        if up_to + PREFAULT_WINDOW_BYTES / 2 < done || done >= self.capacity {
+            return;
+        }
+        let to = done.max(up_to).saturating_add(PREFAULT_WINDOW_BYTES).min(self.capacity);
+        let page = 4096u32;
+        let from = done & !(page - 1);
+        if let Some(map) = self.map.as_ref() {
+            // SAFETY: [from, to) is inside the mapping.
+            fsio::populate_write(unsafe { map.as_mut_ptr().add(from as usize) }, (to - from) as usize);
+        }
+        self.prefaulted_to.store(to, Ordering::Relaxed);
+    }
+
+    /// Zeroes everything past the published length: bytes there may hold a torn batch or
+    /// batches of a previous incarnation, which must never be mistaken for data after a
+    /// later crash. A metadata operation (FALLOC_FL_ZERO_RANGE), so its cost does not
+    /// grow with the segment.
+    fn zero_tail(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        let len = self.len();
+        if fsio::zero_range(&self.file, u64::from(len), u64::from(self.capacity - len)) {
+            return Ok(());
+        }
+        if let Some(map) = self.map.as_ref() {
+            // SAFETY: inside the writable mapping, past the published length.
+            unsafe { std::ptr::write_bytes(map.as_mut_ptr().add(len as usize), 0, (self.capacity - len) as usize) };
+        }
+        Ok(())
+    }
+
+    /// Position of the batch containing `offset`, walking from the nearest index entry.
+    /// `None` if the offset is not in this segment's published batches.
+    pub fn find_position(&self, offset: u64) -> Option<u32> {
+        if offset < self.base_offset || offset >= self.next_offset() {
+            return None;
+        }
+        let rel = u32::try_from(offset - self.base_offset).ok()?;
+        let mut position = self.index.lookup_offset(rel).map_or(0, |e| e.position);
+        let len = self.len();
+        while position < len {
+            let header = BatchHeader::parse(self.bytes(position, len)?)?;
+            if header.last_offset() >= offset {
+                return Some(position);
+            }
+            position = position.checked_add(header.batch_len)?;
+        }
+        None
+    }
+
+    /// Position and base offset of the first batch holding a record with timestamp >=
+    /// `timestamp_ms` (by batch max timestamp).
+    pub fn find_time(&self, timestamp_ms: i64) -> Option<(u32, u64)> {
+        if self.max_timestamp_ms() < timestamp_ms {
+            return None;
+        }
+        let mut position = match self.index.lookup_time(timestamp_ms) {
+            Some(rel) => self.index.lookup_offset(rel).map_or(0, |e| e.position),
+            None => 0,
+        };
+        let len = self.len();
+        while position < len {
+            let header = BatchHeader::parse(self.bytes(position, len)?)?;
+            if header.max_timestamp_ms >= timestamp_ms {
+                return Some((position, header.base_offset));
+            }
+            position = position.checked_add(header.batch_len)?;
+        }
+        None
+    }
+
+    /// The run of whole batches starting at `from` whose total stays within `max_bytes`,
+    /// but always at least one batch so a consumer makes progress. Returns the end
+    /// position and the offset after the last batch of the run.
+    pub fn batch_run(&self, from: u32, max_bytes: u32) -> (u32, Option<u64>) {
+        let len = self.len();
+        let mut end = from;
+        let mut next_offset = None;
+        while end < len {
+            let Some(header) = self.bytes(end, len).and_then(BatchHeader::parse) else { break };
+            let next = end.saturating_add(header.batch_len).min(len);
+            if header.batch_len == 0 || (next - from > max_bytes && end > from) {
+                break;
+            }
+            end = next;
+            next_offset = Some(header.next_offset());
+        }
+        (end, next_offset)
+    }
+
+    /// Walks the batches from `from`, checking each frame's CRC and that base offsets
+    /// continue from `expected_offset`; stops at the first torn or corrupt batch or at
+    /// zeros. With `reindex`, adds index entries for the batches it passes.
+    pub fn scan(&self, from: u32, expected_offset: u64, limit: u32, reindex: bool) -> ScanOutcome {
+        let bytes = self.raw_bytes(limit);
+        let mut out = ScanOutcome {
+            end: from,
+            next_offset: expected_offset,
+            max_timestamp_ms: self.max_timestamp_ms.load(Ordering::Relaxed),
+            batches: 0,
+            stopped: None,
+        };
+        if reindex {
+            self.last_indexed_position
+                .store(self.index.last_offset_entry().map_or(0, |e| e.position), Ordering::Relaxed);
+        }
+        loop {
+            let rest = bytes.get(out.end as usize..).unwrap_or(&[]);
+            if rest.is_empty() {
+                break;
+            }
+            if rest.len() < batch::HEADER_LEN && rest.iter().all(|&b| b == 0) {
+                break;
+            }
+            if batch::peek_len(rest) == Some(0) && rest.iter().take(batch::HEADER_LEN).all(|&b| b == 0) {
+                break;
+            }
+            let view = match batch::check_frame(rest) {
+                Ok(v) => v,
+                Err(BatchError::Incomplete { needed, have }) => {
+                    out.stopped = Some(format!("torn batch: needs {needed} bytes, {have} present"));
+                    break;
+                }
+                Err(BatchError::Invalid(why)) => {
+                    out.stopped = Some(why);
+                    break;
+                }
+            };
+            let h = view.header;
+            if h.base_offset != out.next_offset {
+                out.stopped = Some(format!("base offset {} where {} was expected", h.base_offset, out.next_offset));
+                break;
+            }
+            out.max_timestamp_ms = out.max_timestamp_ms.max(h.max_timestamp_ms);
+            if reindex {
+                self.maybe_index(out.end, h.base_offset, out.max_timestamp_ms);
+            }
+            out.end += h.batch_len;
+            out.next_offset = h.next_offset();
+            out.batches += 1;
+        }
+        out
+    }
+
+    /// Sets the published state after recovery established it.
+    pub fn set_recovered(&self, len: u32, next_offset: u64, max_timestamp_ms: i64) {
+        self.len.store(len, Ordering::Release);
+        self.next_offset.store(next_offset, Ordering::Release);
+        self.max_timestamp_ms.store(max_timestamp_ms, Ordering::Release);
+    }
+
+    /// Recovery of a closed segment, the cheap way: walk from the last index entry to the
+    /// end of the file; the segment is sound if every batch there checks out and the last
+    /// one ends exactly at the file's end.
+    pub fn check_tail(&self, expected_base: u64) -> std::result::Result<ScanOutcome, String> {
+        let len = self.len();
+        let Some(entry) = self.index.last_offset_entry() else {
+            return Err("index is empty".into());
+        };
+        if entry.position >= len || self.index.time_entries() != self.index.offset_entries() {
+            return Err("index points past the end of the segment".into());
+        }
+        let start_offset = self.base_offset + u64::from(entry.relative_offset);
+        let running_max = self
+            .index
+            .last_time_entry()
+            .map_or(i64::MIN, |t| t.max_timestamp_ms);
+        self.max_timestamp_ms.store(running_max, Ordering::Relaxed);
+        if entry.position == 0 && expected_base != self.base_offset {
+            return Err("segment base does not continue the previous segment".into());
+        }
+        let out = self.scan(entry.position, start_offset, len, false);
+        match &out.stopped {
+            Some(why) => Err(why.clone()),
+            None if out.end != len => Err(format!("batches end at {} but the file is {len} bytes", out.end)),
+            None => {
+                self.set_recovered(len, out.next_offset, out.max_timestamp_ms);
+                Ok(out)
+            }
+        }
+    }
+
+    /// Recovery of a segment with untrusted content: everything before `position` is
+    /// trusted (it was synced, per the checkpoint, or it is the start); from there every
+    /// batch is CRC-checked, its index entries are rebuilt, and the segment is cut at the
+    /// first torn or corrupt batch, with the bytes after it zeroed.
+    pub fn recover_from(&self, position: u32, next_offset: u64, running_max_ts: i64) -> Result<ScanOutcome> {
+        self.index.truncate_from_position(position);
+        self.max_timestamp_ms.store(running_max_ts, Ordering::Relaxed);
+        let out = self.scan(position, next_offset, self.capacity, true);
+        self.set_recovered(out.end, out.next_offset, out.max_timestamp_ms);
+        self.zero_tail()?;
+        Ok(out)
+    }
+
+    /// msync of published bytes `[from, to)` of the log file.
+    pub fn sync_range(&self, from: u32, to: u32, policy: &SyncPolicy) -> Result<()> {
+        let Some(map) = self.map.as_ref() else { return Ok(()) };
+        if to <= from {
+            return Ok(());
+        }
+        policy.check(&self.path).map_err(|e| EngineError::io("msync", &self.path, e))?;
+        map.flush_range(from as usize, (to - from) as usize)
+            .map_err(|e| EngineError::io("msync", &self.path, e))
+    }
+
+    /// Hints the kernel to start writing back `[from, to)` now.
+    pub fn start_writeback(&self, from: u32, to: u32) {
+        fsio::start_writeback(&self.file, u64::from(from), u64::from(to.saturating_sub(from)));
+    }
+
+    /// Closes the segment for writing: everything synced, the file trimmed to its data,
+    /// the indexes trimmed, all fsynced. After this the segment is immutable.
+    pub fn seal(&self, policy: &SyncPolicy) -> Result<()> {
+        let len = self.len();
+        self.sync_range(0, len, policy)?;
+        if self.writable {
+            self.file
+                .set_len(u64::from(len))
+                .map_err(|e| EngineError::io("trim segment", &self.path, e))?;
+        }
+        policy.check(&self.path).map_err(|e| EngineError::io("fsync", &self.path, e))?;
+        self.file.sync_all().map_err(|e| EngineError::io("fsync", &self.path, e))?;
+        self.index.trim(policy)
+    }
+
+    /// Removes the segment's files. Readers holding the segment keep their mapping.
+    pub fn delete_files(&self, dir: &Path) -> Result<()> {
+        for p in [
+            self.path.clone(),
+            offset_index_path(dir, self.base_offset),
+            time_index_path(dir, self.base_offset),
+        ] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(EngineError::io("delete segment", &p, e)),
+            }
+        }
+        Ok(())
+    }
+}
