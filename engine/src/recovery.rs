@@ -236,7 +236,7 @@ fn open_sealed(
     let why = match Segment::open_closed(dir, base, config.index_interval_bytes) {
         Ok(seg) => match seg.check_tail(base) {
             Ok(out) => {
-                report.scanned_bytes += u64::from(out.end);
+                report.scanned_bytes += out.scanned_bytes();
                 return Ok((seg, None));
             }
             Err(why) => why,
@@ -258,7 +258,7 @@ fn open_sealed(
         out
     };
     report.indexes_rebuilt += 1;
-    report.scanned_bytes += u64::from(out.end);
+    report.scanned_bytes += out.scanned_bytes();
     let seg = Segment::open_closed(dir, base, config.index_interval_bytes)?;
     if !seg.is_empty() {
         seg.check_tail(base)
@@ -320,7 +320,7 @@ fn open_active(
         // after the last index entry to learn the next offset.
         let seg = Segment::open_active(dir, base, capacity, config.index_interval_bytes, file_len, base, i64::MIN, index_lens)?;
         if let Some(out) = verify_clean_tail(&seg, base, file_len) {
-            report.scanned_bytes += u64::from(out.end - seg.index().last_offset_entry().map_or(0, |e| e.position));
+            report.scanned_bytes += out.scanned_bytes();
             seg.set_recovered(file_len, out.next_offset, out.max_timestamp_ms);
             return Ok((seg, out.next_offset));
         }
@@ -351,7 +351,7 @@ fn open_active(
         report.indexes_rebuilt += 1;
     }
     let out: ScanOutcome = seg.recover_from(start.0, start.1, start.2)?;
-    report.scanned_bytes += u64::from(out.end - start.0);
+    report.scanned_bytes += out.scanned_bytes();
     if let Some(reason) = out.stopped {
         if policy == RecoveryPolicy::AbsoluteConsistency {
             return Err(EngineError::corrupt(&log, u64::from(out.end), reason));
@@ -374,6 +374,7 @@ fn verify_clean_tail(seg: &Segment, base: u64, len: u32) -> Option<ScanOutcome> 
             (e.position, base + u64::from(e.relative_offset), t.max_timestamp_ms)
         }
         (None, None) if len == 0 => return Some(ScanOutcome {
+            from: 0,
             end: 0,
             next_offset: base,
             max_timestamp_ms: i64::MIN,

@@ -70,6 +70,8 @@ pub struct Segment {
 /// What a scan over a run of batches found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanOutcome {
+    /// Position the scan started at.
+    pub from: u32,
     /// Position after the last valid batch.
     pub end: u32,
     pub next_offset: u64,
@@ -77,6 +79,12 @@ pub struct ScanOutcome {
     pub batches: u64,
     /// Why the scan stopped before the end of the bytes, if it did (zeros are a clean end).
     pub stopped: Option<String>,
+}
+
+impl ScanOutcome {
+    pub fn scanned_bytes(&self) -> u64 {
+        u64::from(self.end - self.from)
+    }
 }
 
 impl Segment {
@@ -388,6 +396,7 @@ impl Segment {
     pub fn scan(&self, from: u32, expected_offset: u64, limit: u32, reindex: bool) -> ScanOutcome {
         let bytes = self.raw_bytes(limit);
         let mut out = ScanOutcome {
+            from,
             end: from,
             next_offset: expected_offset,
             max_timestamp_ms: self.max_timestamp_ms.load(Ordering::Relaxed),

@@ -1,0 +1,142 @@
+//! Append/read round trips: offsets dense and ordered across segment rolls and restarts
+//! (clean and crash), for random batch sizes and roll limits.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use tidelog_engine::{AckLevel, EngineError, SeekFrom};
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn offsets_are_dense_across_rolls_and_restarts(
+        batches in proptest::collection::vec((1u64..40, 8usize..300), 1..60),
+        segment_kib in 64u32..160,
+        restart_every in 5usize..30,
+        clean in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut engine = open(dir.path());
+        engine.create_topic("t", small_topic(segment_kib << 10)).expect("create");
+        let mut expected = Vec::new();
+        let mut n = 0u64;
+        for (i, (count, value_len)) in batches.iter().enumerate() {
+            let p = partition0(&engine, "t");
+            let appended = p.append(&batch_of(n, *count, *value_len)).expect("append");
+            prop_assert_eq!(appended.base_offset, expected.len() as u64);
+            prop_assert_eq!(appended.last_offset, appended.base_offset + count - 1);
+            for k in 0..*count {
+                expected.push((appended.base_offset + k, n + k));
+            }
+            n += count;
+            if (i + 1) % restart_every == 0 {
+                if clean { engine.close().expect("close") } else { drop(engine) }
+                engine = open(dir.path());
+            }
+        }
+        let p = partition0(&engine, "t");
+        prop_assert_eq!(read_all(&p), expected.clone());
+        drop(p);
+        engine.close().expect("close");
+        let engine = open(dir.path());
+        prop_assert_eq!(read_all(&partition0(&engine, "t")), expected);
+    }
+}
+
+#[test]
+fn reads_cover_whole_batches_and_respect_the_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    engine.create_topic("t", small_topic(1 << 20)).expect("create");
+    let p = partition0(&engine, "t");
+    for i in 0..50 {
+        p.append(&batch_of(i * 10, 10, 100)).expect("append");
+    }
+    let one_batch = batch_of(0, 10, 100).len();
+    // A limit below one batch still returns one whole batch.
+    let f = p.read(0, 10).expect("read");
+    assert_eq!(f.len(), one_batch);
+    assert_eq!(f.next_offset, 10);
+    // Reading from the middle of a batch returns that batch.
+    let three: usize = (1..4).map(|i| batch_of(i * 10, 10, 100).len()).sum();
+    let f = p.read(15, three as u32).expect("read");
+    assert_eq!(f.len(), three);
+    assert_eq!(p.read(15, three as u32 - 1).expect("read").len(), three - batch_of(30, 10, 100).len());
+    assert_eq!(&f[..8], &10u64.to_le_bytes());
+    assert_eq!(f.next_offset, 40);
+    assert_eq!(f.high_watermark, 500);
+    // At the high watermark: empty; past it or before earliest: out of range.
+    assert!(p.read(500, 100).expect("read").is_empty());
+    assert!(matches!(p.read(501, 100), Err(EngineError::OffsetOutOfRange { .. })));
+}
+
+#[test]
+fn seek_by_timestamp_earliest_and_latest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    engine.create_topic("t", small_topic(64 << 10)).expect("create");
+    let p = partition0(&engine, "t");
+    for i in 0..200 {
+        p.append(&batch_of(i * 5, 5, 200)).expect("append");
+    }
+    assert!(p.segments().len() > 3, "test needs several segments");
+    assert_eq!(p.resolve(SeekFrom::Earliest), 0);
+    assert_eq!(p.resolve(SeekFrom::Latest), 1000);
+    // Record n has timestamp base + n; batches are 5 records.
+    assert_eq!(p.resolve(SeekFrom::Timestamp(1_700_000_000_000 + 637)), 635);
+    assert_eq!(p.resolve(SeekFrom::Timestamp(0)), 0);
+    assert_eq!(p.resolve(SeekFrom::Timestamp(i64::MAX)), 1000);
+}
+
+#[test]
+fn invalid_batches_are_rejected_and_nothing_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    engine.create_topic("t", small_topic(64 << 10)).expect("create");
+    let p = partition0(&engine, "t");
+    let mut bad = batch_of(0, 3, 10);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    assert!(matches!(p.append(&bad), Err(EngineError::InvalidBatch(_))));
+    assert!(matches!(p.append(&bad[..20]), Err(EngineError::InvalidBatch(_))));
+    let huge = batch_of(0, 1, 70 << 10);
+    assert!(matches!(p.append(&huge), Err(EngineError::RecordTooLarge { .. })));
+    assert_eq!(p.next_offset(), 0);
+    engine.append("t", 0, &batch_of(0, 3, 10), AckLevel::Durable).expect("good batch");
+    assert_eq!(p.durable_offset(), 3);
+}
+
+#[test]
+fn topics_persist_and_partitions_can_be_added() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let engine = open(dir.path());
+        let mut cfg = small_topic(64 << 10);
+        cfg.partitions = 3;
+        engine.create_topic("a", cfg).expect("create");
+        engine.create_topic("b", cfg).expect("create");
+        assert!(matches!(engine.create_topic("a", cfg), Err(EngineError::TopicExists(_))));
+        engine.append("a", 2, &batch_of(0, 4, 10), AckLevel::Written).expect("append");
+        engine.add_partitions("a", 5).expect("grow");
+        engine.append("a", 4, &batch_of(0, 1, 10), AckLevel::Written).expect("append");
+        engine.delete_topic("b").expect("delete");
+        engine.close().expect("close");
+    }
+    let engine = open(dir.path());
+    assert_eq!(engine.topic_names(), vec!["a".to_string()]);
+    let info = engine.describe_topic("a").expect("describe");
+    assert_eq!(info.partitions.len(), 5);
+    assert_eq!(info.partitions[2].next_offset, 4);
+    assert_eq!(info.partitions[4].next_offset, 1);
+    assert!(matches!(engine.describe_topic("b"), Err(EngineError::UnknownTopic(_))));
+    assert!(engine.add_partitions("a", 2).is_err());
+}
+
+#[test]
+fn a_second_engine_cannot_open_the_same_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = open(dir.path());
+    assert!(tidelog_engine::Engine::open(dir.path(), quick_config()).is_err());
+}

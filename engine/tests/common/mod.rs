@@ -1,0 +1,79 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use tidelog_engine::batch::check_frame;
+use tidelog_engine::{build_batch, Engine, EngineConfig, Partition, ProducerStamp, Record, TopicConfig};
+
+/// A record whose value names its position in a test sequence, so tests can check
+/// exactly which records came back.
+pub fn numbered(n: u64, value_len: usize) -> Record {
+    let mut value = n.to_le_bytes().to_vec();
+    value.resize(value_len.max(8), (n % 251) as u8);
+    Record {
+        timestamp_ms: 1_700_000_000_000 + n as i64,
+        key: Some(format!("k{}", n % 97).into_bytes()),
+        value: Some(value),
+        ..Record::default()
+    }
+}
+
+pub fn batch_of(first: u64, count: u64, value_len: usize) -> Vec<u8> {
+    let records: Vec<Record> = (first..first + count).map(|n| numbered(n, value_len)).collect();
+    build_batch(&records, ProducerStamp::default())
+}
+
+/// Every record of the partition as (offset, number carried in the value), reading with a
+/// small byte limit so reads cross many batch and segment boundaries.
+pub fn read_all(p: &Partition) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut offset = p.earliest_offset();
+    loop {
+        let fetched = p.read(offset, 3000).expect("read");
+        if fetched.is_empty() {
+            assert_eq!(offset, fetched.high_watermark);
+            break;
+        }
+        let mut pos = 0usize;
+        while pos < fetched.len() {
+            let view = check_frame(&fetched[pos..]).expect("served batches pass their CRC");
+            for r in view.records() {
+                let r = r.expect("record decodes");
+                if r.offset >= offset {
+                    let v = r.value.expect("value");
+                    out.push((r.offset, u64::from_le_bytes(v[..8].try_into().expect("8 bytes"))));
+                }
+            }
+            pos += view.bytes().len();
+        }
+        assert!(fetched.next_offset > offset, "reads make progress");
+        offset = fetched.next_offset;
+    }
+    out
+}
+
+pub fn small_topic(segment_bytes: u32) -> TopicConfig {
+    TopicConfig {
+        partitions: 1,
+        segment_bytes,
+        index_interval_bytes: 512,
+        batch_bytes_max: segment_bytes,
+        ..TopicConfig::default()
+    }
+}
+
+pub fn quick_config() -> EngineConfig {
+    EngineConfig {
+        flush_interval: std::time::Duration::from_millis(50),
+        ..EngineConfig::default()
+    }
+}
+
+pub fn open(dir: &std::path::Path) -> Engine {
+    Engine::open(dir, quick_config()).expect("engine opens")
+}
+
+pub fn partition0(engine: &Engine, topic: &str) -> Arc<Partition> {
+    engine.partition(topic, 0).expect("partition 0")
+}
