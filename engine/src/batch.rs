@@ -137,7 +137,8 @@ impl<'a> BatchView<'a> {
     /// Tenant shared by every record, when the batch is tenant-uniform.
     pub fn uniform_tenant(&self) -> Option<&'a [u8]> {
         if self.header.is_tenant_uniform() {
-            self.bytes.get(HEADER_LEN..HEADER_LEN + usize::from(self.header.tenant_len))
+            self.bytes
+                .get(HEADER_LEN..HEADER_LEN + usize::from(self.header.tenant_len))
         } else {
             None
         }
@@ -146,7 +147,11 @@ impl<'a> BatchView<'a> {
     /// The records of the batch, in order.
     pub fn records(&self) -> RecordIter<'a> {
         let start = HEADER_LEN + usize::from(self.header.tenant_len);
-        RecordIter::new(self.header, self.uniform_tenant(), self.bytes.get(start..).unwrap_or(&[]))
+        RecordIter::new(
+            self.header,
+            self.uniform_tenant(),
+            self.bytes.get(start..).unwrap_or(&[]),
+        )
     }
 }
 
@@ -213,10 +218,15 @@ pub fn validate(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
         )));
     }
     if h.flags & !FLAGS_KNOWN != 0 {
-        return Err(BatchError::Invalid(format!("unknown flags {:#04x}", h.flags)));
+        return Err(BatchError::Invalid(format!(
+            "unknown flags {:#04x}",
+            h.flags
+        )));
     }
     if buf.get(RESERVED_AT..HEADER_LEN) != Some(&[0, 0, 0, 0][..]) {
-        return Err(BatchError::Invalid("reserved header bytes are not zero".into()));
+        return Err(BatchError::Invalid(
+            "reserved header bytes are not zero".into(),
+        ));
     }
     let tenant_len = usize::from(h.tenant_len);
     if h.is_tenant_uniform() != (tenant_len > 0) {
@@ -234,7 +244,9 @@ pub fn validate(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
         )));
     }
     if h.max_timestamp_ms < h.first_timestamp_ms {
-        return Err(BatchError::Invalid("max_timestamp before first_timestamp".into()));
+        return Err(BatchError::Invalid(
+            "max_timestamp before first_timestamp".into(),
+        ));
     }
     let mut count = 0u32;
     let mut last_delta: Option<u32> = None;
@@ -246,10 +258,14 @@ pub fn validate(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
                 return Err(BatchError::Invalid("offset deltas not increasing".into()));
             }
         } else if record.offset_delta != 0 {
-            return Err(BatchError::Invalid("first record offset_delta must be 0".into()));
+            return Err(BatchError::Invalid(
+                "first record offset_delta must be 0".into(),
+            ));
         }
         if h.is_tenant_uniform() && record.attributes & RECORD_HAS_TENANT != 0 {
-            return Err(BatchError::Invalid("record tenant inside a tenant-uniform batch".into()));
+            return Err(BatchError::Invalid(
+                "record tenant inside a tenant-uniform batch".into(),
+            ));
         }
         last_delta = Some(record.offset_delta);
         max_ts = max_ts.max(record.timestamp_ms);
@@ -262,7 +278,9 @@ pub fn validate(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
         )));
     }
     if max_ts != h.max_timestamp_ms {
-        return Err(BatchError::Invalid("max_timestamp does not match the records".into()));
+        return Err(BatchError::Invalid(
+            "max_timestamp does not match the records".into(),
+        ));
     }
     Ok(view)
 }

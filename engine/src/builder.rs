@@ -52,17 +52,30 @@ pub fn build_batch_into(out: &mut Vec<u8>, records: &[Record], producer: Produce
     assert!(!records.is_empty(), "a batch holds at least one record");
     out.clear();
     let first_ts = records[0].timestamp_ms;
-    let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(first_ts);
+    let max_ts = records
+        .iter()
+        .map(|r| r.timestamp_ms)
+        .max()
+        .unwrap_or(first_ts);
     let uniform_tenant = uniform_tenant(records);
     let tenant_bytes = uniform_tenant.unwrap_or(&[]);
-    assert!(tenant_bytes.len() <= batch::TENANT_LEN_MAX, "tenant too long");
+    assert!(
+        tenant_bytes.len() <= batch::TENANT_LEN_MAX,
+        "tenant too long"
+    );
 
     out.resize(HEADER_LEN, 0);
     out.extend_from_slice(tenant_bytes);
     let mut body = Vec::with_capacity(64);
     for (delta, record) in records.iter().enumerate() {
         body.clear();
-        encode_record(&mut body, record, delta as u64, first_ts, uniform_tenant.is_some());
+        encode_record(
+            &mut body,
+            record,
+            delta as u64,
+            first_ts,
+            uniform_tenant.is_some(),
+        );
         varint::put_u64(out, body.len() as u64);
         out.extend_from_slice(&body);
     }
@@ -105,13 +118,19 @@ fn encode_record(out: &mut Vec<u8>, r: &Record, offset_delta: u64, first_ts: i64
     }
     let own_tenant = if uniform { None } else { r.tenant.as_deref() };
     if let Some(t) = own_tenant {
-        assert!(!t.is_empty() && t.len() <= batch::TENANT_LEN_MAX, "tenant length");
+        assert!(
+            !t.is_empty() && t.len() <= batch::TENANT_LEN_MAX,
+            "tenant length"
+        );
         attributes |= RECORD_HAS_TENANT;
     }
     out.push(attributes);
     varint::put_u64(out, offset_delta);
     varint::put_u64(out, varint::zigzag(r.timestamp_ms.wrapping_sub(first_ts)));
-    for field in [own_tenant, r.key.as_deref(), r.value.as_deref()].into_iter().flatten() {
+    for field in [own_tenant, r.key.as_deref(), r.value.as_deref()]
+        .into_iter()
+        .flatten()
+    {
         put_bytes(out, field);
     }
     varint::put_u64(out, r.headers.len() as u64);
@@ -139,7 +158,10 @@ mod tests {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
             proptest::collection::vec(
-                (proptest::collection::vec(any::<u8>(), 0..4), proptest::collection::vec(any::<u8>(), 0..4)),
+                (
+                    proptest::collection::vec(any::<u8>(), 0..4),
+                    proptest::collection::vec(any::<u8>(), 0..4),
+                ),
                 0..3,
             ),
         )
@@ -187,7 +209,9 @@ mod tests {
 
     #[test]
     fn single_bit_flip_in_covered_region_is_detected() {
-        let records: Vec<Record> = (0..10).map(|i| Record::value(i, vec![i as u8; 30])).collect();
+        let records: Vec<Record> = (0..10)
+            .map(|i| Record::value(i, vec![i as u8; 30]))
+            .collect();
         let bytes = build_batch(&records, ProducerStamp::default());
         for byte in batch::CRC_COVERED_FROM..bytes.len() {
             for bit in 0..8 {
@@ -204,13 +228,19 @@ mod tests {
         batch::stamp_base_offset(&mut bytes, 123_456);
         let view = validate(&bytes).expect("still valid");
         assert_eq!(view.header.base_offset, 123_456);
-        assert_eq!(view.records().next().and_then(Result::ok).map(|r| r.offset), Some(123_456));
+        assert_eq!(
+            view.records().next().and_then(Result::ok).map(|r| r.offset),
+            Some(123_456)
+        );
     }
 
     #[test]
     fn truncated_batch_is_incomplete_not_invalid() {
         let bytes = build_batch(&[Record::value(5, "hello")], ProducerStamp::default());
-        assert!(matches!(validate(&bytes[..10]), Err(BatchError::Incomplete { .. })));
+        assert!(matches!(
+            validate(&bytes[..10]),
+            Err(BatchError::Incomplete { .. })
+        ));
         assert!(matches!(
             batch::check_frame(&bytes[..bytes.len() - 1]),
             Err(BatchError::Incomplete { .. })
@@ -226,7 +256,9 @@ mod tests {
         let uniform = build_batch(&[mk("acme"), mk("acme")], ProducerStamp::default());
         let view = validate(&uniform).expect("valid");
         assert_eq!(view.uniform_tenant(), Some(&b"acme"[..]));
-        assert!(view.records().all(|r| r.expect("ok").tenant == Some(&b"acme"[..])));
+        assert!(view
+            .records()
+            .all(|r| r.expect("ok").tenant == Some(&b"acme"[..])));
         let mixed = build_batch(&[mk("acme"), mk("zeta")], ProducerStamp::default());
         let view = validate(&mixed).expect("valid");
         assert_eq!(view.uniform_tenant(), None);

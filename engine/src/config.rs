@@ -63,7 +63,9 @@ impl TopicConfig {
             return bad(format!("partitions must be in 1..={PARTITIONS_MAX}"));
         }
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
-            return bad(format!("segment_bytes must be in {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}"));
+            return bad(format!(
+                "segment_bytes must be in {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}"
+            ));
         }
         if self.index_interval_bytes == 0 || self.index_interval_bytes > self.segment_bytes {
             return bad("index_interval_bytes must be in 1..=segment_bytes".into());

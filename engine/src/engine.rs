@@ -81,7 +81,10 @@ pub(crate) struct EngineInner {
 impl EngineInner {
     pub(crate) fn all_partitions(&self) -> Vec<Arc<Partition>> {
         let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
-        topics.values().flat_map(|t| t.partitions().as_ref().clone()).collect()
+        topics
+            .values()
+            .flat_map(|t| t.partitions().as_ref().clone())
+            .collect()
     }
 }
 
@@ -99,7 +102,8 @@ impl Engine {
     pub fn open(data_dir: impl AsRef<Path>, config: EngineConfig) -> Result<Engine> {
         let data_dir = data_dir.as_ref().to_path_buf();
         let topics_dir = data_dir.join("topics");
-        fs::create_dir_all(&topics_dir).map_err(|e| EngineError::io("create data dir", &topics_dir, e))?;
+        fs::create_dir_all(&topics_dir)
+            .map_err(|e| EngineError::io("create data dir", &topics_dir, e))?;
         let lock = lock_dir(&data_dir)?;
         let marker = data_dir.join(CLEAN_SHUTDOWN_FILE);
         let clean = fs::read(&marker).is_ok_and(|b| b == CLEAN_MAGIC);
@@ -108,7 +112,9 @@ impl Engine {
         let watcher: WatcherSlot = Arc::new(OnceLock::new());
         let mut topics = BTreeMap::new();
         let mut reports = Vec::new();
-        for entry in fs::read_dir(&topics_dir).map_err(|e| EngineError::io("list", &topics_dir, e))? {
+        for entry in
+            fs::read_dir(&topics_dir).map_err(|e| EngineError::io("list", &topics_dir, e))?
+        {
             let entry = entry.map_err(|e| EngineError::io("list", &topics_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let dir = entry.path();
@@ -123,11 +129,15 @@ impl Engine {
             let name: Arc<str> = Arc::from(name.as_str());
             let mut partitions = Vec::new();
             for p in 0..meta.config.partitions {
-                let (partition, report) = open_partition(&name, p, &dir, &meta.config, &config, clean, &watcher)?;
+                let (partition, report) =
+                    open_partition(&name, p, &dir, &meta.config, &config, clean, &watcher)?;
                 reports.push((name.to_string(), p, report));
                 partitions.push(Arc::new(partition));
             }
-            topics.insert(name.to_string(), Arc::new(Topic::new(name, dir, meta, partitions)));
+            topics.insert(
+                name.to_string(),
+                Arc::new(Topic::new(name, dir, meta, partitions)),
+            );
         }
         if marker.exists() {
             fs::remove_file(&marker).map_err(|e| EngineError::io("remove", &marker, e))?;
@@ -153,7 +163,14 @@ impl Engine {
         let weak = Arc::downgrade(&inner);
         let flusher = std::thread::Builder::new()
             .name("tidelog-flusher".into())
-            .spawn(move || flusher::run(weak, flush_queue, config.flush_interval, config.retention_check_interval))
+            .spawn(move || {
+                flusher::run(
+                    weak,
+                    flush_queue,
+                    config.flush_interval,
+                    config.retention_check_interval,
+                )
+            })
             .map_err(|e| EngineError::io("spawn flusher", "", e))?;
         Ok(Engine {
             inner,
@@ -207,19 +224,34 @@ impl Engine {
         let name_arc: Arc<str> = Arc::from(name);
         let mut partitions = Vec::new();
         for p in 0..config.partitions {
-            let (partition, _) = open_partition(&name_arc, p, &dir, &config, &self.inner.config, false, &self.inner.watcher)?;
+            let (partition, _) = open_partition(
+                &name_arc,
+                p,
+                &dir,
+                &config,
+                &self.inner.config,
+                false,
+                &self.inner.watcher,
+            )?;
             partitions.push(Arc::new(partition));
         }
         let topic = Arc::new(Topic::new(name_arc, dir, meta, partitions));
         topics.insert(name.to_string(), topic.clone());
-        tracing::info!(topic = name, partitions = config.partitions, "topic created");
+        tracing::info!(
+            topic = name,
+            partitions = config.partitions,
+            "topic created"
+        );
         Ok(topic)
     }
 
     /// Increases a topic's partition count (partitions are never removed).
     pub fn add_partitions(&self, name: &str, partitions: u32) -> Result<Arc<Topic>> {
         let topics = self.inner.topics.write().unwrap_or_else(|p| p.into_inner());
-        let topic = topics.get(name).cloned().ok_or_else(|| EngineError::UnknownTopic(name.to_string()))?;
+        let topic = topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownTopic(name.to_string()))?;
         let mut meta = topic.meta();
         if partitions < meta.config.partitions {
             return Err(EngineError::InvalidConfig(format!(
@@ -231,7 +263,15 @@ impl Engine {
         meta.config.validate()?;
         let mut list = topic.partitions().as_ref().clone();
         for p in list.len() as u32..partitions {
-            let (partition, _) = open_partition(&topic.name().into(), p, topic.dir(), &meta.config, &self.inner.config, false, &self.inner.watcher)?;
+            let (partition, _) = open_partition(
+                &topic.name().into(),
+                p,
+                topic.dir(),
+                &meta.config,
+                &self.inner.config,
+                false,
+                &self.inner.watcher,
+            )?;
             list.push(Arc::new(partition));
         }
         meta.write(topic.dir())?;
@@ -242,7 +282,9 @@ impl Engine {
     /// Deletes a topic and its data. Readers holding its segments keep their mappings.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         let mut topics = self.inner.topics.write().unwrap_or_else(|p| p.into_inner());
-        let topic = topics.remove(name).ok_or_else(|| EngineError::UnknownTopic(name.to_string()))?;
+        let topic = topics
+            .remove(name)
+            .ok_or_else(|| EngineError::UnknownTopic(name.to_string()))?;
         let topics_dir = self.inner.data_dir.join("topics");
         let grave = topics_dir.join(format!(".deleted-{name}-{}", fsio::now_ms()));
         fs::rename(topic.dir(), &grave).map_err(|e| EngineError::io("rename", &grave, e))?;
@@ -267,7 +309,13 @@ impl Engine {
     }
 
     pub fn topic_names(&self) -> Vec<String> {
-        self.inner.topics.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+        self.inner
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
@@ -294,7 +342,13 @@ impl Engine {
 
     /// Appends a batch with the given acknowledgement level. `Durable` blocks until the
     /// flusher's group commit covers the batch.
-    pub fn append(&self, topic: &str, partition: u32, batch: &[u8], ack: AckLevel) -> Result<Appended> {
+    pub fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: &[u8],
+        ack: AckLevel,
+    ) -> Result<Appended> {
         let p = self.partition(topic, partition)?;
         let appended = p.append(batch)?;
         if ack == AckLevel::Durable {
@@ -342,7 +396,11 @@ impl Engine {
         if let Some(e) = first_error {
             return Err(e);
         }
-        fsio::write_atomic(&self.inner.data_dir.join(CLEAN_SHUTDOWN_FILE), CLEAN_MAGIC, true)?;
+        fsio::write_atomic(
+            &self.inner.data_dir.join(CLEAN_SHUTDOWN_FILE),
+            CLEAN_MAGIC,
+            true,
+        )?;
         tracing::info!(data_dir = %self.inner.data_dir.display(), "engine closed cleanly");
         Ok(())
     }
@@ -371,7 +429,13 @@ fn open_partition(
     watcher: &WatcherSlot,
 ) -> Result<(Partition, RecoveryReport)> {
     let dir = topic_dir.join(id.to_string());
-    let opened = recovery::open_partition(&dir, config, engine_config.recovery_policy, clean, &engine_config.sync)?;
+    let opened = recovery::open_partition(
+        &dir,
+        config,
+        engine_config.recovery_policy,
+        clean,
+        &engine_config.sync,
+    )?;
     let partition = Partition::from_recovered(
         topic.clone(),
         id,

@@ -42,7 +42,10 @@ impl<const N: usize> EntryFile<N> {
             .map_err(|e| EngineError::io("open index", path, e))?;
         let capacity = capacity.max(len).max(1);
         let bytes = (capacity * N) as u64;
-        let current = file.metadata().map_err(|e| EngineError::io("stat", path, e))?.len();
+        let current = file
+            .metadata()
+            .map_err(|e| EngineError::io("stat", path, e))?
+            .len();
         if current < bytes {
             fsio::preallocate(&file, path, bytes)?;
         }
@@ -65,7 +68,10 @@ impl<const N: usize> EntryFile<N> {
     /// Opens a closed (trimmed) file read-only; every whole entry in it is visible.
     pub fn open_readonly(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| EngineError::io("open index", path, e))?;
-        let bytes = file.metadata().map_err(|e| EngineError::io("stat", path, e))?.len() as usize;
+        let bytes = file
+            .metadata()
+            .map_err(|e| EngineError::io("stat", path, e))?
+            .len() as usize;
         let len = bytes / N;
         let map = if len == 0 {
             None
@@ -136,18 +142,28 @@ impl<const N: usize> EntryFile<N> {
             if len < self.capacity && !map.as_ptr().is_null() && map.len() >= self.capacity * N {
                 // SAFETY: range [len*N, capacity*N) is inside the writable mapping and not
                 // visible to readers (they only read below `len`).
-                unsafe { std::ptr::write_bytes(map.as_mut_ptr().add(len * N), 0, (self.capacity - len) * N) };
+                unsafe {
+                    std::ptr::write_bytes(
+                        map.as_mut_ptr().add(len * N),
+                        0,
+                        (self.capacity - len) * N,
+                    )
+                };
             }
         }
     }
 
     /// msync of the entries `[from, to)`.
     pub fn sync_range(&self, from: usize, to: usize, policy: &fsio::SyncPolicy) -> Result<()> {
-        let Some(map) = self.map.as_ref() else { return Ok(()) };
+        let Some(map) = self.map.as_ref() else {
+            return Ok(());
+        };
         if to <= from {
             return Ok(());
         }
-        policy.check(&self.path).map_err(|e| EngineError::io("msync index", &self.path, e))?;
+        policy
+            .check(&self.path)
+            .map_err(|e| EngineError::io("msync index", &self.path, e))?;
         map.flush_range(from * N, (to - from) * N)
             .map_err(|e| EngineError::io("msync index", &self.path, e))
     }
@@ -159,8 +175,12 @@ impl<const N: usize> EntryFile<N> {
         self.file
             .set_len((len * N) as u64)
             .map_err(|e| EngineError::io("trim index", &self.path, e))?;
-        policy.check(&self.path).map_err(|e| EngineError::io("fsync index", &self.path, e))?;
-        self.file.sync_all().map_err(|e| EngineError::io("fsync index", &self.path, e))
+        policy
+            .check(&self.path)
+            .map_err(|e| EngineError::io("fsync index", &self.path, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| EngineError::io("fsync index", &self.path, e))
     }
 }
 

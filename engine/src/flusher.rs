@@ -55,11 +55,18 @@ impl FlushQueue {
     }
 }
 
-pub(crate) fn run(engine: Weak<EngineInner>, queue: Arc<FlushQueue>, flush_interval: Duration, retention_interval: Duration) {
+pub(crate) fn run(
+    engine: Weak<EngineInner>,
+    queue: Arc<FlushQueue>,
+    flush_interval: Duration,
+    retention_interval: Duration,
+) {
     let mut next_periodic = Instant::now() + flush_interval;
     let mut next_retention = Instant::now() + retention_interval;
     loop {
-        let wait = next_periodic.min(next_retention).saturating_duration_since(Instant::now());
+        let wait = next_periodic
+            .min(next_retention)
+            .saturating_duration_since(Instant::now());
         let requested = queue.take(wait);
         for p in &requested {
             if p.flush().is_ok() {
@@ -71,10 +78,15 @@ pub(crate) fn run(engine: Weak<EngineInner>, queue: Arc<FlushQueue>, flush_inter
         }
         let now = Instant::now();
         if now >= next_periodic || now >= next_retention {
-            let Some(engine) = engine.upgrade() else { return };
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
             let partitions = engine.all_partitions();
             if now >= next_periodic {
-                for p in partitions.iter().filter(|p| p.is_dirty() && !p.is_poisoned()) {
+                for p in partitions
+                    .iter()
+                    .filter(|p| p.is_dirty() && !p.is_poisoned())
+                {
                     if p.flush().is_ok() {
                         queue.syncs.fetch_add(1, Ordering::Relaxed);
                     }

@@ -36,7 +36,8 @@ impl SyncPolicy {
 /// Allocates real blocks for `[0, len)` so that writing through a mapping can never hit a
 /// hole on a full disk (which would raise SIGBUS and kill the process).
 pub fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
-    let len_i64 = i64::try_from(len).map_err(|_| EngineError::InvalidConfig(format!("file length {len}")))?;
+    let len_i64 =
+        i64::try_from(len).map_err(|_| EngineError::InvalidConfig(format!("file length {len}")))?;
     loop {
         // SAFETY: plain syscall on an owned, open descriptor.
         let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len_i64) };
@@ -50,7 +51,9 @@ pub fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
             // then SIGBUS on a full disk; we log it once per file.
             Some(libc::EOPNOTSUPP) => {
                 tracing::warn!(path = %path.display(), "fallocate unsupported; segment is sparse");
-                return file.set_len(len).map_err(|e| EngineError::io("set_len", path, e));
+                return file
+                    .set_len(len)
+                    .map_err(|e| EngineError::io("set_len", path, e));
             }
             _ => return Err(EngineError::io("fallocate", path, err)),
         }
@@ -73,9 +76,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
         .truncate(true)
         .open(&tmp)
         .map_err(|e| EngineError::io("create", &tmp, e))?;
-    f.write_all(bytes).map_err(|e| EngineError::io("write", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| EngineError::io("write", &tmp, e))?;
     if sync {
-        f.sync_all().map_err(|e| EngineError::io("fsync", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| EngineError::io("fsync", &tmp, e))?;
     }
     drop(f);
     fs::rename(&tmp, path).map_err(|e| EngineError::io("rename", path, e))?;

@@ -80,7 +80,13 @@ pub struct SegmentIndex {
 }
 
 impl SegmentIndex {
-    pub fn open_writable(offset_path: &Path, time_path: &Path, capacity: usize, offsets_len: usize, times_len: usize) -> Result<Self> {
+    pub fn open_writable(
+        offset_path: &Path,
+        time_path: &Path,
+        capacity: usize,
+        offsets_len: usize,
+        times_len: usize,
+    ) -> Result<Self> {
         Ok(SegmentIndex {
             offsets: EntryFile::open_writable(offset_path, capacity, offsets_len)?,
             times: EntryFile::open_writable(time_path, capacity, times_len)?,
@@ -111,11 +117,17 @@ impl SegmentIndex {
     }
 
     pub fn last_offset_entry(&self) -> Option<OffsetEntry> {
-        self.offsets.len().checked_sub(1).and_then(|i| self.offset_entry(i))
+        self.offsets
+            .len()
+            .checked_sub(1)
+            .and_then(|i| self.offset_entry(i))
     }
 
     pub fn last_time_entry(&self) -> Option<TimeEntry> {
-        self.times.len().checked_sub(1).and_then(|i| self.time_entry(i))
+        self.times
+            .len()
+            .checked_sub(1)
+            .and_then(|i| self.time_entry(i))
     }
 
     /// Adds an entry for a batch. Returns false if the index is full (the caller then
@@ -164,7 +176,9 @@ impl SegmentIndex {
                 _ => hi = mid,
             }
         }
-        lo.checked_sub(1).and_then(|i| self.time_entry(i)).map(|e| e.relative_offset)
+        lo.checked_sub(1)
+            .and_then(|i| self.time_entry(i))
+            .map(|e| e.relative_offset)
     }
 
     /// Drops entries at or after `position` (recovery only).
@@ -187,8 +201,14 @@ impl SegmentIndex {
         self.times.truncate(times);
     }
 
-    pub fn sync_range(&self, offsets_from: usize, times_from: usize, policy: &SyncPolicy) -> Result<()> {
-        self.offsets.sync_range(offsets_from, self.offsets.len(), policy)?;
+    pub fn sync_range(
+        &self,
+        offsets_from: usize,
+        times_from: usize,
+        policy: &SyncPolicy,
+    ) -> Result<()> {
+        self.offsets
+            .sync_range(offsets_from, self.offsets.len(), policy)?;
         self.times.sync_range(times_from, self.times.len(), policy)
     }
 
@@ -213,7 +233,10 @@ impl SegmentIndex {
                 return false;
             }
             if let Some((p, pts)) = prev {
-                if e.relative_offset <= p.relative_offset || e.position <= p.position || t.max_timestamp_ms < pts {
+                if e.relative_offset <= p.relative_offset
+                    || e.position <= p.position
+                    || t.max_timestamp_ms < pts
+                {
                     return false;
                 }
             } else if e.relative_offset != 0 || e.position != 0 {

@@ -210,7 +210,10 @@ impl Partition {
 
     /// The current segment list (a snapshot; cheap to clone).
     pub fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
-        self.segments.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Bytes held on disk by the partition's data (not counting preallocation).
@@ -255,9 +258,9 @@ impl Partition {
             });
         }
         let view = batch::validate(batch_bytes).map_err(|e| match e {
-            BatchError::Incomplete { needed, have } => {
-                EngineError::InvalidBatch(format!("truncated: batch needs {needed} bytes, {have} given"))
-            }
+            BatchError::Incomplete { needed, have } => EngineError::InvalidBatch(format!(
+                "truncated: batch needs {needed} bytes, {have} given"
+            )),
             BatchError::Invalid(why) => EngineError::InvalidBatch(why),
         })?;
         let header = view.header;
@@ -266,7 +269,9 @@ impl Partition {
             return Err(self.poisoned_error());
         }
         if header.producer_id != 0 {
-            if let SequenceCheck::Duplicate(hit) = w.producers.check(header.producer_id, header.producer_seq)? {
+            if let SequenceCheck::Duplicate(hit) =
+                w.producers.check(header.producer_id, header.producer_seq)?
+            {
                 return Ok(Appended {
                     base_offset: hit.base_offset,
                     last_offset: hit.last_offset,
@@ -326,7 +331,8 @@ impl Partition {
         // Bounds the replay of producer state on open to the active segment. Not fsynced:
         // losing it only makes recovery replay more.
         let snapshot = w.producers.encode(next);
-        if let Err(e) = fsio::write_atomic(&self.dir.join(PRODUCER_SNAPSHOT_FILE), &snapshot, false) {
+        if let Err(e) = fsio::write_atomic(&self.dir.join(PRODUCER_SNAPSHOT_FILE), &snapshot, false)
+        {
             tracing::warn!(error = %e, "could not write producer snapshot");
         }
         {
@@ -339,7 +345,9 @@ impl Partition {
         tracing::debug!(topic = %self.topic, partition = self.id, base = next, "rolled segment");
         // Everything before the new segment is sealed, hence durable.
         if self.durable_offset.fetch_max(next, Ordering::AcqRel) < next {
-            self.emit(Change::Durable { durable_offset: next });
+            self.emit(Change::Durable {
+                durable_offset: next,
+            });
         }
         Ok(())
     }
@@ -393,14 +401,20 @@ impl Partition {
                 next: high_watermark,
             });
         }
-        let idx = segs.partition_point(|s| s.base_offset() <= from).saturating_sub(1);
-        let seg = segs.get(idx).ok_or_else(|| EngineError::OffsetOutOfRange {
+        let idx = segs
+            .partition_point(|s| s.base_offset() <= from)
+            .saturating_sub(1);
+        let seg = segs.get(idx).ok_or(EngineError::OffsetOutOfRange {
             requested: from,
             earliest,
             next: high_watermark,
         })?;
         let Some(start) = seg.find_position(from) else {
-            return Err(EngineError::corrupt(seg.path(), 0, format!("offset {from} not found in its segment")));
+            return Err(EngineError::corrupt(
+                seg.path(),
+                0,
+                format!("offset {from} not found in its segment"),
+            ));
         };
         let (end, next_offset) = seg.batch_run(start, max_bytes);
         let next_offset = next_offset.unwrap_or(from);
@@ -417,14 +431,16 @@ impl Partition {
     /// Blocks until the high watermark passes `offset` (a record at `offset` is readable)
     /// or the deadline; returns whether it did.
     pub fn wait_for_data(&self, offset: u64, deadline: Instant) -> bool {
-        self.wait.wait_until(deadline, || self.next_offset() > offset)
+        self.wait
+            .wait_until(deadline, || self.next_offset() > offset)
     }
 
     /// Blocks until `offset` is durable. Errors if the partition is poisoned or the
     /// deadline passes first. The flusher must have been asked (the engine does this).
     pub fn wait_durable(&self, offset: u64, deadline: Instant) -> Result<()> {
-        self.wait
-            .wait_until(deadline, || self.durable_offset() > offset || self.is_poisoned());
+        self.wait.wait_until(deadline, || {
+            self.durable_offset() > offset || self.is_poisoned()
+        });
         if self.durable_offset() > offset {
             Ok(())
         } else if self.is_poisoned() {
@@ -443,15 +459,27 @@ impl Partition {
         let (seg, len, next, max_ts, offset_entries, time_entries) = {
             let w = self.lock_writer();
             let s = w.active.clone();
-            let snapshot = (s.len(), s.next_offset(), s.max_timestamp_ms(), s.index().offset_entries(), s.index().time_entries());
-            (s, snapshot.0, snapshot.1, snapshot.2, snapshot.3, snapshot.4)
+            let snapshot = (
+                s.len(),
+                s.next_offset(),
+                s.max_timestamp_ms(),
+                s.index().offset_entries(),
+                s.index().time_entries(),
+            );
+            (
+                s, snapshot.0, snapshot.1, snapshot.2, snapshot.3, snapshot.4,
+            )
         };
         let same = progress.segment_base == seg.base_offset() && progress.position <= len;
         if same && progress.position == len && next <= self.durable_offset() {
             return Ok(());
         }
         let (from, oe_from, te_from) = if same {
-            (progress.position, progress.offset_entries, progress.time_entries)
+            (
+                progress.position,
+                progress.offset_entries,
+                progress.time_entries,
+            )
         } else {
             (0, 0, 0)
         };
@@ -480,7 +508,9 @@ impl Partition {
             time_entries,
         };
         if self.durable_offset.fetch_max(next, Ordering::AcqRel) < next {
-            self.emit(Change::Durable { durable_offset: next });
+            self.emit(Change::Durable {
+                durable_offset: next,
+            });
         }
         Ok(())
     }
@@ -505,7 +535,9 @@ impl Partition {
         for seg in segs.iter().take(sealed) {
             let len = u64::from(seg.len());
             let past_size = total.saturating_sub(len) >= bytes_max;
-            let past_age = ms_max != u64::MAX && now_ms.saturating_sub(seg.max_timestamp_ms()) as u64 > ms_max;
+            // Records stamped in the future (producer clock skew) are simply not old.
+            let age_ms = now_ms.saturating_sub(seg.max_timestamp_ms());
+            let past_age = ms_max != u64::MAX && age_ms > 0 && age_ms as u64 > ms_max;
             if !(past_size || past_age) {
                 break;
             }
@@ -540,4 +572,3 @@ impl Partition {
         )
     }
 }
-

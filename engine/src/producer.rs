@@ -215,14 +215,26 @@ mod tests {
         assert_eq!(s.check(7, 0).expect("ok"), SequenceCheck::Fresh);
         s.record(7, rec(0, 0));
         s.record(7, rec(1, 10));
-        assert_eq!(s.check(7, 1).expect("ok"), SequenceCheck::Duplicate(rec(1, 10)));
-        assert_eq!(s.check(7, 0).expect("ok"), SequenceCheck::Duplicate(rec(0, 0)));
+        assert_eq!(
+            s.check(7, 1).expect("ok"),
+            SequenceCheck::Duplicate(rec(1, 10))
+        );
+        assert_eq!(
+            s.check(7, 0).expect("ok"),
+            SequenceCheck::Duplicate(rec(0, 0))
+        );
         assert_eq!(s.check(7, 2).expect("ok"), SequenceCheck::Fresh);
-        assert!(matches!(s.check(7, 5), Err(EngineError::OutOfOrderSequence { expected: 2, .. })));
+        assert!(matches!(
+            s.check(7, 5),
+            Err(EngineError::OutOfOrderSequence { expected: 2, .. })
+        ));
         for i in 2..10 {
             s.record(7, rec(i, i * 10));
         }
-        assert!(matches!(s.check(7, 1), Err(EngineError::StaleSequence { .. })));
+        assert!(matches!(
+            s.check(7, 1),
+            Err(EngineError::StaleSequence { .. })
+        ));
     }
 
     #[test]

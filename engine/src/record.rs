@@ -85,7 +85,11 @@ pub struct RecordIter<'a> {
 }
 
 impl<'a> RecordIter<'a> {
-    pub(crate) fn new(header: BatchHeader, uniform_tenant: Option<&'a [u8]>, buf: &'a [u8]) -> Self {
+    pub(crate) fn new(
+        header: BatchHeader,
+        uniform_tenant: Option<&'a [u8]>,
+        buf: &'a [u8],
+    ) -> Self {
         RecordIter {
             header,
             uniform_tenant,
@@ -177,7 +181,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn u8(&mut self) -> Result<u8, String> {
-        let (&b, rest) = self.buf.split_first().ok_or("record ends inside attributes")?;
+        let (&b, rest) = self
+            .buf
+            .split_first()
+            .ok_or("record ends inside attributes")?;
         self.buf = rest;
         Ok(b)
     }
@@ -192,7 +199,10 @@ impl<'a> Cursor<'a> {
         let len = self.varint()?;
         let len = usize::try_from(len).map_err(|_| "length overflows usize")?;
         if len > self.buf.len() {
-            return Err(format!("field of {len} bytes, only {} left", self.buf.len()));
+            return Err(format!(
+                "field of {len} bytes, only {} left",
+                self.buf.len()
+            ));
         }
         let (field, rest) = self.buf.split_at(len);
         self.buf = rest;

@@ -135,7 +135,12 @@ pub(crate) fn open_partition(
             corruption(policy, &segment::log_path(dir, last_base), 0, &reason)?;
             delete_segment_files(dir, last_base)?;
             report.segments_dropped += 1;
-            let seg = Segment::create(dir, start, config.segment_bytes, config.index_interval_bytes)?;
+            let seg = Segment::create(
+                dir,
+                start,
+                config.segment_bytes,
+                config.index_interval_bytes,
+            )?;
             durable_offset = start;
             segments.push(Arc::new(seg));
         } else {
@@ -190,7 +195,10 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
             let _ = fs::remove_file(&path);
             continue;
         }
-        let Some(base) = (stem.len() == 20).then(|| stem.parse::<u64>().ok()).flatten() else {
+        let Some(base) = (stem.len() == 20)
+            .then(|| stem.parse::<u64>().ok())
+            .flatten()
+        else {
             continue;
         };
         match ext {
@@ -245,14 +253,29 @@ fn open_sealed(
     };
     tracing::warn!(segment = base, reason = %why, "sealed segment failed its check; rescanning");
     // Rebuild: indexes from scratch, data CRC-checked end to end.
-    for p in [segment::offset_index_path(dir, base), segment::time_index_path(dir, base)] {
+    for p in [
+        segment::offset_index_path(dir, base),
+        segment::time_index_path(dir, base),
+    ] {
         let _ = fs::remove_file(p);
     }
     let log = segment::log_path(dir, base);
-    let file_len = fs::metadata(&log).map_err(|e| EngineError::io("stat", &log, e))?.len();
-    let file_len = u32::try_from(file_len).map_err(|_| EngineError::corrupt(&log, 0, "segment exceeds 4 GiB"))?;
+    let file_len = fs::metadata(&log)
+        .map_err(|e| EngineError::io("stat", &log, e))?
+        .len();
+    let file_len = u32::try_from(file_len)
+        .map_err(|_| EngineError::corrupt(&log, 0, "segment exceeds 4 GiB"))?;
     let out = {
-        let seg = Segment::open_active(dir, base, file_len, config.index_interval_bytes, 0, base, i64::MIN, (0, 0))?;
+        let seg = Segment::open_active(
+            dir,
+            base,
+            file_len,
+            config.index_interval_bytes,
+            0,
+            base,
+            i64::MIN,
+            (0, 0),
+        )?;
         let out = seg.recover_from(0, base, i64::MIN)?;
         seg.seal(sync)?;
         out
@@ -261,8 +284,9 @@ fn open_sealed(
     report.scanned_bytes += out.scanned_bytes();
     let seg = Segment::open_closed(dir, base, config.index_interval_bytes)?;
     if !seg.is_empty() {
-        seg.check_tail(base)
-            .map_err(|why| EngineError::corrupt(&log, 0, format!("rebuilt segment still fails: {why}")))?;
+        seg.check_tail(base).map_err(|why| {
+            EngineError::corrupt(&log, 0, format!("rebuilt segment still fails: {why}"))
+        })?;
     }
     let damage = out.stopped.map(|reason| Truncation {
         segment: log,
@@ -273,7 +297,12 @@ fn open_sealed(
 }
 
 /// Reopens a sealed segment for appending (after a cut made it the last one).
-fn reopen_sealed_as_active(dir: &Path, base: u64, next: u64, config: &TopicConfig) -> Result<Segment> {
+fn reopen_sealed_as_active(
+    dir: &Path,
+    base: u64,
+    next: u64,
+    config: &TopicConfig,
+) -> Result<Segment> {
     let log = segment::log_path(dir, base);
     let len = fs::metadata(&log).map(|m| m.len() as u32).unwrap_or(0);
     let seg = Segment::open_active(
@@ -284,11 +313,20 @@ fn reopen_sealed_as_active(dir: &Path, base: u64, next: u64, config: &TopicConfi
         len,
         next,
         i64::MIN,
-        (entries(&segment::offset_index_path(dir, base), OFFSET_ENTRY_LEN), entries(&segment::time_index_path(dir, base), TIME_ENTRY_LEN)),
+        (
+            entries(&segment::offset_index_path(dir, base), OFFSET_ENTRY_LEN),
+            entries(&segment::time_index_path(dir, base), TIME_ENTRY_LEN),
+        ),
     )?;
-    let running = seg.index().last_time_entry().map_or(i64::MIN, |t| t.max_timestamp_ms);
+    let running = seg
+        .index()
+        .last_time_entry()
+        .map_or(i64::MIN, |t| t.max_timestamp_ms);
     let from = seg.index().last_offset_entry().map_or(0, |e| e.position);
-    let from_offset = seg.index().last_offset_entry().map_or(base, |e| base + u64::from(e.relative_offset));
+    let from_offset = seg
+        .index()
+        .last_offset_entry()
+        .map_or(base, |e| base + u64::from(e.relative_offset));
     seg.recover_from(from, from_offset, running)?;
     Ok(seg)
 }
@@ -307,8 +345,11 @@ fn open_active(
     report: &mut RecoveryReport,
 ) -> Result<(Segment, u64)> {
     let log = segment::log_path(dir, base);
-    let file_len = fs::metadata(&log).map_err(|e| EngineError::io("stat", &log, e))?.len();
-    let file_len = u32::try_from(file_len).map_err(|_| EngineError::corrupt(&log, 0, "segment exceeds 4 GiB"))?;
+    let file_len = fs::metadata(&log)
+        .map_err(|e| EngineError::io("stat", &log, e))?
+        .len();
+    let file_len = u32::try_from(file_len)
+        .map_err(|_| EngineError::corrupt(&log, 0, "segment exceeds 4 GiB"))?;
     let capacity = config.segment_bytes.max(file_len);
     let index_lens = (
         entries(&segment::offset_index_path(dir, base), OFFSET_ENTRY_LEN),
@@ -318,7 +359,16 @@ fn open_active(
     if clean {
         // The file was trimmed to its data at shutdown: trust it, walk only the tail
         // after the last index entry to learn the next offset.
-        let seg = Segment::open_active(dir, base, capacity, config.index_interval_bytes, file_len, base, i64::MIN, index_lens)?;
+        let seg = Segment::open_active(
+            dir,
+            base,
+            capacity,
+            config.index_interval_bytes,
+            file_len,
+            base,
+            i64::MIN,
+            index_lens,
+        )?;
         if let Some(out) = verify_clean_tail(&seg, base, file_len) {
             report.scanned_bytes += out.scanned_bytes();
             seg.set_recovered(file_len, out.next_offset, out.max_timestamp_ms);
@@ -329,9 +379,9 @@ fn open_active(
     }
 
     // Unclean: trust what the checkpoint says was synced, scan the rest.
-    let checkpoint = CheckpointFile::open(dir)?.read().filter(|cp| {
-        cp.segment_base == base && cp.position <= file_len && cp.next_offset >= base
-    });
+    let checkpoint = CheckpointFile::open(dir)?
+        .read()
+        .filter(|cp| cp.segment_base == base && cp.position <= file_len && cp.next_offset >= base);
     let (start_pos, start_offset, start_ts, keep) = match checkpoint {
         Some(cp) => (
             cp.position,
@@ -342,11 +392,31 @@ fn open_active(
         None => (0, base, i64::MIN, (0, 0)),
     };
     let keep = (keep.0.min(index_lens.0), keep.1.min(index_lens.1));
-    let mut seg = Segment::open_active(dir, base, capacity, config.index_interval_bytes, 0, base, i64::MIN, keep)?;
+    let mut seg = Segment::open_active(
+        dir,
+        base,
+        capacity,
+        config.index_interval_bytes,
+        0,
+        base,
+        i64::MIN,
+        keep,
+    )?;
     let mut start = (start_pos, start_offset, start_ts);
-    if !seg.index().is_consistent(start_pos.max(1)) || seg.index().offset_entries() != seg.index().time_entries() {
+    if !seg.index().is_consistent(start_pos.max(1))
+        || seg.index().offset_entries() != seg.index().time_entries()
+    {
         drop(seg);
-        seg = Segment::open_active(dir, base, capacity, config.index_interval_bytes, 0, base, i64::MIN, (0, 0))?;
+        seg = Segment::open_active(
+            dir,
+            base,
+            capacity,
+            config.index_interval_bytes,
+            0,
+            base,
+            i64::MIN,
+            (0, 0),
+        )?;
         start = (0, base, i64::MIN);
         report.indexes_rebuilt += 1;
     }
@@ -369,18 +439,29 @@ fn open_active(
 /// Walks the tail of a cleanly closed segment; `None` if it does not end exactly at the
 /// file length.
 fn verify_clean_tail(seg: &Segment, base: u64, len: u32) -> Option<ScanOutcome> {
-    let (from, from_offset, running) = match (seg.index().last_offset_entry(), seg.index().last_time_entry()) {
-        (Some(e), Some(t)) if e.position < len && seg.index().offset_entries() == seg.index().time_entries() => {
-            (e.position, base + u64::from(e.relative_offset), t.max_timestamp_ms)
+    let (from, from_offset, running) = match (
+        seg.index().last_offset_entry(),
+        seg.index().last_time_entry(),
+    ) {
+        (Some(e), Some(t))
+            if e.position < len && seg.index().offset_entries() == seg.index().time_entries() =>
+        {
+            (
+                e.position,
+                base + u64::from(e.relative_offset),
+                t.max_timestamp_ms,
+            )
         }
-        (None, None) if len == 0 => return Some(ScanOutcome {
-            from: 0,
-            end: 0,
-            next_offset: base,
-            max_timestamp_ms: i64::MIN,
-            batches: 0,
-            stopped: None,
-        }),
+        (None, None) if len == 0 => {
+            return Some(ScanOutcome {
+                from: 0,
+                end: 0,
+                next_offset: base,
+                max_timestamp_ms: i64::MIN,
+                batches: 0,
+                stopped: None,
+            })
+        }
         _ => return None,
     };
     seg.set_recovered(0, base, running);
@@ -392,7 +473,10 @@ fn verify_clean_tail(seg: &Segment, base: u64, len: u32) -> Option<ScanOutcome> 
 /// it (only headers: no record is decoded).
 fn restore_producers(dir: &Path, segments: &[Arc<Segment>], next_offset: u64) -> ProducerState {
     let earliest = segments.first().map_or(0, |s| s.base_offset());
-    let (mut state, from) = match fs::read(dir.join(PRODUCER_SNAPSHOT_FILE)).ok().map(|b| ProducerState::decode(&b)) {
+    let (mut state, from) = match fs::read(dir.join(PRODUCER_SNAPSHOT_FILE))
+        .ok()
+        .map(|b| ProducerState::decode(&b))
+    {
         Some(Ok((state, at))) if at <= next_offset && at >= earliest => (state, at),
         Some(Err(why)) => {
             tracing::warn!(dir = %dir.display(), why, "producer snapshot unusable; replaying the log");
@@ -403,7 +487,10 @@ fn restore_producers(dir: &Path, segments: &[Arc<Segment>], next_offset: u64) ->
     for seg in segments.iter().filter(|s| s.next_offset() > from) {
         let mut pos = seg.find_position(from.max(seg.base_offset())).unwrap_or(0);
         let len = seg.len();
-        while let Some(h) = seg.bytes(pos, len).and_then(crate::batch::BatchHeader::parse) {
+        while let Some(h) = seg
+            .bytes(pos, len)
+            .and_then(crate::batch::BatchHeader::parse)
+        {
             if h.producer_id != 0 && h.base_offset >= from {
                 state.record(
                     h.producer_id,

@@ -25,7 +25,6 @@ use crate::error::{EngineError, Result};
 use crate::fsio::{self, SyncPolicy};
 use crate::index::{OffsetEntry, SegmentIndex};
 
-
 /// Bytes faulted in ahead of the write position, so appends are a memcpy and not a page
 /// fault per 4 KiB.
 const PREFAULT_WINDOW_BYTES: u32 = 8 << 20;
@@ -89,14 +88,32 @@ impl ScanOutcome {
 
 impl Segment {
     /// Creates a fresh, empty active segment.
-    pub fn create(dir: &Path, base_offset: u64, capacity: u32, index_interval_bytes: u32) -> Result<Segment> {
+    pub fn create(
+        dir: &Path,
+        base_offset: u64,
+        capacity: u32,
+        index_interval_bytes: u32,
+    ) -> Result<Segment> {
         let path = log_path(dir, base_offset);
-        for p in [&path, &offset_index_path(dir, base_offset), &time_index_path(dir, base_offset)] {
+        for p in [
+            &path,
+            &offset_index_path(dir, base_offset),
+            &time_index_path(dir, base_offset),
+        ] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| EngineError::io("remove stale", p, e))?;
             }
         }
-        Self::open_active(dir, base_offset, capacity, index_interval_bytes, 0, base_offset, i64::MIN, (0, 0))
+        Self::open_active(
+            dir,
+            base_offset,
+            capacity,
+            index_interval_bytes,
+            0,
+            base_offset,
+            i64::MIN,
+            (0, 0),
+        )
     }
 
     /// Opens a segment for appending, with `len` valid bytes already in it (established by
@@ -120,7 +137,10 @@ impl Segment {
             .truncate(false)
             .open(&path)
             .map_err(|e| EngineError::io("open segment", &path, e))?;
-        let current = file.metadata().map_err(|e| EngineError::io("stat", &path, e))?.len();
+        let current = file
+            .metadata()
+            .map_err(|e| EngineError::io("stat", &path, e))?
+            .len();
         let capacity = capacity.max(len).max(batch::HEADER_LEN as u32 + 1);
         if current < u64::from(capacity) {
             fsio::preallocate(&file, &path, u64::from(capacity))?;
@@ -163,9 +183,17 @@ impl Segment {
     pub fn open_closed(dir: &Path, base_offset: u64, index_interval_bytes: u32) -> Result<Segment> {
         let path = log_path(dir, base_offset);
         let file = File::open(&path).map_err(|e| EngineError::io("open segment", &path, e))?;
-        let file_len = file.metadata().map_err(|e| EngineError::io("stat", &path, e))?.len();
-        let len = u32::try_from(file_len)
-            .map_err(|_| EngineError::corrupt(&path, 0, format!("segment of {file_len} bytes exceeds 4 GiB")))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| EngineError::io("stat", &path, e))?
+            .len();
+        let len = u32::try_from(file_len).map_err(|_| {
+            EngineError::corrupt(
+                &path,
+                0,
+                format!("segment of {file_len} bytes exceeds 4 GiB"),
+            )
+        })?;
         let map = if len == 0 {
             None
         } else {
@@ -176,7 +204,10 @@ impl Segment {
                     .map_err(|e| EngineError::io("mmap segment", &path, e))?,
             )
         };
-        let index = SegmentIndex::open_readonly(&offset_index_path(dir, base_offset), &time_index_path(dir, base_offset))?;
+        let index = SegmentIndex::open_readonly(
+            &offset_index_path(dir, base_offset),
+            &time_index_path(dir, base_offset),
+        )?;
         Ok(Segment {
             base_offset,
             path,
@@ -237,7 +268,9 @@ impl Segment {
         let map = self.map.as_ref()?;
         // SAFETY: [from, to) lies below the published length: inside the mapping, fully
         // written, and never written again while the segment is shared.
-        Some(unsafe { std::slice::from_raw_parts(map.as_ptr().add(from as usize), (to - from) as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(map.as_ptr().add(from as usize), (to - from) as usize)
+        })
     }
 
     /// Every byte the mapping covers up to `limit` (recovery only: includes unpublished
@@ -246,7 +279,9 @@ impl Segment {
         match self.map.as_ref() {
             // SAFETY: limit is clamped to the mapping length; during recovery no writer
             // runs, so the bytes do not change under us.
-            Some(map) => unsafe { std::slice::from_raw_parts(map.as_ptr(), limit.min(self.capacity) as usize) },
+            Some(map) => unsafe {
+                std::slice::from_raw_parts(map.as_ptr(), limit.min(self.capacity) as usize)
+            },
             None => &[],
         }
     }
@@ -261,7 +296,10 @@ impl Segment {
     pub fn append(&self, batch_bytes: &[u8], header: &BatchHeader, base_offset: u64) -> u32 {
         let position = self.len.load(Ordering::Relaxed);
         let end = position as usize + batch_bytes.len();
-        assert!(self.writable && end <= self.capacity as usize, "append past segment capacity");
+        assert!(
+            self.writable && end <= self.capacity as usize,
+            "append past segment capacity"
+        );
         let map = self.map.as_ref().expect("active segment is mapped");
         self.prefault(end as u32);
         // SAFETY: [position, end) is inside the writable mapping and past the published
@@ -269,13 +307,22 @@ impl Segment {
         unsafe {
             let dst = map.as_mut_ptr().add(position as usize);
             std::ptr::copy_nonoverlapping(batch_bytes.as_ptr(), dst, batch_bytes.len());
-            std::ptr::copy_nonoverlapping(base_offset.to_le_bytes().as_ptr(), dst.add(batch::BASE_OFFSET_AT), 8);
+            std::ptr::copy_nonoverlapping(
+                base_offset.to_le_bytes().as_ptr(),
+                dst.add(batch::BASE_OFFSET_AT),
+                8,
+            );
         }
-        let max_ts = self.max_timestamp_ms.load(Ordering::Relaxed).max(header.max_timestamp_ms);
+        let max_ts = self
+            .max_timestamp_ms
+            .load(Ordering::Relaxed)
+            .max(header.max_timestamp_ms);
         self.maybe_index(position, base_offset, max_ts);
         self.max_timestamp_ms.store(max_ts, Ordering::Release);
-        self.next_offset
-            .store(base_offset + u64::from(header.last_offset_delta) + 1, Ordering::Release);
+        self.next_offset.store(
+            base_offset + u64::from(header.last_offset_delta) + 1,
+            Ordering::Release,
+        );
         self.len.store(end as u32, Ordering::Release);
         position
     }
@@ -289,7 +336,8 @@ impl Segment {
                 position,
             };
             if self.index.push(entry, running_max_ts) {
-                self.last_indexed_position.store(position, Ordering::Relaxed);
+                self.last_indexed_position
+                    .store(position, Ordering::Relaxed);
             }
         }
     }
@@ -302,12 +350,18 @@ impl Segment {
         if up_to + PREFAULT_WINDOW_BYTES / 2 < done || done >= self.capacity {
             return;
         }
-        let to = done.max(up_to).saturating_add(PREFAULT_WINDOW_BYTES).min(self.capacity);
+        let to = done
+            .max(up_to)
+            .saturating_add(PREFAULT_WINDOW_BYTES)
+            .min(self.capacity);
         let page = 4096u32;
         let from = done & !(page - 1);
         if let Some(map) = self.map.as_ref() {
             // SAFETY: [from, to) is inside the mapping.
-            fsio::populate_write(unsafe { map.as_mut_ptr().add(from as usize) }, (to - from) as usize);
+            fsio::populate_write(
+                unsafe { map.as_mut_ptr().add(from as usize) },
+                (to - from) as usize,
+            );
         }
         self.prefaulted_to.store(to, Ordering::Relaxed);
     }
@@ -326,7 +380,13 @@ impl Segment {
         }
         if let Some(map) = self.map.as_ref() {
             // SAFETY: inside the writable mapping, past the published length.
-            unsafe { std::ptr::write_bytes(map.as_mut_ptr().add(len as usize), 0, (self.capacity - len) as usize) };
+            unsafe {
+                std::ptr::write_bytes(
+                    map.as_mut_ptr().add(len as usize),
+                    0,
+                    (self.capacity - len) as usize,
+                )
+            };
         }
         Ok(())
     }
@@ -379,7 +439,9 @@ impl Segment {
         let mut end = from;
         let mut next_offset = None;
         while end < len {
-            let Some(header) = self.bytes(end, len).and_then(BatchHeader::parse) else { break };
+            let Some(header) = self.bytes(end, len).and_then(BatchHeader::parse) else {
+                break;
+            };
             let next = end.saturating_add(header.batch_len).min(len);
             if header.batch_len == 0 || (next - from > max_bytes && end > from) {
                 break;
@@ -404,8 +466,10 @@ impl Segment {
             stopped: None,
         };
         if reindex {
-            self.last_indexed_position
-                .store(self.index.last_offset_entry().map_or(0, |e| e.position), Ordering::Relaxed);
+            self.last_indexed_position.store(
+                self.index.last_offset_entry().map_or(0, |e| e.position),
+                Ordering::Relaxed,
+            );
         }
         loop {
             let rest = bytes.get(out.end as usize..).unwrap_or(&[]);
@@ -415,7 +479,9 @@ impl Segment {
             if rest.len() < batch::HEADER_LEN && rest.iter().all(|&b| b == 0) {
                 break;
             }
-            if batch::peek_len(rest) == Some(0) && rest.iter().take(batch::HEADER_LEN).all(|&b| b == 0) {
+            if batch::peek_len(rest) == Some(0)
+                && rest.iter().take(batch::HEADER_LEN).all(|&b| b == 0)
+            {
                 break;
             }
             let view = match batch::check_frame(rest) {
@@ -431,7 +497,10 @@ impl Segment {
             };
             let h = view.header;
             if h.base_offset != out.next_offset {
-                out.stopped = Some(format!("base offset {} where {} was expected", h.base_offset, out.next_offset));
+                out.stopped = Some(format!(
+                    "base offset {} where {} was expected",
+                    h.base_offset, out.next_offset
+                ));
                 break;
             }
             out.max_timestamp_ms = out.max_timestamp_ms.max(h.max_timestamp_ms);
@@ -449,7 +518,8 @@ impl Segment {
     pub fn set_recovered(&self, len: u32, next_offset: u64, max_timestamp_ms: i64) {
         self.len.store(len, Ordering::Release);
         self.next_offset.store(next_offset, Ordering::Release);
-        self.max_timestamp_ms.store(max_timestamp_ms, Ordering::Release);
+        self.max_timestamp_ms
+            .store(max_timestamp_ms, Ordering::Release);
     }
 
     /// Recovery of a closed segment, the cheap way: walk from the last index entry to the
@@ -475,7 +545,10 @@ impl Segment {
         let out = self.scan(entry.position, start_offset, len, false);
         match &out.stopped {
             Some(why) => Err(why.clone()),
-            None if out.end != len => Err(format!("batches end at {} but the file is {len} bytes", out.end)),
+            None if out.end != len => Err(format!(
+                "batches end at {} but the file is {len} bytes",
+                out.end
+            )),
             None => {
                 self.set_recovered(len, out.next_offset, out.max_timestamp_ms);
                 Ok(out)
@@ -487,9 +560,15 @@ impl Segment {
     /// trusted (it was synced, per the checkpoint, or it is the start); from there every
     /// batch is CRC-checked, its index entries are rebuilt, and the segment is cut at the
     /// first torn or corrupt batch, with the bytes after it zeroed.
-    pub fn recover_from(&self, position: u32, next_offset: u64, running_max_ts: i64) -> Result<ScanOutcome> {
+    pub fn recover_from(
+        &self,
+        position: u32,
+        next_offset: u64,
+        running_max_ts: i64,
+    ) -> Result<ScanOutcome> {
         self.index.truncate_from_position(position);
-        self.max_timestamp_ms.store(running_max_ts, Ordering::Relaxed);
+        self.max_timestamp_ms
+            .store(running_max_ts, Ordering::Relaxed);
         let out = self.scan(position, next_offset, self.capacity, true);
         self.set_recovered(out.end, out.next_offset, out.max_timestamp_ms);
         self.zero_tail()?;
@@ -498,18 +577,26 @@ impl Segment {
 
     /// msync of published bytes `[from, to)` of the log file.
     pub fn sync_range(&self, from: u32, to: u32, policy: &SyncPolicy) -> Result<()> {
-        let Some(map) = self.map.as_ref() else { return Ok(()) };
+        let Some(map) = self.map.as_ref() else {
+            return Ok(());
+        };
         if to <= from {
             return Ok(());
         }
-        policy.check(&self.path).map_err(|e| EngineError::io("msync", &self.path, e))?;
+        policy
+            .check(&self.path)
+            .map_err(|e| EngineError::io("msync", &self.path, e))?;
         map.flush_range(from as usize, (to - from) as usize)
             .map_err(|e| EngineError::io("msync", &self.path, e))
     }
 
     /// Hints the kernel to start writing back `[from, to)` now.
     pub fn start_writeback(&self, from: u32, to: u32) {
-        fsio::start_writeback(&self.file, u64::from(from), u64::from(to.saturating_sub(from)));
+        fsio::start_writeback(
+            &self.file,
+            u64::from(from),
+            u64::from(to.saturating_sub(from)),
+        );
     }
 
     /// Closes the segment for writing: everything synced, the file trimmed to its data,
@@ -522,8 +609,12 @@ impl Segment {
                 .set_len(u64::from(len))
                 .map_err(|e| EngineError::io("trim segment", &self.path, e))?;
         }
-        policy.check(&self.path).map_err(|e| EngineError::io("fsync", &self.path, e))?;
-        self.file.sync_all().map_err(|e| EngineError::io("fsync", &self.path, e))?;
+        policy
+            .check(&self.path)
+            .map_err(|e| EngineError::io("fsync", &self.path, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| EngineError::io("fsync", &self.path, e))?;
         self.index.trim(policy)
     }
 

@@ -35,7 +35,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= TOPIC_NAME_LEN_MAX
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -72,7 +74,9 @@ impl TopicMeta {
 
     pub fn decode(bytes: &[u8], path: &Path) -> Result<TopicMeta> {
         let bad = |why: &str| EngineError::corrupt(path, 0, why);
-        let b: &[u8; META_LEN] = bytes.try_into().map_err(|_| bad("topic.meta has the wrong length"))?;
+        let b: &[u8; META_LEN] = bytes
+            .try_into()
+            .map_err(|_| bad("topic.meta has the wrong length"))?;
         let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let u64_at = |at: usize| {
             let mut x = [0u8; 8];
@@ -125,7 +129,12 @@ pub struct Topic {
 }
 
 impl Topic {
-    pub(crate) fn new(name: Arc<str>, dir: PathBuf, meta: TopicMeta, partitions: Vec<Arc<Partition>>) -> Topic {
+    pub(crate) fn new(
+        name: Arc<str>,
+        dir: PathBuf,
+        meta: TopicMeta,
+        partitions: Vec<Arc<Partition>>,
+    ) -> Topic {
         Topic {
             name,
             dir,
@@ -144,7 +153,10 @@ impl Topic {
         *self.meta.read().unwrap_or_else(|p| p.into_inner())
     }
     pub fn partitions(&self) -> Arc<Vec<Arc<Partition>>> {
-        self.partitions.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     pub fn partition(&self, id: u32) -> Result<Arc<Partition>> {
         self.partitions()

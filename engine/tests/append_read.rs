@@ -49,7 +49,9 @@ proptest! {
 fn reads_cover_whole_batches_and_respect_the_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = open(dir.path());
-    engine.create_topic("t", small_topic(1 << 20)).expect("create");
+    engine
+        .create_topic("t", small_topic(1 << 20))
+        .expect("create");
     let p = partition0(&engine, "t");
     for i in 0..50 {
         p.append(&batch_of(i * 10, 10, 100)).expect("append");
@@ -63,20 +65,28 @@ fn reads_cover_whole_batches_and_respect_the_limit() {
     let three: usize = (1..4).map(|i| batch_of(i * 10, 10, 100).len()).sum();
     let f = p.read(15, three as u32).expect("read");
     assert_eq!(f.len(), three);
-    assert_eq!(p.read(15, three as u32 - 1).expect("read").len(), three - batch_of(30, 10, 100).len());
+    assert_eq!(
+        p.read(15, three as u32 - 1).expect("read").len(),
+        three - batch_of(30, 10, 100).len()
+    );
     assert_eq!(&f[..8], &10u64.to_le_bytes());
     assert_eq!(f.next_offset, 40);
     assert_eq!(f.high_watermark, 500);
     // At the high watermark: empty; past it or before earliest: out of range.
     assert!(p.read(500, 100).expect("read").is_empty());
-    assert!(matches!(p.read(501, 100), Err(EngineError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        p.read(501, 100),
+        Err(EngineError::OffsetOutOfRange { .. })
+    ));
 }
 
 #[test]
 fn seek_by_timestamp_earliest_and_latest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = open(dir.path());
-    engine.create_topic("t", small_topic(64 << 10)).expect("create");
+    engine
+        .create_topic("t", small_topic(64 << 10))
+        .expect("create");
     let p = partition0(&engine, "t");
     for i in 0..200 {
         p.append(&batch_of(i * 5, 5, 200)).expect("append");
@@ -94,17 +104,27 @@ fn seek_by_timestamp_earliest_and_latest() {
 fn invalid_batches_are_rejected_and_nothing_is_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = open(dir.path());
-    engine.create_topic("t", small_topic(64 << 10)).expect("create");
+    engine
+        .create_topic("t", small_topic(64 << 10))
+        .expect("create");
     let p = partition0(&engine, "t");
     let mut bad = batch_of(0, 3, 10);
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
     assert!(matches!(p.append(&bad), Err(EngineError::InvalidBatch(_))));
-    assert!(matches!(p.append(&bad[..20]), Err(EngineError::InvalidBatch(_))));
+    assert!(matches!(
+        p.append(&bad[..20]),
+        Err(EngineError::InvalidBatch(_))
+    ));
     let huge = batch_of(0, 1, 70 << 10);
-    assert!(matches!(p.append(&huge), Err(EngineError::RecordTooLarge { .. })));
+    assert!(matches!(
+        p.append(&huge),
+        Err(EngineError::RecordTooLarge { .. })
+    ));
     assert_eq!(p.next_offset(), 0);
-    engine.append("t", 0, &batch_of(0, 3, 10), AckLevel::Durable).expect("good batch");
+    engine
+        .append("t", 0, &batch_of(0, 3, 10), AckLevel::Durable)
+        .expect("good batch");
     assert_eq!(p.durable_offset(), 3);
 }
 
@@ -117,10 +137,17 @@ fn topics_persist_and_partitions_can_be_added() {
         cfg.partitions = 3;
         engine.create_topic("a", cfg).expect("create");
         engine.create_topic("b", cfg).expect("create");
-        assert!(matches!(engine.create_topic("a", cfg), Err(EngineError::TopicExists(_))));
-        engine.append("a", 2, &batch_of(0, 4, 10), AckLevel::Written).expect("append");
+        assert!(matches!(
+            engine.create_topic("a", cfg),
+            Err(EngineError::TopicExists(_))
+        ));
+        engine
+            .append("a", 2, &batch_of(0, 4, 10), AckLevel::Written)
+            .expect("append");
         engine.add_partitions("a", 5).expect("grow");
-        engine.append("a", 4, &batch_of(0, 1, 10), AckLevel::Written).expect("append");
+        engine
+            .append("a", 4, &batch_of(0, 1, 10), AckLevel::Written)
+            .expect("append");
         engine.delete_topic("b").expect("delete");
         engine.close().expect("close");
     }
@@ -130,7 +157,10 @@ fn topics_persist_and_partitions_can_be_added() {
     assert_eq!(info.partitions.len(), 5);
     assert_eq!(info.partitions[2].next_offset, 4);
     assert_eq!(info.partitions[4].next_offset, 1);
-    assert!(matches!(engine.describe_topic("b"), Err(EngineError::UnknownTopic(_))));
+    assert!(matches!(
+        engine.describe_topic("b"),
+        Err(EngineError::UnknownTopic(_))
+    ));
     assert!(engine.add_partitions("a", 2).is_err());
 }
 

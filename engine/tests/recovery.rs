@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use tidelog_engine::{
-    build_batch, Engine, EngineConfig, EngineError, ProducerStamp, Record, RecoveryPolicy, CHECKPOINT_FILE,
+    build_batch, Engine, EngineConfig, EngineError, ProducerStamp, Record, RecoveryPolicy,
+    CHECKPOINT_FILE,
 };
 
 /// An engine whose flusher never runs on its own: nothing is synced or checkpointed, so
@@ -47,7 +48,9 @@ struct Pristine {
 fn pristine_log() -> Pristine {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Engine::open(dir.path(), no_flush_config()).expect("open");
-    engine.create_topic("t", small_topic(1 << 20)).expect("create");
+    engine
+        .create_topic("t", small_topic(1 << 20))
+        .expect("create");
     let p = partition0(&engine, "t");
     let mut position = 0;
     let mut last = (0, 0, 0);
@@ -78,14 +81,25 @@ fn segment_file(root: &Path) -> std::path::PathBuf {
 
 /// Reopens a damaged copy and checks the log ends exactly before the last batch.
 fn assert_recovers_to_before_last(root: &Path, p: &Pristine, what: &str) {
-    let engine = Engine::open(root, no_flush_config()).unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
+    let engine = Engine::open(root, no_flush_config())
+        .unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
     let part = partition0(&engine, "t");
-    assert_eq!(part.next_offset(), p.last_base, "{what}: log must end at the last intact batch");
-    assert_eq!(read_all(&part), p.before_last, "{what}: records before the tear must survive");
+    assert_eq!(
+        part.next_offset(),
+        p.last_base,
+        "{what}: log must end at the last intact batch"
+    );
+    assert_eq!(
+        read_all(&part),
+        p.before_last,
+        "{what}: records before the tear must survive"
+    );
     let report = &engine.recovery_reports()[0].2;
     assert!(!report.clean);
     // The log keeps working after the cut.
-    let a = part.append(&batch_of(9999, 2, 10)).expect("append after recovery");
+    let a = part
+        .append(&batch_of(9999, 2, 10))
+        .expect("append after recovery");
     assert_eq!(a.base_offset, p.last_base, "{what}");
 }
 
@@ -99,7 +113,10 @@ fn recovers_torn_tail_at_every_byte_of_the_last_batch() {
             let seg = segment_file(copy.path());
             let mut bytes = fs::read(&seg).expect("read");
             if truncate_file {
-                if bytes[p.last_start + cut..p.last_start + p.last_len].iter().all(|&b| b == 0) {
+                if bytes[p.last_start + cut..p.last_start + p.last_len]
+                    .iter()
+                    .all(|&b| b == 0)
+                {
                     continue; // the file is re-extended with zeros: nothing was lost
                 }
                 bytes.truncate(p.last_start + cut);
@@ -111,7 +128,11 @@ fn recovers_torn_tail_at_every_byte_of_the_last_batch() {
                 torn.fill(0);
             }
             fs::write(&seg, &bytes).expect("write");
-            assert_recovers_to_before_last(copy.path(), &p, &format!("cut at {cut} (truncate={truncate_file})"));
+            assert_recovers_to_before_last(
+                copy.path(),
+                &p,
+                &format!("cut at {cut} (truncate={truncate_file})"),
+            );
         }
     }
 }
@@ -121,7 +142,11 @@ fn detects_single_bit_flips_in_the_last_batch() {
     let p = pristine_log();
     for at in 0..p.last_len {
         // Every bit of the header, one bit per byte after it (keeps the test quick).
-        let bits: Vec<u8> = if at < 64 { (0..8).collect() } else { vec![(at % 8) as u8] };
+        let bits: Vec<u8> = if at < 64 {
+            (0..8).collect()
+        } else {
+            vec![(at % 8) as u8]
+        };
         for bit in bits {
             let copy = tempfile::tempdir().expect("tempdir");
             copy_dir(p.dir.path(), copy.path());
@@ -151,7 +176,10 @@ fn stale_bytes_after_a_cut_are_never_resurrected() {
         assert_eq!(partition0(&engine, "t").next_offset(), p.last_base);
     }
     let after = fs::read(&seg).expect("read");
-    assert!(after[p.last_start..].iter().all(|&b| b == 0), "tail past the cut is zeroed");
+    assert!(
+        after[p.last_start..].iter().all(|&b| b == 0),
+        "tail past the cut is zeroed"
+    );
 }
 
 #[test]
@@ -165,7 +193,10 @@ fn absolute_consistency_refuses_a_torn_tail() {
         recovery_policy: RecoveryPolicy::AbsoluteConsistency,
         ..no_flush_config()
     };
-    assert!(matches!(Engine::open(p.dir.path(), strict), Err(EngineError::Corrupt { .. })));
+    assert!(matches!(
+        Engine::open(p.dir.path(), strict),
+        Err(EngineError::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -173,7 +204,9 @@ fn rebuilds_missing_or_damaged_indexes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let expected = {
         let engine = open(dir.path());
-        engine.create_topic("t", small_topic(64 << 10)).expect("create");
+        engine
+            .create_topic("t", small_topic(64 << 10))
+            .expect("create");
         let p = partition0(&engine, "t");
         for i in 0..600 {
             p.append(&batch_of(i * 3, 3, 150)).expect("append");
@@ -194,7 +227,11 @@ fn rebuilds_missing_or_damaged_indexes() {
     let engine = open(dir.path());
     let p = partition0(&engine, "t");
     assert_eq!(read_all(&p), expected);
-    let rebuilt: usize = engine.recovery_reports().iter().map(|r| r.2.indexes_rebuilt).sum();
+    let rebuilt: usize = engine
+        .recovery_reports()
+        .iter()
+        .map(|r| r.2.indexes_rebuilt)
+        .sum();
     assert!(rebuilt >= 1, "recovery reports the rebuild");
     for offset in (0..1800).step_by(7) {
         let f = p.read(offset, 1).expect("read");
@@ -208,7 +245,9 @@ fn clean_restart_does_no_scanning() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let engine = open(dir.path());
-        engine.create_topic("t", small_topic(128 << 10)).expect("create");
+        engine
+            .create_topic("t", small_topic(128 << 10))
+            .expect("create");
         let p = partition0(&engine, "t");
         for i in 0..2000 {
             p.append(&batch_of(i * 10, 10, 100)).expect("append");
@@ -229,7 +268,12 @@ fn clean_restart_does_no_scanning() {
         report.scanned_bytes,
         segments
     );
-    assert!(!dir.path().join(tidelog_engine::CLEAN_SHUTDOWN_FILE).exists(), "marker consumed");
+    assert!(
+        !dir.path()
+            .join(tidelog_engine::CLEAN_SHUTDOWN_FILE)
+            .exists(),
+        "marker consumed"
+    );
     drop(engine);
     // A crash after a clean open is not mistaken for a clean shutdown.
     let engine = open(dir.path());
@@ -241,12 +285,16 @@ fn unclean_recovery_scans_only_past_the_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let engine = Engine::open(dir.path(), no_flush_config()).expect("open");
-        engine.create_topic("t", small_topic(8 << 20)).expect("create");
+        engine
+            .create_topic("t", small_topic(8 << 20))
+            .expect("create");
         let p = partition0(&engine, "t");
         for i in 0..3000 {
             p.append(&batch_of(i * 10, 10, 100)).expect("append");
         }
-        engine.wait_durable(&p, p.next_offset() - 1).expect("durable");
+        engine
+            .wait_durable(&p, p.next_offset() - 1)
+            .expect("durable");
         for i in 3000..3010 {
             p.append(&batch_of(i * 10, 10, 100)).expect("append");
         }
@@ -256,7 +304,11 @@ fn unclean_recovery_scans_only_past_the_checkpoint() {
     let report = &engine.recovery_reports()[0].2;
     assert_eq!(report.next_offset, 30_100);
     let tail = (10 * batch_of(0, 10, 100).len()) as u64;
-    assert!(report.scanned_bytes <= tail + 100, "scanned {} for a tail of {tail}", report.scanned_bytes);
+    assert!(
+        report.scanned_bytes <= tail + 100,
+        "scanned {} for a tail of {tail}",
+        report.scanned_bytes
+    );
 }
 
 #[test]
@@ -273,7 +325,9 @@ fn idempotent_producer_state_survives_restarts() {
     };
     {
         let engine = open(dir.path());
-        engine.create_topic("t", small_topic(64 << 10)).expect("create");
+        engine
+            .create_topic("t", small_topic(64 << 10))
+            .expect("create");
         let p = partition0(&engine, "t");
         for seq in 0..3 {
             assert!(!p.append(&batch(seq)).expect("append").duplicate);
@@ -290,7 +344,10 @@ fn idempotent_producer_state_survives_restarts() {
         let retry = p.append(&batch(2)).expect("retry after restart");
         assert!(retry.duplicate, "clean={clean}");
         assert_eq!(retry.base_offset, 2);
-        assert!(matches!(p.append(&batch(9)), Err(EngineError::OutOfOrderSequence { .. })));
+        assert!(matches!(
+            p.append(&batch(9)),
+            Err(EngineError::OutOfOrderSequence { .. })
+        ));
         if clean {
             assert_eq!(p.append(&batch(4)).expect("fresh").base_offset, 4);
         } else {

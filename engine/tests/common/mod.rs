@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use tidelog_engine::batch::check_frame;
-use tidelog_engine::{build_batch, Engine, EngineConfig, Partition, ProducerStamp, Record, TopicConfig};
+use tidelog_engine::{
+    build_batch, Engine, EngineConfig, Partition, ProducerStamp, Record, TopicConfig,
+};
 
 /// A record whose value names its position in a test sequence, so tests can check
 /// exactly which records came back.
@@ -20,7 +22,9 @@ pub fn numbered(n: u64, value_len: usize) -> Record {
 }
 
 pub fn batch_of(first: u64, count: u64, value_len: usize) -> Vec<u8> {
-    let records: Vec<Record> = (first..first + count).map(|n| numbered(n, value_len)).collect();
+    let records: Vec<Record> = (first..first + count)
+        .map(|n| numbered(n, value_len))
+        .collect();
     build_batch(&records, ProducerStamp::default())
 }
 
@@ -42,7 +46,10 @@ pub fn read_all(p: &Partition) -> Vec<(u64, u64)> {
                 let r = r.expect("record decodes");
                 if r.offset >= offset {
                     let v = r.value.expect("value");
-                    out.push((r.offset, u64::from_le_bytes(v[..8].try_into().expect("8 bytes"))));
+                    out.push((
+                        r.offset,
+                        u64::from_le_bytes(v[..8].try_into().expect("8 bytes")),
+                    ));
                 }
             }
             pos += view.bytes().len();
