@@ -28,6 +28,7 @@ use crate::flusher::{self, FlushQueue};
 use crate::fsio;
 use crate::notify::Watcher;
 use crate::partition::{Appended, Partition, WatcherSlot};
+use crate::prefault::Prefaulter;
 use crate::recovery::{self, RecoveryReport};
 use crate::topic::{self, Topic, TopicMeta};
 
@@ -75,6 +76,7 @@ pub(crate) struct EngineInner {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     watcher: WatcherSlot,
     flush_queue: Arc<FlushQueue>,
+    prefaulter: Arc<Prefaulter>,
     _lock: File,
 }
 
@@ -94,6 +96,7 @@ impl EngineInner {
 pub struct Engine {
     inner: Arc<EngineInner>,
     flusher: Option<JoinHandle<()>>,
+    prefaulter: Option<JoinHandle<()>>,
     recovery: Vec<(String, u32, RecoveryReport)>,
 }
 
@@ -110,6 +113,7 @@ impl Engine {
         let started = Instant::now();
 
         let watcher: WatcherSlot = Arc::new(OnceLock::new());
+        let prefaulter = Arc::new(Prefaulter::default());
         let mut topics = BTreeMap::new();
         let mut reports = Vec::new();
         for entry in
@@ -130,7 +134,7 @@ impl Engine {
             let mut partitions = Vec::new();
             for p in 0..meta.config.partitions {
                 let (partition, report) =
-                    open_partition(&name, p, &dir, &meta.config, &config, clean, &watcher)?;
+                    open_partition(&name, p, &dir, &meta.config, &config, clean, &watcher, &prefaulter)?;
                 reports.push((name.to_string(), p, report));
                 partitions.push(Arc::new(partition));
             }
@@ -158,8 +162,13 @@ impl Engine {
             topics: RwLock::new(topics),
             watcher,
             flush_queue: flush_queue.clone(),
+            prefaulter: prefaulter.clone(),
             _lock: lock,
         });
+        let prefault_thread = std::thread::Builder::new()
+            .name("tidelog-prefault".into())
+            .spawn(move || prefaulter.run())
+            .map_err(|e| EngineError::io("spawn prefaulter", "", e))?;
         let weak = Arc::downgrade(&inner);
         let flusher = std::thread::Builder::new()
             .name("tidelog-flusher".into())
@@ -175,6 +184,7 @@ impl Engine {
         Ok(Engine {
             inner,
             flusher: Some(flusher),
+            prefaulter: Some(prefault_thread),
             recovery: reports,
         })
     }
@@ -232,6 +242,7 @@ impl Engine {
                 &self.inner.config,
                 false,
                 &self.inner.watcher,
+                &self.inner.prefaulter,
             )?;
             partitions.push(Arc::new(partition));
         }
@@ -271,6 +282,7 @@ impl Engine {
                 &self.inner.config,
                 false,
                 &self.inner.watcher,
+                &self.inner.prefaulter,
             )?;
             list.push(Arc::new(partition));
         }
@@ -410,6 +422,10 @@ impl Engine {
         if let Some(handle) = self.flusher.take() {
             let _ = handle.join();
         }
+        self.inner.prefaulter.stop();
+        if let Some(handle) = self.prefaulter.take() {
+            let _ = handle.join();
+        }
     }
 }
 
@@ -419,6 +435,7 @@ impl Drop for Engine {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn open_partition(
     topic: &Arc<str>,
     id: u32,
@@ -427,6 +444,7 @@ fn open_partition(
     engine_config: &EngineConfig,
     clean: bool,
     watcher: &WatcherSlot,
+    prefaulter: &Arc<Prefaulter>,
 ) -> Result<(Partition, RecoveryReport)> {
     let dir = topic_dir.join(id.to_string());
     let opened = recovery::open_partition(
@@ -444,6 +462,7 @@ fn open_partition(
         engine_config.sync.clone(),
         opened.recovered,
         watcher.clone(),
+        prefaulter.clone(),
     )?;
     Ok((partition, opened.report))
 }

@@ -12,7 +12,8 @@
 //!   retention.
 //! - `segment.rs` — one segment file and its mapping; `index.rs` — its offset and time
 //!   indexes over `entry_file.rs`, a mapped array of fixed-size entries.
-//! - `flusher.rs` — the background thread: group commit, periodic sync, retention.
+//! - `flusher.rs` — the background thread: group commit, periodic sync, retention;
+//!   `prefault.rs` — the thread that faults pages in ahead of each writer.
 //! - `checkpoint.rs` — how far the active segment is durable; `recovery.rs` — opening a
 //!   partition after a clean or unclean stop; `producer.rs` — idempotent producer state.
 //! - `topic.rs` — topic metadata; `engine.rs` — the data directory, topics, clean shutdown.
@@ -33,6 +34,7 @@ pub mod fsio;
 pub mod index;
 pub mod notify;
 pub mod partition;
+mod prefault;
 pub mod producer;
 pub mod record;
 pub mod recovery;

@@ -28,6 +28,7 @@ use crate::config::TopicConfig;
 use crate::error::{EngineError, Result};
 use crate::fsio::{self, SyncPolicy};
 use crate::notify::{Change, WaitPoint, Watcher};
+use crate::prefault::Prefaulter;
 use crate::producer::{BatchRecord, ProducerState, SequenceCheck};
 use crate::segment::Segment;
 
@@ -120,6 +121,7 @@ pub struct Partition {
     checkpoint: CheckpointFile,
     wait: WaitPoint,
     watcher: WatcherSlot,
+    prefaulter: Arc<Prefaulter>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -149,12 +151,14 @@ impl Partition {
         sync: SyncPolicy,
         recovered: Recovered,
         watcher: WatcherSlot,
+        prefaulter: Arc<Prefaulter>,
     ) -> Result<Partition> {
         let active = recovered.segments.last().cloned().ok_or_else(|| {
             EngineError::InvalidConfig("a partition needs at least one segment".into())
         })?;
         let next = active.next_offset();
         let checkpoint = CheckpointFile::open(&dir)?;
+        prefaulter.poke(&active);
         Ok(Partition {
             topic,
             id,
@@ -173,6 +177,7 @@ impl Partition {
             checkpoint,
             wait: WaitPoint::default(),
             watcher,
+            prefaulter,
         })
     }
 
@@ -284,6 +289,7 @@ impl Partition {
         }
         let base_offset = self.next_offset.load(Ordering::Relaxed);
         w.active.append(batch_bytes, &header, base_offset);
+        self.prefaulter.poke(&w.active);
         let last_offset = base_offset + u64::from(header.last_offset_delta);
         if header.producer_id != 0 {
             w.producers.record(
@@ -341,6 +347,7 @@ impl Partition {
             segs.push(seg.clone());
             *list = Arc::new(segs);
         }
+        self.prefaulter.poke(&seg);
         w.active = seg;
         tracing::debug!(topic = %self.topic, partition = self.id, base = next, "rolled segment");
         // Everything before the new segment is sealed, hence durable.

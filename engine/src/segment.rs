@@ -16,7 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -25,9 +25,14 @@ use crate::error::{EngineError, Result};
 use crate::fsio::{self, SyncPolicy};
 use crate::index::{OffsetEntry, SegmentIndex};
 
-/// Bytes faulted in ahead of the write position, so appends are a memcpy and not a page
-/// fault per 4 KiB.
-const PREFAULT_WINDOW_BYTES: u32 = 8 << 20;
+/// Bytes kept faulted in ahead of the write position (by the prefaulter thread), so an
+/// append is a memcpy and not a page fault per 4 KiB.
+const PREFAULT_WINDOW_BYTES: u32 = 16 << 20;
+/// Ask for more prefaulting when fewer than this many bytes ahead are faulted in.
+const PREFAULT_LOW_WATER_BYTES: u32 = 8 << 20;
+/// Bytes populated per step, so a step is short and the window tracks the writer.
+const PREFAULT_STEP_BYTES: u32 = 1 << 20;
+const PAGE_BYTES: u32 = 4096;
 
 pub fn log_path(dir: &Path, base_offset: u64) -> PathBuf {
     dir.join(format!("{base_offset:020}.log"))
@@ -58,8 +63,12 @@ pub struct Segment {
     max_timestamp_ms: AtomicI64,
     /// Position of the last index entry, to space entries `index_interval` apart. Writer only.
     last_indexed_position: AtomicU32,
-    /// Bytes already faulted in. Writer only.
+    /// Bytes already faulted in (by the prefaulter thread).
     prefaulted_to: AtomicU32,
+    /// A prefault request for this segment is queued or running.
+    prefault_queued: AtomicBool,
+    /// Set when the segment is sealed: its file is trimmed, nothing may fault in past it.
+    sealed: AtomicBool,
     index: SegmentIndex,
     index_interval_bytes: u32,
     /// Wall-clock time the segment was opened for writing, for age-based rolling.
@@ -169,12 +178,13 @@ impl Segment {
             next_offset: AtomicU64::new(next_offset),
             max_timestamp_ms: AtomicI64::new(max_timestamp_ms),
             last_indexed_position: AtomicU32::new(last_indexed),
-            prefaulted_to: AtomicU32::new(len),
+            prefaulted_to: AtomicU32::new(len & !(PAGE_BYTES - 1)),
+            prefault_queued: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
             index,
             index_interval_bytes,
             opened_ms: fsio::now_ms(),
         };
-        seg.prefault(len);
         Ok(seg)
     }
 
@@ -220,6 +230,8 @@ impl Segment {
             max_timestamp_ms: AtomicI64::new(i64::MIN),
             last_indexed_position: AtomicU32::new(0),
             prefaulted_to: AtomicU32::new(len),
+            prefault_queued: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
             index,
             index_interval_bytes,
             opened_ms: fsio::now_ms(),
@@ -301,7 +313,6 @@ impl Segment {
             "append past segment capacity"
         );
         let map = self.map.as_ref().expect("active segment is mapped");
-        self.prefault(end as u32);
         // SAFETY: [position, end) is inside the writable mapping and past the published
         // length, so no reader can be looking at it.
         unsafe {
@@ -342,28 +353,32 @@ impl Segment {
         }
     }
 
-    fn prefault(&self, up_to: u32) {
-        if !self.writable {
-            return;
-        }
+    /// Whether the prefaulter should run for this segment (and is not already queued).
+    pub fn wants_prefault(&self) -> bool {
         let done = self.prefaulted_to.load(Ordering::Relaxed);
-        if up_to + PREFAULT_WINDOW_BYTES / 2 < done || done >= self.capacity {
-            return;
-        }
-        let to = done
-            .max(up_to)
-            .saturating_add(PREFAULT_WINDOW_BYTES)
-            .min(self.capacity);
-        let page = 4096u32;
-        let from = done & !(page - 1);
-        if let Some(map) = self.map.as_ref() {
-            // SAFETY: [from, to) is inside the mapping.
-            fsio::populate_write(
-                unsafe { map.as_mut_ptr().add(from as usize) },
-                (to - from) as usize,
-            );
-        }
+        self.writable
+            && !self.sealed.load(Ordering::Acquire)
+            && done < self.capacity
+            && self.len().saturating_add(PREFAULT_LOW_WATER_BYTES) > done
+            && !self.prefault_queued.swap(true, Ordering::AcqRel)
+    }
+
+    /// Prefaulter thread: faults in the next step of the window ahead of the writer.
+    /// Returns false once the window is full (or the segment is sealed).
+    pub fn prefault_step(&self) -> bool {
+        let done = self.prefaulted_to.load(Ordering::Relaxed);
+        let target = self.len().saturating_add(PREFAULT_WINDOW_BYTES).min(self.capacity);
+        let open = self.writable && !self.sealed.load(Ordering::Acquire);
+        let Some(map) = self.map.as_ref().filter(|_| open && done < target) else {
+            self.prefault_queued.store(false, Ordering::Release);
+            return false;
+        };
+        let to = done.saturating_add(PREFAULT_STEP_BYTES).min(self.capacity);
+        // SAFETY: [done, to) is inside the mapping. Populating only faults pages in; it
+        // never changes their contents, so racing with the writer is harmless.
+        fsio::populate_write(unsafe { map.as_mut_ptr().add(done as usize) }, (to - done) as usize);
         self.prefaulted_to.store(to, Ordering::Relaxed);
+        true
     }
 
     /// Zeroes everything past the published length: bytes there may hold a torn batch or
@@ -602,6 +617,7 @@ impl Segment {
     /// Closes the segment for writing: everything synced, the file trimmed to its data,
     /// the indexes trimmed, all fsynced. After this the segment is immutable.
     pub fn seal(&self, policy: &SyncPolicy) -> Result<()> {
+        self.sealed.store(true, Ordering::Release);
         let len = self.len();
         self.sync_range(0, len, policy)?;
         if self.writable {
