@@ -66,7 +66,9 @@ fn append(c: &mut Criterion) {
 fn read(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = engine(dir.path());
-    engine.create_topic("t", big_segment_topic(SEGMENT_BYTES)).expect("create");
+    engine
+        .create_topic("t", big_segment_topic(SEGMENT_BYTES))
+        .expect("create");
     let p = engine.partition("t", 0).expect("partition");
     let batch = event_batch(100, 1024);
     while p.size_bytes() < 200 << 20 {
@@ -107,7 +109,9 @@ fn read(c: &mut Criterion) {
 /// count shows how many appends each sync covered.
 fn durable_append(c: &mut Criterion) {
     let mut group = c.benchmark_group("durable_append");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     let batch = Arc::new(event_batch(10, 1024));
     for appenders in [1usize, 8, 64] {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -128,7 +132,9 @@ fn durable_append(c: &mut Criterion) {
                         let (engine, batch) = (engine.clone(), batch.clone());
                         std::thread::spawn(move || {
                             for _ in 0..iters {
-                                engine.append("t", 0, &batch, AckLevel::Durable).expect("append");
+                                engine
+                                    .append("t", 0, &batch, AckLevel::Durable)
+                                    .expect("append");
                             }
                         })
                     })

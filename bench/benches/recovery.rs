@@ -35,7 +35,9 @@ fn recovery(c: &mut Criterion) {
         // Dropped without close: a crash.
     }
     let mut group = c.benchmark_group("open_1GiB_active_segment");
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Bytes(ACTIVE_BYTES));
     group.bench_function("after_crash_full_scan", |b| {
         b.iter_custom(|iters| {
@@ -54,7 +56,10 @@ fn recovery(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                Engine::open(dir.path(), no_flush()).expect("open").close().expect("close");
+                Engine::open(dir.path(), no_flush())
+                    .expect("open")
+                    .close()
+                    .expect("close");
                 let start = Instant::now();
                 let engine = Engine::open(dir.path(), no_flush()).expect("open");
                 total += start.elapsed();

@@ -8,7 +8,10 @@ use tidelog_bench::{big_segment_topic, event_batch};
 use tidelog_engine::{Engine, EngineConfig};
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let gib = args.first().copied().unwrap_or(2);
     let flush_ms = args.get(1).copied().unwrap_or(500);
     let records = args.get(2).copied().unwrap_or(100) as usize;
@@ -19,7 +22,9 @@ fn main() {
         ..EngineConfig::default()
     };
     let engine = Engine::open(dir.path(), config).expect("open");
-    engine.create_topic("t", big_segment_topic(1 << 30)).expect("create");
+    engine
+        .create_topic("t", big_segment_topic(1 << 30))
+        .expect("create");
     let p = engine.partition("t", 0).expect("partition");
     let batch = event_batch(records, value_len);
     let total = gib << 30;

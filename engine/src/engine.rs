@@ -27,7 +27,7 @@ use crate::error::{EngineError, Result};
 use crate::flusher::{self, FlushQueue};
 use crate::fsio;
 use crate::notify::Watcher;
-use crate::partition::{Appended, Partition, WatcherSlot};
+use crate::partition::{Appended, Partition, Services};
 use crate::prefault::Prefaulter;
 use crate::recovery::{self, RecoveryReport};
 use crate::topic::{self, Topic, TopicMeta};
@@ -74,9 +74,8 @@ pub(crate) struct EngineInner {
     data_dir: PathBuf,
     config: EngineConfig,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    watcher: WatcherSlot,
+    services: Services,
     flush_queue: Arc<FlushQueue>,
-    prefaulter: Arc<Prefaulter>,
     _lock: File,
 }
 
@@ -112,8 +111,12 @@ impl Engine {
         let clean = fs::read(&marker).is_ok_and(|b| b == CLEAN_MAGIC);
         let started = Instant::now();
 
-        let watcher: WatcherSlot = Arc::new(OnceLock::new());
         let prefaulter = Arc::new(Prefaulter::default());
+        let services = Services {
+            sync: config.sync.clone(),
+            watcher: Arc::new(OnceLock::new()),
+            prefaulter: prefaulter.clone(),
+        };
         let mut topics = BTreeMap::new();
         let mut reports = Vec::new();
         for entry in
@@ -134,7 +137,7 @@ impl Engine {
             let mut partitions = Vec::new();
             for p in 0..meta.config.partitions {
                 let (partition, report) =
-                    open_partition(&name, p, &dir, &meta.config, &config, clean, &watcher, &prefaulter)?;
+                    open_partition(&name, p, &dir, &meta.config, &config, clean, &services)?;
                 reports.push((name.to_string(), p, report));
                 partitions.push(Arc::new(partition));
             }
@@ -160,9 +163,8 @@ impl Engine {
             data_dir,
             config: config.clone(),
             topics: RwLock::new(topics),
-            watcher,
+            services,
             flush_queue: flush_queue.clone(),
-            prefaulter: prefaulter.clone(),
             _lock: lock,
         });
         let prefault_thread = std::thread::Builder::new()
@@ -200,7 +202,7 @@ impl Engine {
 
     /// Registers the (single) change watcher. Returns false if one was already set.
     pub fn set_watcher(&self, watcher: Arc<dyn Watcher>) -> bool {
-        self.inner.watcher.set(watcher).is_ok()
+        self.inner.services.watcher.set(watcher).is_ok()
     }
 
     /// Syncs performed by the flusher so far.
@@ -241,8 +243,7 @@ impl Engine {
                 &config,
                 &self.inner.config,
                 false,
-                &self.inner.watcher,
-                &self.inner.prefaulter,
+                &self.inner.services,
             )?;
             partitions.push(Arc::new(partition));
         }
@@ -281,8 +282,7 @@ impl Engine {
                 &meta.config,
                 &self.inner.config,
                 false,
-                &self.inner.watcher,
-                &self.inner.prefaulter,
+                &self.inner.services,
             )?;
             list.push(Arc::new(partition));
         }
@@ -384,6 +384,14 @@ impl Engine {
         partition.wait_durable(offset, Instant::now() + DURABLE_WAIT_MAX)
     }
 
+    /// Syncs every partition now (blocking): seals rolled segments, syncs active ones.
+    pub fn flush_all(&self) -> Result<()> {
+        for p in self.inner.all_partitions() {
+            p.flush()?;
+        }
+        Ok(())
+    }
+
     /// Applies retention to every partition now (the flusher also does so periodically).
     pub fn apply_retention(&self) -> Result<usize> {
         let now = fsio::now_ms();
@@ -422,7 +430,7 @@ impl Engine {
         if let Some(handle) = self.flusher.take() {
             let _ = handle.join();
         }
-        self.inner.prefaulter.stop();
+        self.inner.services.prefaulter.stop();
         if let Some(handle) = self.prefaulter.take() {
             let _ = handle.join();
         }
@@ -435,7 +443,6 @@ impl Drop for Engine {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn open_partition(
     topic: &Arc<str>,
     id: u32,
@@ -443,8 +450,7 @@ fn open_partition(
     config: &TopicConfig,
     engine_config: &EngineConfig,
     clean: bool,
-    watcher: &WatcherSlot,
-    prefaulter: &Arc<Prefaulter>,
+    services: &Services,
 ) -> Result<(Partition, RecoveryReport)> {
     let dir = topic_dir.join(id.to_string());
     let opened = recovery::open_partition(
@@ -454,16 +460,8 @@ fn open_partition(
         clean,
         &engine_config.sync,
     )?;
-    let partition = Partition::from_recovered(
-        topic.clone(),
-        id,
-        dir,
-        *config,
-        engine_config.sync.clone(),
-        opened.recovered,
-        watcher.clone(),
-        prefaulter.clone(),
-    )?;
+    let partition =
+        Partition::from_recovered(topic.clone(), id, dir, *config, opened.recovered, services)?;
     Ok((partition, opened.report))
 }
 

@@ -93,6 +93,9 @@ impl Deref for Fetched {
 struct Writer {
     active: Arc<Segment>,
     producers: ProducerState,
+    /// Segments rolled away from but not yet sealed (synced, trimmed) by the flusher.
+    /// Sealing is slow (it syncs a whole segment), so it never runs on the append path.
+    unsealed: Vec<Arc<Segment>>,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +108,14 @@ struct FlushProgress {
 
 /// Shared with the engine: who to tell about changes.
 pub(crate) type WatcherSlot = Arc<OnceLock<Arc<dyn Watcher>>>;
+
+/// Engine-wide services every partition uses.
+#[derive(Debug, Clone)]
+pub(crate) struct Services {
+    pub sync: SyncPolicy,
+    pub watcher: WatcherSlot,
+    pub prefaulter: Arc<Prefaulter>,
+}
 
 pub struct Partition {
     topic: Arc<str>,
@@ -148,36 +159,35 @@ impl Partition {
         id: u32,
         dir: PathBuf,
         config: TopicConfig,
-        sync: SyncPolicy,
         recovered: Recovered,
-        watcher: WatcherSlot,
-        prefaulter: Arc<Prefaulter>,
+        services: &Services,
     ) -> Result<Partition> {
         let active = recovered.segments.last().cloned().ok_or_else(|| {
             EngineError::InvalidConfig("a partition needs at least one segment".into())
         })?;
         let next = active.next_offset();
         let checkpoint = CheckpointFile::open(&dir)?;
-        prefaulter.poke(&active);
+        services.prefaulter.poke(&active);
         Ok(Partition {
             topic,
             id,
             dir,
             config,
-            sync,
+            sync: services.sync.clone(),
             next_offset: AtomicU64::new(next),
             durable_offset: AtomicU64::new(recovered.durable_offset.min(next)),
             writer: Mutex::new(Writer {
                 active,
                 producers: recovered.producers,
+                unsealed: Vec::new(),
             }),
             segments: RwLock::new(Arc::new(recovered.segments)),
             poisoned: AtomicBool::new(false),
             flush: Mutex::new(FlushProgress::default()),
             checkpoint,
             wait: WaitPoint::default(),
-            watcher,
-            prefaulter,
+            watcher: services.watcher.clone(),
+            prefaulter: services.prefaulter.clone(),
         })
     }
 
@@ -319,13 +329,9 @@ impl Partition {
             && fsio::now_ms().saturating_sub(active.opened_ms()) as u64 >= self.config.segment_ms
     }
 
-    /// Seals the active segment and starts a new one at the next offset.
+    /// Closes the active segment and starts a new one at the next offset. The old one is
+    /// sealed by the flusher; until then it counts as part of the unflushed tail.
     fn roll(&self, w: &mut Writer) -> Result<()> {
-        let old = w.active.clone();
-        if let Err(e) = old.seal(&self.sync) {
-            self.poison(&e);
-            return Err(e);
-        }
         let next = self.next_offset.load(Ordering::Relaxed);
         let seg = Arc::new(Segment::create(
             &self.dir,
@@ -333,9 +339,9 @@ impl Partition {
             self.config.segment_bytes,
             self.config.index_interval_bytes,
         )?);
-        fsio::sync_dir(&self.dir)?;
-        // Bounds the replay of producer state on open to the active segment. Not fsynced:
-        // losing it only makes recovery replay more.
+        w.active.close_for_writes();
+        // Bounds the replay of producer state on open to the segments after `next`. Not
+        // fsynced: losing it only makes recovery replay more.
         let snapshot = w.producers.encode(next);
         if let Err(e) = fsio::write_atomic(&self.dir.join(PRODUCER_SNAPSHOT_FILE), &snapshot, false)
         {
@@ -348,14 +354,9 @@ impl Partition {
             *list = Arc::new(segs);
         }
         self.prefaulter.poke(&seg);
-        w.active = seg;
+        let old = std::mem::replace(&mut w.active, seg);
+        w.unsealed.push(old);
         tracing::debug!(topic = %self.topic, partition = self.id, base = next, "rolled segment");
-        // Everything before the new segment is sealed, hence durable.
-        if self.durable_offset.fetch_max(next, Ordering::AcqRel) < next {
-            self.emit(Change::Durable {
-                durable_offset: next,
-            });
-        }
         Ok(())
     }
 
@@ -457,31 +458,57 @@ impl Partition {
         }
     }
 
-    /// Syncs everything appended so far and advances the durable offset. Flusher only.
+    /// Syncs everything appended so far and advances the durable offset: seals the
+    /// segments rolled away from, syncs the active one, then writes the checkpoint.
+    /// Flusher (and clean close) only.
     pub fn flush(&self) -> Result<()> {
         let mut progress = self.flush.lock().unwrap_or_else(|p| p.into_inner());
         if self.is_poisoned() {
             return Err(self.poisoned_error());
         }
-        let (seg, len, next, max_ts, offset_entries, time_entries) = {
+        let (unsealed, seg, len, next, max_ts, offset_entries, time_entries) = {
             let w = self.lock_writer();
             let s = w.active.clone();
-            let snapshot = (
-                s.len(),
-                s.next_offset(),
-                s.max_timestamp_ms(),
-                s.index().offset_entries(),
-                s.index().time_entries(),
-            );
+            let (len, next, max_ts) = (s.len(), s.next_offset(), s.max_timestamp_ms());
+            let entries = (s.index().offset_entries(), s.index().time_entries());
             (
-                s, snapshot.0, snapshot.1, snapshot.2, snapshot.3, snapshot.4,
+                w.unsealed.clone(),
+                s,
+                len,
+                next,
+                max_ts,
+                entries.0,
+                entries.1,
             )
         };
-        let same = progress.segment_base == seg.base_offset() && progress.position <= len;
-        if same && progress.position == len && next <= self.durable_offset() {
+        if unsealed.is_empty()
+            && progress.segment_base == seg.base_offset()
+            && progress.position == len
+        {
             return Ok(());
         }
-        let (from, oe_from, te_from) = if same {
+        let synced_from = |base: u64, p: &FlushProgress| {
+            if p.segment_base == base {
+                p.position
+            } else {
+                0
+            }
+        };
+        for old in &unsealed {
+            if let Err(e) = old.seal(synced_from(old.base_offset(), &progress), &self.sync) {
+                self.poison(&e);
+                return Err(e);
+            }
+        }
+        if !unsealed.is_empty() {
+            // The new segments' directory entries must be durable before the checkpoint
+            // points into them.
+            fsio::sync_dir(&self.dir)?;
+            let mut w = self.lock_writer();
+            w.unsealed
+                .retain(|s| !unsealed.iter().any(|done| Arc::ptr_eq(s, done)));
+        }
+        let (from, oe_from, te_from) = if progress.segment_base == seg.base_offset() {
             (
                 progress.position,
                 progress.offset_entries,
@@ -534,10 +561,11 @@ impl Partition {
         if bytes_max == u64::MAX && ms_max == u64::MAX {
             return Ok(0);
         }
-        let _w = self.lock_writer();
+        let w = self.lock_writer();
         let segs = self.segments();
         let mut total: u64 = segs.iter().map(|s| u64::from(s.len())).sum();
-        let sealed = segs.len().saturating_sub(1);
+        // Only sealed segments: the active one and those awaiting their seal stay.
+        let sealed = segs.len().saturating_sub(1 + w.unsealed.len());
         let mut drop_count = 0;
         for seg in segs.iter().take(sealed) {
             let len = u64::from(seg.len());
@@ -568,7 +596,7 @@ impl Partition {
     pub(crate) fn close(&self) -> Result<()> {
         self.flush()?;
         let w = self.lock_writer();
-        if let Err(e) = w.active.seal(&self.sync) {
+        if let Err(e) = w.active.seal(0, &self.sync) {
             self.poison(&e);
             return Err(e);
         }

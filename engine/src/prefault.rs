@@ -24,7 +24,10 @@ impl Prefaulter {
     /// Queues `segment` if it wants prefaulting.
     pub(crate) fn poke(&self, segment: &Arc<Segment>) {
         if segment.wants_prefault() {
-            self.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back(segment.clone());
+            self.queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(segment.clone());
             self.cond.notify_one();
         }
     }
@@ -49,7 +52,11 @@ impl Prefaulter {
                     queue = self.cond.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
             };
-            while !self.stop.load(Ordering::Relaxed) && segment.prefault_step() {}
+            while !self.stop.load(Ordering::Relaxed) {
+                if !segment.prefault_step() {
+                    break;
+                }
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::checkpoint::CheckpointFile;
+use crate::checkpoint::{Checkpoint, CheckpointFile};
 use crate::config::{RecoveryPolicy, TopicConfig};
 use crate::error::{EngineError, Result};
 use crate::fsio::SyncPolicy;
@@ -54,6 +54,19 @@ pub(crate) struct Opened {
     pub report: RecoveryReport,
 }
 
+/// How much of a segment recovery may trust without reading it.
+#[derive(Debug, Clone, Copy)]
+enum Trust {
+    /// Clean shutdown: everything.
+    Clean,
+    /// Sealed before the checkpoint's segment: synced and trimmed; a cheap check suffices.
+    Sealed,
+    /// The checkpoint's segment: synced up to the checkpoint, scanned after it.
+    Checkpoint(Checkpoint),
+    /// After the checkpoint (or no checkpoint): nothing is known synced; scan it all.
+    Unsynced,
+}
+
 pub(crate) fn open_partition(
     dir: &Path,
     config: &TopicConfig,
@@ -67,7 +80,7 @@ pub(crate) fn open_partition(
         clean,
         ..RecoveryReport::default()
     };
-    let Some((&last_base, sealed_bases)) = bases.split_last() else {
+    if bases.is_empty() {
         let seg = Segment::create(dir, 0, config.segment_bytes, config.index_interval_bytes)?;
         crate::fsio::sync_dir(dir)?;
         report.segments = 1;
@@ -79,93 +92,205 @@ pub(crate) fn open_partition(
             },
             report,
         });
+    }
+    let checkpoint = if clean {
+        None
+    } else {
+        CheckpointFile::open(dir)?.read()
+    };
+    let trust_of = |base: u64| match checkpoint {
+        _ if clean => Trust::Clean,
+        Some(cp) if base < cp.segment_base => Trust::Sealed,
+        Some(cp) if base == cp.segment_base => Trust::Checkpoint(cp),
+        _ => Trust::Unsynced,
     };
 
     let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len());
     let mut expected: Option<u64> = None;
-    let mut cut_at: Option<usize> = None;
-    for (i, &base) in sealed_bases.iter().enumerate() {
-        if let Some(exp) = expected {
-            if base != exp {
-                let reason = format!("segment {base} does not continue at offset {exp}");
-                corruption(policy, &segment::log_path(dir, base), 0, &reason)?;
-                cut_at = Some(i);
-                break;
+    // Whether the previous segment lies in the unsynced tail, where a crash can leave it
+    // shorter than its successor's base: a torn tail, not corruption.
+    let mut previous_unsynced = false;
+    let mut active: Option<(Segment, u64)> = None;
+    let last_index = bases.len() - 1;
+    for (i, &base) in bases.iter().enumerate() {
+        if let Some(exp) = expected.filter(|&exp| exp != base) {
+            let reason = format!("segment {base} does not continue at offset {exp}");
+            let path = segment::log_path(dir, base);
+            if previous_unsynced {
+                if policy == RecoveryPolicy::AbsoluteConsistency {
+                    return Err(EngineError::corrupt(&path, 0, reason));
+                }
+                report.truncations.push(Truncation {
+                    segment: path,
+                    position: 0,
+                    reason,
+                });
+            } else {
+                corruption(policy, &path, 0, &reason)?;
             }
+            drop_segments(dir, &bases[i..], &mut report)?;
+            break;
         }
-        let (seg, damaged) = open_sealed(dir, base, config, sync, &mut report)?;
+        let trust = trust_of(base);
+        previous_unsynced = matches!(trust, Trust::Checkpoint(_) | Trust::Unsynced);
+        if i == last_index {
+            active = Some(open_active(dir, base, config, policy, trust, &mut report)?);
+            break;
+        }
+        let (seg, damage) = if previous_unsynced {
+            seal_unsynced(dir, base, config, trust, sync, &mut report)?
+        } else {
+            open_sealed(dir, base, config, sync, &mut report)?
+        };
         expected = Some(seg.next_offset());
-        let is_empty = seg.is_empty();
-        if is_empty {
-            // An empty sealed segment carries nothing; keep offsets continuous without it.
+        if seg.is_empty() && damage.is_none() {
+            // An empty segment carries nothing; offsets stay continuous without it.
             seg.delete_files(dir)?;
             continue;
         }
         segments.push(Arc::new(seg));
-        if let Some(t) = damaged {
-            corruption(policy, &t.segment, t.position, &t.reason)?;
+        if let Some(t) = damage {
+            // Past the checkpoint a bad batch is a torn tail (what a crash leaves); before
+            // it, the bytes were synced, so it is corruption.
+            if previous_unsynced {
+                if policy == RecoveryPolicy::AbsoluteConsistency {
+                    return Err(EngineError::corrupt(&t.segment, t.position, t.reason));
+                }
+            } else {
+                corruption(policy, &t.segment, t.position, &t.reason)?;
+            }
             report.truncations.push(t);
-            cut_at = Some(i + 1);
+            drop_segments(dir, &bases[i + 1..], &mut report)?;
             break;
         }
     }
 
-    let durable_offset;
-    if let Some(first_dropped) = cut_at {
-        // Everything after the cut goes; the last kept segment becomes active again.
-        for &base in bases.iter().skip(first_dropped) {
-            if segments.last().is_some_and(|s| s.base_offset() == base) {
-                continue;
+    let (seg, durable_offset) = match active {
+        Some(a) => a,
+        None => {
+            // A cut (or a gap) ended the list early: the last kept segment is active again.
+            let start = expected.unwrap_or(0);
+            match segments.pop() {
+                Some(last) => {
+                    let (base, next) = (last.base_offset(), last.next_offset());
+                    drop(last);
+                    (reopen_sealed_as_active(dir, base, next, config)?, next)
+                }
+                None => (
+                    Segment::create(
+                        dir,
+                        start,
+                        config.segment_bytes,
+                        config.index_interval_bytes,
+                    )?,
+                    start,
+                ),
             }
-            delete_segment_files(dir, base)?;
-            report.segments_dropped += 1;
         }
-        let last = segments.pop();
-        let (base, next) = match last {
-            Some(s) => (s.base_offset(), s.next_offset()),
-            None => (expected.unwrap_or(0), expected.unwrap_or(0)),
-        };
-        let seg = reopen_sealed_as_active(dir, base, next, config)?;
-        durable_offset = seg.next_offset();
-        segments.push(Arc::new(seg));
-    } else {
-        let start = expected.unwrap_or(last_base);
-        if start != last_base {
-            let reason = format!("segment {last_base} does not continue at offset {start}");
-            corruption(policy, &segment::log_path(dir, last_base), 0, &reason)?;
-            delete_segment_files(dir, last_base)?;
-            report.segments_dropped += 1;
-            let seg = Segment::create(
-                dir,
-                start,
-                config.segment_bytes,
-                config.index_interval_bytes,
-            )?;
-            durable_offset = start;
-            segments.push(Arc::new(seg));
-        } else {
-            let (seg, durable) = open_active(dir, last_base, config, policy, clean, &mut report)?;
-            durable_offset = durable;
-            segments.push(Arc::new(seg));
-        }
-    }
+    };
+    segments.push(Arc::new(seg));
     crate::fsio::sync_dir(dir)?;
 
     let next_offset = segments.last().map_or(0, |s| s.next_offset());
     let producers = restore_producers(dir, &segments, next_offset);
     report.segments = segments.len();
     report.next_offset = next_offset;
-    if !report.truncations.is_empty() || report.indexes_rebuilt > 0 {
+    if !report.truncations.is_empty() || report.indexes_rebuilt > 0 || report.segments_dropped > 0 {
         tracing::warn!(dir = %dir.display(), ?report, "recovery repaired the partition");
     }
     Ok(Opened {
         recovered: Recovered {
             segments,
             producers,
-            durable_offset,
+            durable_offset: durable_offset.min(next_offset),
         },
         report,
     })
+}
+
+fn drop_segments(dir: &Path, bases: &[u64], report: &mut RecoveryReport) -> Result<()> {
+    for &base in bases {
+        delete_segment_files(dir, base)?;
+        report.segments_dropped += 1;
+    }
+    Ok(())
+}
+
+/// A segment rolled away from before the crash but not (or not wholly) known synced:
+/// scan it from where the checkpoint vouches for, rebuild its index tail, seal it.
+fn seal_unsynced(
+    dir: &Path,
+    base: u64,
+    config: &TopicConfig,
+    trust: Trust,
+    sync: &SyncPolicy,
+    report: &mut RecoveryReport,
+) -> Result<(Segment, Option<Truncation>)> {
+    let log = segment::log_path(dir, base);
+    let file_len = file_len(&log)?;
+    let (seg, out) = {
+        let (seg, out) = scan_writable(dir, base, file_len, config, trust, report)?;
+        seg.seal(0, sync)?;
+        (seg, out)
+    };
+    drop(seg);
+    let seg = Segment::open_closed(dir, base, config.index_interval_bytes)?;
+    if !seg.is_empty() {
+        seg.check_tail(base).map_err(|why| {
+            EngineError::corrupt(&log, 0, format!("resealed segment fails its check: {why}"))
+        })?;
+    }
+    let damage = out.stopped.map(|reason| Truncation {
+        segment: log,
+        position: u64::from(out.end),
+        reason,
+    });
+    Ok((seg, damage))
+}
+
+/// Opens a segment writable at `capacity` and CRC-scans it from where `trust` allows,
+/// rebuilding the index from there and cutting at the first bad batch.
+fn scan_writable(
+    dir: &Path,
+    base: u64,
+    capacity: u32,
+    config: &TopicConfig,
+    trust: Trust,
+    report: &mut RecoveryReport,
+) -> Result<(Segment, ScanOutcome)> {
+    let index_lens = (
+        entries(&segment::offset_index_path(dir, base), OFFSET_ENTRY_LEN),
+        entries(&segment::time_index_path(dir, base), TIME_ENTRY_LEN),
+    );
+    let (start, keep) = match trust {
+        Trust::Checkpoint(cp) if cp.position <= capacity && cp.next_offset >= base => (
+            (cp.position, cp.next_offset, cp.max_timestamp_ms),
+            (
+                (cp.offset_entries as usize).min(index_lens.0),
+                (cp.time_entries as usize).min(index_lens.1),
+            ),
+        ),
+        _ => ((0, base, i64::MIN), (0, 0)),
+    };
+    let interval = config.index_interval_bytes;
+    let mut seg = Segment::open_active(dir, base, capacity, interval, 0, base, i64::MIN, keep)?;
+    let mut start = start;
+    if keep.0 != keep.1 || !seg.index().is_consistent(start.0.max(1)) {
+        drop(seg);
+        seg = Segment::open_active(dir, base, capacity, interval, 0, base, i64::MIN, (0, 0))?;
+        start = (0, base, i64::MIN);
+        report.indexes_rebuilt += 1;
+    }
+    let out = seg.recover_from(start.0, start.1, start.2)?;
+    report.scanned_bytes += out.scanned_bytes();
+    Ok((seg, out))
+}
+
+fn file_len(log: &Path) -> Result<u32> {
+    let len = fs::metadata(log)
+        .map_err(|e| EngineError::io("stat", log, e))?
+        .len();
+    u32::try_from(len).map_err(|_| EngineError::corrupt(log, 0, "segment exceeds 4 GiB"))
 }
 
 fn corruption(policy: RecoveryPolicy, path: &Path, position: u64, reason: &str) -> Result<()> {
@@ -277,7 +402,7 @@ fn open_sealed(
             (0, 0),
         )?;
         let out = seg.recover_from(0, base, i64::MIN)?;
-        seg.seal(sync)?;
+        seg.seal(0, sync)?;
         out
     };
     report.indexes_rebuilt += 1;
@@ -341,24 +466,19 @@ fn open_active(
     base: u64,
     config: &TopicConfig,
     policy: RecoveryPolicy,
-    clean: bool,
+    trust: Trust,
     report: &mut RecoveryReport,
 ) -> Result<(Segment, u64)> {
     let log = segment::log_path(dir, base);
-    let file_len = fs::metadata(&log)
-        .map_err(|e| EngineError::io("stat", &log, e))?
-        .len();
-    let file_len = u32::try_from(file_len)
-        .map_err(|_| EngineError::corrupt(&log, 0, "segment exceeds 4 GiB"))?;
+    let file_len = file_len(&log)?;
     let capacity = config.segment_bytes.max(file_len);
-    let index_lens = (
-        entries(&segment::offset_index_path(dir, base), OFFSET_ENTRY_LEN),
-        entries(&segment::time_index_path(dir, base), TIME_ENTRY_LEN),
-    );
-
-    if clean {
+    if let Trust::Clean = trust {
         // The file was trimmed to its data at shutdown: trust it, walk only the tail
         // after the last index entry to learn the next offset.
+        let index_lens = (
+            entries(&segment::offset_index_path(dir, base), OFFSET_ENTRY_LEN),
+            entries(&segment::time_index_path(dir, base), TIME_ENTRY_LEN),
+        );
         let seg = Segment::open_active(
             dir,
             base,
@@ -375,53 +495,8 @@ fn open_active(
             return Ok((seg, out.next_offset));
         }
         tracing::warn!(segment = %log.display(), "clean-shutdown segment failed its check; recovering");
-        drop(seg);
     }
-
-    // Unclean: trust what the checkpoint says was synced, scan the rest.
-    let checkpoint = CheckpointFile::open(dir)?
-        .read()
-        .filter(|cp| cp.segment_base == base && cp.position <= file_len && cp.next_offset >= base);
-    let (start_pos, start_offset, start_ts, keep) = match checkpoint {
-        Some(cp) => (
-            cp.position,
-            cp.next_offset,
-            cp.max_timestamp_ms,
-            (cp.offset_entries as usize, cp.time_entries as usize),
-        ),
-        None => (0, base, i64::MIN, (0, 0)),
-    };
-    let keep = (keep.0.min(index_lens.0), keep.1.min(index_lens.1));
-    let mut seg = Segment::open_active(
-        dir,
-        base,
-        capacity,
-        config.index_interval_bytes,
-        0,
-        base,
-        i64::MIN,
-        keep,
-    )?;
-    let mut start = (start_pos, start_offset, start_ts);
-    if !seg.index().is_consistent(start_pos.max(1))
-        || seg.index().offset_entries() != seg.index().time_entries()
-    {
-        drop(seg);
-        seg = Segment::open_active(
-            dir,
-            base,
-            capacity,
-            config.index_interval_bytes,
-            0,
-            base,
-            i64::MIN,
-            (0, 0),
-        )?;
-        start = (0, base, i64::MIN);
-        report.indexes_rebuilt += 1;
-    }
-    let out: ScanOutcome = seg.recover_from(start.0, start.1, start.2)?;
-    report.scanned_bytes += out.scanned_bytes();
+    let (seg, out) = scan_writable(dir, base, capacity, config, trust, report)?;
     if let Some(reason) = out.stopped {
         if policy == RecoveryPolicy::AbsoluteConsistency {
             return Err(EngineError::corrupt(&log, u64::from(out.end), reason));
@@ -432,7 +507,10 @@ fn open_active(
             reason,
         });
     }
-    let durable = if start.0 > 0 { start.1 } else { base };
+    let durable = match trust {
+        Trust::Checkpoint(cp) => cp.next_offset,
+        _ => base,
+    };
     Ok((seg, durable))
 }
 

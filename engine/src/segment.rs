@@ -313,6 +313,7 @@ impl Segment {
             "append past segment capacity"
         );
         let map = self.map.as_ref().expect("active segment is mapped");
+        self.populate_behind(position, end as u32, map);
         // SAFETY: [position, end) is inside the writable mapping and past the published
         // length, so no reader can be looking at it.
         unsafe {
@@ -353,6 +354,23 @@ impl Segment {
         }
     }
 
+    /// When the writer has overtaken the prefaulter, fault the batch's pages in with one
+    /// call: one bulk populate costs a fraction of a page fault per 4 KiB.
+    fn populate_behind(&self, position: u32, end: u32, map: &MmapRaw) {
+        let done = self.prefaulted_to.load(Ordering::Relaxed);
+        if end <= done {
+            return;
+        }
+        let from = done.max(position) & !(PAGE_BYTES - 1);
+        // SAFETY: [from, end) lies inside the mapping (end <= capacity, checked by caller).
+        fsio::populate_write(
+            unsafe { map.as_mut_ptr().add(from as usize) },
+            (end - from) as usize,
+        );
+        self.prefaulted_to
+            .fetch_max(end & !(PAGE_BYTES - 1), Ordering::Relaxed);
+    }
+
     /// Whether the prefaulter should run for this segment (and is not already queued).
     pub fn wants_prefault(&self) -> bool {
         let done = self.prefaulted_to.load(Ordering::Relaxed);
@@ -367,7 +385,10 @@ impl Segment {
     /// Returns false once the window is full (or the segment is sealed).
     pub fn prefault_step(&self) -> bool {
         let done = self.prefaulted_to.load(Ordering::Relaxed);
-        let target = self.len().saturating_add(PREFAULT_WINDOW_BYTES).min(self.capacity);
+        let target = self
+            .len()
+            .saturating_add(PREFAULT_WINDOW_BYTES)
+            .min(self.capacity);
         let open = self.writable && !self.sealed.load(Ordering::Acquire);
         let Some(map) = self.map.as_ref().filter(|_| open && done < target) else {
             self.prefault_queued.store(false, Ordering::Release);
@@ -376,8 +397,11 @@ impl Segment {
         let to = done.saturating_add(PREFAULT_STEP_BYTES).min(self.capacity);
         // SAFETY: [done, to) is inside the mapping. Populating only faults pages in; it
         // never changes their contents, so racing with the writer is harmless.
-        fsio::populate_write(unsafe { map.as_mut_ptr().add(done as usize) }, (to - done) as usize);
-        self.prefaulted_to.store(to, Ordering::Relaxed);
+        fsio::populate_write(
+            unsafe { map.as_mut_ptr().add(done as usize) },
+            (to - done) as usize,
+        );
+        self.prefaulted_to.fetch_max(to, Ordering::Relaxed);
         true
     }
 
@@ -614,12 +638,19 @@ impl Segment {
         );
     }
 
-    /// Closes the segment for writing: everything synced, the file trimmed to its data,
-    /// the indexes trimmed, all fsynced. After this the segment is immutable.
-    pub fn seal(&self, policy: &SyncPolicy) -> Result<()> {
+    /// Marks the segment closed for writing: the prefaulter stops touching it. Called at
+    /// roll, on the appending thread; the slow part (`seal`) runs on the flusher.
+    pub fn close_for_writes(&self) {
         self.sealed.store(true, Ordering::Release);
+    }
+
+    /// Seals the segment: bytes from `synced_to` on are synced, the file is trimmed to
+    /// its data, the indexes are trimmed, all fsynced. After this the segment is
+    /// immutable and durable, and recovery trusts it after a cheap check.
+    pub fn seal(&self, synced_to: u32, policy: &SyncPolicy) -> Result<()> {
+        self.close_for_writes();
         let len = self.len();
-        self.sync_range(0, len, policy)?;
+        self.sync_range(synced_to.min(len), len, policy)?;
         if self.writable {
             self.file
                 .set_len(u64::from(len))

@@ -127,32 +127,13 @@ fn parse_ack(line: &str) -> Option<Ack> {
     })
 }
 
-/// Zeroes every byte of the active segment (and its index entries) the engine had not
-/// synced, as a power failure would lose them. Sealed segments were fsynced when sealed.
+/// Zeroes every byte the engine had not synced, as a power failure would lose them:
+/// the checkpoint's segment past the checkpoint, and every segment after it (rolled
+/// segments are synced by the flusher when it seals them, which the checkpoint follows).
 fn simulate_power_loss(part_dir: &Path) {
-    let mut logs: Vec<_> = fs::read_dir(part_dir)
-        .expect("ls")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    logs.sort();
-    let active = logs.last().expect("an active segment").clone();
-    let base: u64 = active
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .and_then(|s| s.parse().ok())
-        .expect("base");
     let cp = fs::read(part_dir.join(CHECKPOINT_FILE))
         .ok()
         .and_then(|b| Checkpoint::decode(&b));
-    let (position, offset_entries, time_entries) = match cp {
-        Some(cp) if cp.segment_base == base => (
-            cp.position as usize,
-            cp.offset_entries as usize,
-            cp.time_entries as usize,
-        ),
-        _ => (0, 0, 0),
-    };
     let zero_from = |path: &Path, from: usize| {
         if let Ok(mut bytes) = fs::read(path) {
             if from < bytes.len() {
@@ -161,9 +142,29 @@ fn simulate_power_loss(part_dir: &Path) {
             }
         }
     };
-    zero_from(&active, position);
-    zero_from(&active.with_extension("index"), offset_entries * 8);
-    zero_from(&active.with_extension("timeindex"), time_entries * 12);
+    for entry in fs::read_dir(part_dir).expect("ls") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|x| x != "log") {
+            continue;
+        }
+        let base: u64 = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse().ok())
+            .expect("base");
+        let (position, offset_entries, time_entries) = match cp {
+            Some(cp) if base < cp.segment_base => continue,
+            Some(cp) if cp.segment_base == base => (
+                cp.position as usize,
+                cp.offset_entries as usize,
+                cp.time_entries as usize,
+            ),
+            _ => (0, 0, 0),
+        };
+        zero_from(&path, position);
+        zero_from(&path.with_extension("index"), offset_entries * 8);
+        zero_from(&path.with_extension("timeindex"), time_entries * 12);
+    }
 }
 
 /// Values of every record in a partition, by offset.

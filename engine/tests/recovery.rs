@@ -212,7 +212,10 @@ fn rebuilds_missing_or_damaged_indexes() {
             p.append(&batch_of(i * 3, 3, 150)).expect("append");
         }
         assert!(p.segments().len() >= 4);
-        read_all(&p)
+        let all = read_all(&p);
+        drop(p);
+        engine.close().expect("close");
+        all
     };
     let part_dir = dir.path().join("topics/t/0");
     // Remove one sealed segment's offset index, garble another's time index.

@@ -26,6 +26,8 @@ fn retention_by_size_deletes_whole_segments_only() {
     let held = p.read(0, 1 << 20).expect("read");
     let held_copy = held.to_vec();
 
+    // Only sealed segments are eligible; sealing is the flusher's job.
+    engine.flush_all().expect("flush");
     let deleted = engine.apply_retention().expect("retention");
     assert!(deleted > 0);
     let after = p.segments();
@@ -100,6 +102,7 @@ fn retention_by_age_never_deletes_the_active_segment() {
         .count();
     assert!(expired >= 1 && expired <= sealed_old);
     drop(segs);
+    engine.flush_all().expect("flush");
     let deleted = engine.apply_retention().expect("retention");
     assert_eq!(deleted, expired);
     assert!(!p.segments().is_empty());
