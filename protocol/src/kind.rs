@@ -1,0 +1,26 @@
+//! Frame kinds. A response carries the kind of its request. Ranges are reserved for the
+//! capabilities that come next, so their numbers never collide with these.
+
+pub const HELLO: u16 = 0x0001;
+pub const PING: u16 = 0x0002;
+
+pub const CREATE_TOPIC: u16 = 0x0010;
+pub const DELETE_TOPIC: u16 = 0x0011;
+pub const LIST_TOPICS: u16 = 0x0012;
+pub const DESCRIBE_TOPIC: u16 = 0x0013;
+pub const ADD_PARTITIONS: u16 = 0x0014;
+
+pub const PUBLISH: u16 = 0x0020;
+
+pub const FETCH: u16 = 0x0030;
+pub const SUBSCRIBE: u16 = 0x0031;
+pub const UNSUBSCRIBE: u16 = 0x0032;
+pub const GRANT_CREDITS: u16 = 0x0033;
+/// Server push: records for a subscription (flags PUSH; correlation = subscription id).
+pub const DATA: u16 = 0x0034;
+
+pub const OFFSETS: u16 = 0x0040;
+
+/// 0x0100..=0x01FF: extraction. 0x0200..=0x02FF: consumer groups.
+/// 0x0300..=0x03FF: replication. 0x0400..=0x04FF: authentication.
+pub const RESERVED_RANGES: [(u16, u16); 4] = [(0x0100, 0x01FF), (0x0200, 0x02FF), (0x0300, 0x03FF), (0x0400, 0x04FF)];

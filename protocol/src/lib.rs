@@ -1,0 +1,32 @@
+//! tidelog's wire protocol: the frame codec and every request and response. Pure
+//! functions, no I/O; the decoder never panics and never allocates more than a frame's
+//! declared, limit-checked size. The protocol is specified in `docs/PROTOCOL.md`.
+//!
+//! # Layout
+//! - `frame.rs` — the 16-byte frame header; `check` (is a whole frame there?) then parse.
+//! - `codec.rs` — the field encodings every body uses (`Reader`, `Writer`).
+//! - `kind.rs` — frame kinds and reserved ranges.
+//! - `request.rs` — client → server messages; `response.rs` — server → client messages,
+//!   pushes and error bodies.
+//! - `error.rs` — numbered error codes.
+//! - `partitioner.rs` — which partition a record goes to (shared by every client).
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod kind;
+pub mod partitioner;
+pub mod request;
+pub mod response;
+
+pub use error::{ErrorCode, ProtocolError};
+pub use frame::{FrameHeader, FRAME_BYTES_MAX_DEFAULT, HEADER_LEN, PROTOCOL_VERSION};
+pub use request::{Ack, Request, StartAt, TopicSettings};
+pub use response::{Batches, Data, PartitionDescription, PartitionOffsets, PublishedBatch, Response, TopicDescription};
+
+/// Encodes a whole request frame.
+pub fn encode_request(out: &mut Vec<u8>, correlation: u64, request: &Request<'_>) {
+    let start = frame::begin_frame(out, request.kind(), 0, correlation);
+    request.encode_body(out);
+    frame::finish_frame(out, start, 0);
+}

@@ -1,0 +1,270 @@
+//! Requests (client → server), version 1. Each variant's body layout is listed on it and
+//! in docs/PROTOCOL.md. Bodies borrow from the frame: a published batch is never copied
+//! by the decoder.
+
+use crate::codec::{Reader, Writer};
+use crate::error::{ErrorCode, ProtocolError};
+use crate::kind;
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Offset(u64),
+    /// ms since the Unix epoch: the first batch holding a record at or after it.
+    Timestamp(i64),
+    Earliest,
+    /// Only records published from now on.
+    Latest,
+}
+
+impl StartAt {
+    fn put(&self, out: &mut Vec<u8>) {
+        let (tag, value) = match *self {
+            StartAt::Offset(o) => (0u8, o),
+            StartAt::Timestamp(t) => (1, t as u64),
+            StartAt::Earliest => (2, 0),
+            StartAt::Latest => (3, 0),
+        };
+        out.put_u8(tag);
+        out.put_u64(value);
+    }
+
+    fn get(r: &mut Reader<'_>) -> Result<StartAt, ProtocolError> {
+        let tag = r.u8("start_kind")?;
+        let value = r.u64("start_value")?;
+        match tag {
+            0 => Ok(StartAt::Offset(value)),
+            1 => Ok(StartAt::Timestamp(value as i64)),
+            2 => Ok(StartAt::Earliest),
+            3 => Ok(StartAt::Latest),
+            other => Err(ProtocolError::invalid(format!("start_kind {other} is not 0..=3"))),
+        }
+    }
+}
+
+/// Acknowledgement level of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// No response unless the publish fails.
+    None = 0,
+    /// After the batches are in the log (page cache): survives a server crash.
+    Written = 1,
+    /// After a sync covers them (group commit): survives power loss.
+    Durable = 2,
+}
+
+impl Ack {
+    pub fn from_u8(v: u8) -> Option<Ack> {
+        match v {
+            0 => Some(Ack::None),
+            1 => Some(Ack::Written),
+            2 => Some(Ack::Durable),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of a new topic; 0 means "the server's default".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopicSettings {
+    pub partitions: u32,
+    pub segment_bytes: u32,
+    pub retention_bytes: u64,
+    pub retention_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// `min_version u8, max_version u8, client str`
+    Hello { min_version: u8, max_version: u8, client: &'a str },
+    /// empty
+    Ping,
+    /// `name str, partitions u32, segment_bytes u32, retention_bytes u64, retention_ms u64`
+    CreateTopic { name: &'a str, settings: TopicSettings },
+    /// `name str`
+    DeleteTopic { name: &'a str },
+    /// empty
+    ListTopics,
+    /// `name str`
+    DescribeTopic { name: &'a str },
+    /// `name str, partitions u32` (the new total)
+    AddPartitions { name: &'a str, partitions: u32 },
+    /// `topic str, partition u32, ack u8, batches bytes` (one or more whole batches)
+    Publish { topic: &'a str, partition: u32, ack: Ack, batches: &'a [u8] },
+    /// `topic str, partition u32, start_kind u8, start_value u64, max_bytes u32,
+    /// max_wait_ms u32, tenant`
+    Fetch {
+        topic: &'a str,
+        partition: u32,
+        start: StartAt,
+        max_bytes: u32,
+        max_wait_ms: u32,
+        tenant: Option<&'a [u8]>,
+    },
+    /// `subscription u32, topic str, partition u32, start_kind u8, start_value u64,
+    /// credit_bytes u32, tenant`
+    Subscribe {
+        subscription: u32,
+        topic: &'a str,
+        partition: u32,
+        start: StartAt,
+        credit_bytes: u32,
+        tenant: Option<&'a [u8]>,
+    },
+    /// `subscription u32`
+    Unsubscribe { subscription: u32 },
+    /// `subscription u32, credit_bytes u32` (added to the subscription's credit)
+    GrantCredits { subscription: u32, credit_bytes: u32 },
+    /// `topic str`
+    Offsets { topic: &'a str },
+}
+
+impl<'a> Request<'a> {
+    pub fn kind(&self) -> u16 {
+        match self {
+            Request::Hello { .. } => kind::HELLO,
+            Request::Ping => kind::PING,
+            Request::CreateTopic { .. } => kind::CREATE_TOPIC,
+            Request::DeleteTopic { .. } => kind::DELETE_TOPIC,
+            Request::ListTopics => kind::LIST_TOPICS,
+            Request::DescribeTopic { .. } => kind::DESCRIBE_TOPIC,
+            Request::AddPartitions { .. } => kind::ADD_PARTITIONS,
+            Request::Publish { .. } => kind::PUBLISH,
+            Request::Fetch { .. } => kind::FETCH,
+            Request::Subscribe { .. } => kind::SUBSCRIBE,
+            Request::Unsubscribe { .. } => kind::UNSUBSCRIBE,
+            Request::GrantCredits { .. } => kind::GRANT_CREDITS,
+            Request::Offsets { .. } => kind::OFFSETS,
+        }
+    }
+
+    /// Whether the server answers this request when it succeeds.
+    pub fn expects_response(&self) -> bool {
+        !matches!(
+            self,
+            Request::GrantCredits { .. } | Request::Publish { ack: Ack::None, .. }
+        )
+    }
+
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        match *self {
+            Request::Hello { min_version, max_version, client } => {
+                out.put_u8(min_version);
+                out.put_u8(max_version);
+                out.put_str(client);
+            }
+            Request::Ping | Request::ListTopics => {}
+            Request::CreateTopic { name, settings } => {
+                out.put_str(name);
+                out.put_u32(settings.partitions);
+                out.put_u32(settings.segment_bytes);
+                out.put_u64(settings.retention_bytes);
+                out.put_u64(settings.retention_ms);
+            }
+            Request::DeleteTopic { name } | Request::DescribeTopic { name } | Request::Offsets { topic: name } => {
+                out.put_str(name)
+            }
+            Request::AddPartitions { name, partitions } => {
+                out.put_str(name);
+                out.put_u32(partitions);
+            }
+            Request::Publish { topic, partition, ack, batches } => {
+                out.put_str(topic);
+                out.put_u32(partition);
+                out.put_u8(ack as u8);
+                out.put_bytes(batches);
+            }
+            Request::Fetch { topic, partition, start, max_bytes, max_wait_ms, tenant } => {
+                out.put_str(topic);
+                out.put_u32(partition);
+                start.put(out);
+                out.put_u32(max_bytes);
+                out.put_u32(max_wait_ms);
+                out.put_tenant(tenant);
+            }
+            Request::Subscribe { subscription, topic, partition, start, credit_bytes, tenant } => {
+                out.put_u32(subscription);
+                out.put_str(topic);
+                out.put_u32(partition);
+                start.put(out);
+                out.put_u32(credit_bytes);
+                out.put_tenant(tenant);
+            }
+            Request::Unsubscribe { subscription } => out.put_u32(subscription),
+            Request::GrantCredits { subscription, credit_bytes } => {
+                out.put_u32(subscription);
+                out.put_u32(credit_bytes);
+            }
+        }
+    }
+
+    /// Decodes the body of a request frame of `kind`.
+    pub fn decode(kind: u16, body: &'a [u8]) -> Result<Request<'a>, ProtocolError> {
+        let mut r = Reader::new(body);
+        let request = match kind {
+            kind::HELLO => Request::Hello {
+                min_version: r.u8("min_version")?,
+                max_version: r.u8("max_version")?,
+                client: r.str("client")?,
+            },
+            kind::PING => Request::Ping,
+            kind::CREATE_TOPIC => Request::CreateTopic {
+                name: r.str("name")?,
+                settings: TopicSettings {
+                    partitions: r.u32("partitions")?,
+                    segment_bytes: r.u32("segment_bytes")?,
+                    retention_bytes: r.u64("retention_bytes")?,
+                    retention_ms: r.u64("retention_ms")?,
+                },
+            },
+            kind::DELETE_TOPIC => Request::DeleteTopic { name: r.str("name")? },
+            kind::LIST_TOPICS => Request::ListTopics,
+            kind::DESCRIBE_TOPIC => Request::DescribeTopic { name: r.str("name")? },
+            kind::ADD_PARTITIONS => Request::AddPartitions {
+                name: r.str("name")?,
+                partitions: r.u32("partitions")?,
+            },
+            kind::PUBLISH => Request::Publish {
+                topic: r.str("topic")?,
+                partition: r.u32("partition")?,
+                ack: {
+                    let a = r.u8("ack")?;
+                    Ack::from_u8(a).ok_or_else(|| ProtocolError::invalid(format!("ack {a} is not 0..=2")))?
+                },
+                batches: r.bytes("batches")?,
+            },
+            kind::FETCH => Request::Fetch {
+                topic: r.str("topic")?,
+                partition: r.u32("partition")?,
+                start: StartAt::get(&mut r)?,
+                max_bytes: r.u32("max_bytes")?,
+                max_wait_ms: r.u32("max_wait_ms")?,
+                tenant: r.tenant("tenant")?,
+            },
+            kind::SUBSCRIBE => Request::Subscribe {
+                subscription: r.u32("subscription")?,
+                topic: r.str("topic")?,
+                partition: r.u32("partition")?,
+                start: StartAt::get(&mut r)?,
+                credit_bytes: r.u32("credit_bytes")?,
+                tenant: r.tenant("tenant")?,
+            },
+            kind::UNSUBSCRIBE => Request::Unsubscribe {
+                subscription: r.u32("subscription")?,
+            },
+            kind::GRANT_CREDITS => Request::GrantCredits {
+                subscription: r.u32("subscription")?,
+                credit_bytes: r.u32("credit_bytes")?,
+            },
+            kind::OFFSETS => Request::Offsets { topic: r.str("topic")? },
+            other => {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnknownKind,
+                    format!("unknown request kind {other:#06x}"),
+                ))
+            }
+        };
+        r.finish("the request body")?;
+        Ok(request)
+    }
+}
