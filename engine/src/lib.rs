@@ -3,10 +3,8 @@
 //! commit, crash recovery and retention. No networking here.
 //!
 //! # Layout (in data-path order)
-//! - `builder.rs` — a producer's side: records → one batch, CRC computed once.
-//! - `batch.rs` — the batch header byte layout, frame check (length + CRC) and full
-//!   validation of an arriving batch; `record.rs` — records inside a batch, zero-copy views;
-//!   `varint.rs` — the integer encoding both use.
+//! - (`tidelog-protocol`) `builder`, `batch`, `record`: the batch format, shared with the
+//!   wire; validated once on arrival.
 //! - `partition.rs` — append (validate → producer dedup → roll → copy into the mapping →
 //!   index → publish), read (index lookup → whole batches as a borrowed slice), flush,
 //!   retention.
@@ -49,8 +47,6 @@
 //! # }
 //! ```
 
-pub mod batch;
-pub mod builder;
 mod checkpoint;
 pub mod config;
 mod engine;
@@ -63,11 +59,12 @@ pub mod notify;
 pub mod partition;
 mod prefault;
 pub mod producer;
-pub mod record;
 pub mod recovery;
 pub mod segment;
 pub mod topic;
-pub mod varint;
+
+/// The batch format is the wire format too; it lives in `tidelog-protocol`.
+pub use tidelog_protocol::{batch, builder, record, varint};
 
 pub use builder::{build_batch, build_batch_into, ProducerStamp, Record};
 pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};

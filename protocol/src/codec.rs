@@ -63,14 +63,17 @@ impl<'a> Reader<'a> {
         match self.u8(field)? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(ProtocolError::invalid(format!("{field}: {other} is not a boolean"))),
+            other => Err(ProtocolError::invalid(format!(
+                "{field}: {other} is not a boolean"
+            ))),
         }
     }
 
     pub fn str(&mut self, field: &str) -> Result<&'a str, ProtocolError> {
         let len = usize::from(self.u16(field)?);
         let bytes = self.take(len, field)?;
-        std::str::from_utf8(bytes).map_err(|_| ProtocolError::invalid(format!("{field} is not UTF-8")))
+        std::str::from_utf8(bytes)
+            .map_err(|_| ProtocolError::invalid(format!("{field} is not UTF-8")))
     }
 
     pub fn tenant(&mut self, field: &str) -> Result<Option<&'a [u8]>, ProtocolError> {
@@ -91,7 +94,9 @@ impl<'a> Reader<'a> {
     pub fn count(&mut self, field: &str, item_len_min: usize) -> Result<usize, ProtocolError> {
         let n = self.u32(field)? as usize;
         if n.saturating_mul(item_len_min.max(1)) > self.buf.len() {
-            return Err(ProtocolError::invalid(format!("{field}: {n} items cannot fit in the body")));
+            return Err(ProtocolError::invalid(format!(
+                "{field}: {n} items cannot fit in the body"
+            )));
         }
         Ok(n)
     }
@@ -100,7 +105,10 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(ProtocolError::invalid(format!("{} unexpected bytes after {what}", self.buf.len())))
+            Err(ProtocolError::invalid(format!(
+                "{} unexpected bytes after {what}",
+                self.buf.len()
+            )))
         }
     }
 }

@@ -143,15 +143,27 @@ mod tests {
             assert_eq!(check(&f[..cut], 1024), Ok(None), "cut {cut}");
         }
         let h = check(&f, 1024).expect("valid").expect("complete");
-        assert_eq!((h.kind, h.flags, h.correlation, h.total_len), (7, FLAG_RESPONSE, 99, f.len()));
+        assert_eq!(
+            (h.kind, h.flags, h.correlation, h.total_len),
+            (7, FLAG_RESPONSE, 99, f.len())
+        );
     }
 
     #[test]
     fn impossible_lengths_and_flags_lose_framing() {
-        assert_eq!(check(&[0, 0, 0, 0], 1024).map_err(|e| e.code), Err(ErrorCode::BadFrame));
-        assert_eq!(check(&[0xff, 0xff, 0xff, 0x7f], 1024).map_err(|e| e.code), Err(ErrorCode::BadFrame));
+        assert_eq!(
+            check(&[0, 0, 0, 0], 1024).map_err(|e| e.code),
+            Err(ErrorCode::BadFrame)
+        );
+        assert_eq!(
+            check(&[0xff, 0xff, 0xff, 0x7f], 1024).map_err(|e| e.code),
+            Err(ErrorCode::BadFrame)
+        );
         let mut f = Vec::new();
         put_header(&mut f, 1, 0x80, 1, 0);
-        assert_eq!(check(&f, 1024).map_err(|e| e.code), Err(ErrorCode::BadFrame));
+        assert_eq!(
+            check(&f, 1024).map_err(|e| e.code),
+            Err(ErrorCode::BadFrame)
+        );
     }
 }

@@ -9,20 +9,32 @@
 //! - `request.rs` — client → server messages; `response.rs` — server → client messages,
 //!   pushes and error bodies.
 //! - `error.rs` — numbered error codes.
+//! - `filter.rs` — tenant filtering of stored batches (whole batches by header when possible).
 //! - `partitioner.rs` — which partition a record goes to (shared by every client).
+//! - `batch.rs`, `record.rs`, `varint.rs` — the record batch: the unit a producer builds
+//!   (`builder.rs`), the server stores byte for byte, and a consumer receives. It is the
+//!   wire format and the on-disk format at once (docs/FORMAT.md).
 
+pub mod batch;
+pub mod builder;
 pub mod codec;
 pub mod error;
+pub mod filter;
 pub mod frame;
 pub mod kind;
 pub mod partitioner;
+pub mod record;
 pub mod request;
 pub mod response;
+pub mod varint;
 
 pub use error::{ErrorCode, ProtocolError};
 pub use frame::{FrameHeader, FRAME_BYTES_MAX_DEFAULT, HEADER_LEN, PROTOCOL_VERSION};
 pub use request::{Ack, Request, StartAt, TopicSettings};
-pub use response::{Batches, Data, PartitionDescription, PartitionOffsets, PublishedBatch, Response, TopicDescription};
+pub use response::{
+    Batches, Data, PartitionDescription, PartitionOffsets, PublishedBatch, Response,
+    TopicDescription,
+};
 
 /// Encodes a whole request frame.
 pub fn encode_request(out: &mut Vec<u8>, correlation: u64, request: &Request<'_>) {

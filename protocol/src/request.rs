@@ -37,7 +37,9 @@ impl StartAt {
             1 => Ok(StartAt::Timestamp(value as i64)),
             2 => Ok(StartAt::Earliest),
             3 => Ok(StartAt::Latest),
-            other => Err(ProtocolError::invalid(format!("start_kind {other} is not 0..=3"))),
+            other => Err(ProtocolError::invalid(format!(
+                "start_kind {other} is not 0..=3"
+            ))),
         }
     }
 }
@@ -76,11 +78,18 @@ pub struct TopicSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
     /// `min_version u8, max_version u8, client str`
-    Hello { min_version: u8, max_version: u8, client: &'a str },
+    Hello {
+        min_version: u8,
+        max_version: u8,
+        client: &'a str,
+    },
     /// empty
     Ping,
     /// `name str, partitions u32, segment_bytes u32, retention_bytes u64, retention_ms u64`
-    CreateTopic { name: &'a str, settings: TopicSettings },
+    CreateTopic {
+        name: &'a str,
+        settings: TopicSettings,
+    },
     /// `name str`
     DeleteTopic { name: &'a str },
     /// empty
@@ -90,7 +99,12 @@ pub enum Request<'a> {
     /// `name str, partitions u32` (the new total)
     AddPartitions { name: &'a str, partitions: u32 },
     /// `topic str, partition u32, ack u8, batches bytes` (one or more whole batches)
-    Publish { topic: &'a str, partition: u32, ack: Ack, batches: &'a [u8] },
+    Publish {
+        topic: &'a str,
+        partition: u32,
+        ack: Ack,
+        batches: &'a [u8],
+    },
     /// `topic str, partition u32, start_kind u8, start_value u64, max_bytes u32,
     /// max_wait_ms u32, tenant`
     Fetch {
@@ -114,7 +128,10 @@ pub enum Request<'a> {
     /// `subscription u32`
     Unsubscribe { subscription: u32 },
     /// `subscription u32, credit_bytes u32` (added to the subscription's credit)
-    GrantCredits { subscription: u32, credit_bytes: u32 },
+    GrantCredits {
+        subscription: u32,
+        credit_bytes: u32,
+    },
     /// `topic str`
     Offsets { topic: &'a str },
 }
@@ -148,7 +165,11 @@ impl<'a> Request<'a> {
 
     pub fn encode_body(&self, out: &mut Vec<u8>) {
         match *self {
-            Request::Hello { min_version, max_version, client } => {
+            Request::Hello {
+                min_version,
+                max_version,
+                client,
+            } => {
                 out.put_u8(min_version);
                 out.put_u8(max_version);
                 out.put_str(client);
@@ -161,20 +182,32 @@ impl<'a> Request<'a> {
                 out.put_u64(settings.retention_bytes);
                 out.put_u64(settings.retention_ms);
             }
-            Request::DeleteTopic { name } | Request::DescribeTopic { name } | Request::Offsets { topic: name } => {
-                out.put_str(name)
-            }
+            Request::DeleteTopic { name }
+            | Request::DescribeTopic { name }
+            | Request::Offsets { topic: name } => out.put_str(name),
             Request::AddPartitions { name, partitions } => {
                 out.put_str(name);
                 out.put_u32(partitions);
             }
-            Request::Publish { topic, partition, ack, batches } => {
+            Request::Publish {
+                topic,
+                partition,
+                ack,
+                batches,
+            } => {
                 out.put_str(topic);
                 out.put_u32(partition);
                 out.put_u8(ack as u8);
                 out.put_bytes(batches);
             }
-            Request::Fetch { topic, partition, start, max_bytes, max_wait_ms, tenant } => {
+            Request::Fetch {
+                topic,
+                partition,
+                start,
+                max_bytes,
+                max_wait_ms,
+                tenant,
+            } => {
                 out.put_str(topic);
                 out.put_u32(partition);
                 start.put(out);
@@ -182,7 +215,14 @@ impl<'a> Request<'a> {
                 out.put_u32(max_wait_ms);
                 out.put_tenant(tenant);
             }
-            Request::Subscribe { subscription, topic, partition, start, credit_bytes, tenant } => {
+            Request::Subscribe {
+                subscription,
+                topic,
+                partition,
+                start,
+                credit_bytes,
+                tenant,
+            } => {
                 out.put_u32(subscription);
                 out.put_str(topic);
                 out.put_u32(partition);
@@ -191,7 +231,10 @@ impl<'a> Request<'a> {
                 out.put_tenant(tenant);
             }
             Request::Unsubscribe { subscription } => out.put_u32(subscription),
-            Request::GrantCredits { subscription, credit_bytes } => {
+            Request::GrantCredits {
+                subscription,
+                credit_bytes,
+            } => {
                 out.put_u32(subscription);
                 out.put_u32(credit_bytes);
             }
@@ -217,9 +260,13 @@ impl<'a> Request<'a> {
                     retention_ms: r.u64("retention_ms")?,
                 },
             },
-            kind::DELETE_TOPIC => Request::DeleteTopic { name: r.str("name")? },
+            kind::DELETE_TOPIC => Request::DeleteTopic {
+                name: r.str("name")?,
+            },
             kind::LIST_TOPICS => Request::ListTopics,
-            kind::DESCRIBE_TOPIC => Request::DescribeTopic { name: r.str("name")? },
+            kind::DESCRIBE_TOPIC => Request::DescribeTopic {
+                name: r.str("name")?,
+            },
             kind::ADD_PARTITIONS => Request::AddPartitions {
                 name: r.str("name")?,
                 partitions: r.u32("partitions")?,
@@ -229,7 +276,8 @@ impl<'a> Request<'a> {
                 partition: r.u32("partition")?,
                 ack: {
                     let a = r.u8("ack")?;
-                    Ack::from_u8(a).ok_or_else(|| ProtocolError::invalid(format!("ack {a} is not 0..=2")))?
+                    Ack::from_u8(a)
+                        .ok_or_else(|| ProtocolError::invalid(format!("ack {a} is not 0..=2")))?
                 },
                 batches: r.bytes("batches")?,
             },
@@ -256,7 +304,9 @@ impl<'a> Request<'a> {
                 subscription: r.u32("subscription")?,
                 credit_bytes: r.u32("credit_bytes")?,
             },
-            kind::OFFSETS => Request::Offsets { topic: r.str("topic")? },
+            kind::OFFSETS => Request::Offsets {
+                topic: r.str("topic")?,
+            },
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownKind,

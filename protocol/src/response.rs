@@ -103,7 +103,13 @@ fn get_offsets(r: &mut Reader<'_>) -> Result<PartitionOffsets, ProtocolError> {
 
 /// Writes the fields of a FETCH response or DATA push that precede the batches, including
 /// the batches' length; the caller then sends `batches_len` bytes of whole batches.
-pub fn put_batches_prefix(out: &mut Vec<u8>, partition: u32, high_watermark: u64, next_offset: u64, batches_len: usize) {
+pub fn put_batches_prefix(
+    out: &mut Vec<u8>,
+    partition: u32,
+    high_watermark: u64,
+    next_offset: u64,
+    batches_len: usize,
+) {
     out.put_u32(partition);
     out.put_u64(high_watermark);
     out.put_u64(next_offset);
@@ -122,7 +128,12 @@ fn get_batches<'a>(r: &mut Reader<'a>) -> Result<Batches<'a>, ProtocolError> {
 impl<'a> Response<'a> {
     pub fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
-            Response::Hello { version, server, frame_bytes_max, fetch_bytes_max } => {
+            Response::Hello {
+                version,
+                server,
+                frame_bytes_max,
+                fetch_bytes_max,
+            } => {
                 out.put_u8(*version);
                 out.put_str(server);
                 out.put_u32(*frame_bytes_max);
@@ -157,7 +168,13 @@ impl<'a> Response<'a> {
                 }
             }
             Response::Fetched(b) => {
-                put_batches_prefix(out, b.partition, b.high_watermark, b.next_offset, b.batches.len());
+                put_batches_prefix(
+                    out,
+                    b.partition,
+                    b.high_watermark,
+                    b.next_offset,
+                    b.batches.len(),
+                );
                 out.extend_from_slice(b.batches);
             }
             Response::Subscribed { start_offset } => out.put_u64(*start_offset),
@@ -180,9 +197,11 @@ impl<'a> Response<'a> {
                 frame_bytes_max: r.u32("frame_bytes_max")?,
                 fetch_bytes_max: r.u32("fetch_bytes_max")?,
             },
-            kind::PING | kind::CREATE_TOPIC | kind::DELETE_TOPIC | kind::ADD_PARTITIONS | kind::UNSUBSCRIBE => {
-                Response::Done
-            }
+            kind::PING
+            | kind::CREATE_TOPIC
+            | kind::DELETE_TOPIC
+            | kind::ADD_PARTITIONS
+            | kind::UNSUBSCRIBE => Response::Done,
             kind::LIST_TOPICS => {
                 let n = r.count("count", 6)?;
                 let mut topics = Vec::with_capacity(n);
@@ -291,14 +310,28 @@ pub fn encode_error(out: &mut Vec<u8>, kind: u16, correlation: u64, error: &Prot
 }
 
 /// The header and prefix of a DATA push whose `batches_len` bytes of batches follow.
-pub fn begin_data(out: &mut Vec<u8>, subscription: u32, partition: u32, high_watermark: u64, next_offset: u64, batches_len: usize) {
+pub fn begin_data(
+    out: &mut Vec<u8>,
+    subscription: u32,
+    partition: u32,
+    high_watermark: u64,
+    next_offset: u64,
+    batches_len: usize,
+) {
     let start = frame::begin_frame(out, kind::DATA, FLAG_PUSH, u64::from(subscription));
     put_batches_prefix(out, partition, high_watermark, next_offset, batches_len);
     frame::finish_frame(out, start, batches_len);
 }
 
 /// The header and prefix of a FETCH response whose `batches_len` bytes of batches follow.
-pub fn begin_fetched(out: &mut Vec<u8>, correlation: u64, partition: u32, high_watermark: u64, next_offset: u64, batches_len: usize) {
+pub fn begin_fetched(
+    out: &mut Vec<u8>,
+    correlation: u64,
+    partition: u32,
+    high_watermark: u64,
+    next_offset: u64,
+    batches_len: usize,
+) {
     let start = frame::begin_frame(out, kind::FETCH, FLAG_RESPONSE, correlation);
     put_batches_prefix(out, partition, high_watermark, next_offset, batches_len);
     frame::finish_frame(out, start, batches_len);

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use tidelog_protocol::frame::{self, FRAME_BYTES_MAX_DEFAULT};
 use tidelog_protocol::response::{decode_data, decode_error, encode_error, encode_response};
 use tidelog_protocol::{
-    encode_request, kind, Ack, Batches, ErrorCode, PartitionDescription, PartitionOffsets, ProtocolError,
-    PublishedBatch, Request, Response, StartAt, TopicDescription, TopicSettings,
+    encode_request, kind, Ack, Batches, ErrorCode, PartitionDescription, PartitionOffsets,
+    ProtocolError, PublishedBatch, Request, Response, StartAt, TopicDescription, TopicSettings,
 };
 
 /// Owned inputs from which every request variant is built (requests borrow).
@@ -33,7 +33,13 @@ fn arb_inputs() -> impl Strategy<Value = Inputs> {
         "[a-zA-Z0-9._-]{0,40}",
         proptest::collection::vec(any::<u8>(), 0..300),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 1..255)),
-        (any::<u32>(), any::<u32>(), any::<u64>(), any::<u64>(), 0u8..3),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            0u8..3,
+        ),
         arb_start(),
     )
         .prop_map(|(text, bytes, tenant, numbers, start)| Inputs {
@@ -68,7 +74,10 @@ fn all_requests(i: &Inputs) -> Vec<Request<'_>> {
         Request::DeleteTopic { name: t },
         Request::ListTopics,
         Request::DescribeTopic { name: t },
-        Request::AddPartitions { name: t, partitions: a },
+        Request::AddPartitions {
+            name: t,
+            partitions: a,
+        },
         Request::Publish {
             topic: t,
             partition: a,
@@ -125,7 +134,10 @@ fn all_responses(i: &Inputs) -> Vec<(u16, Response<'_>)> {
             },
         ),
         (kind::PING, Response::Done),
-        (kind::LIST_TOPICS, Response::Topics(vec![(&i.text, a), ("x", b)])),
+        (
+            kind::LIST_TOPICS,
+            Response::Topics(vec![(&i.text, a), ("x", b)]),
+        ),
         (
             kind::DESCRIBE_TOPIC,
             Response::Described(TopicDescription {
@@ -214,7 +226,10 @@ proptest! {
 
 #[test]
 fn unknown_kind_is_its_own_error() {
-    assert_eq!(Request::decode(0x0999, &[]).map_err(|e| e.code), Err(ErrorCode::UnknownKind));
+    assert_eq!(
+        Request::decode(0x0999, &[]).map_err(|e| e.code),
+        Err(ErrorCode::UnknownKind)
+    );
 }
 
 #[test]

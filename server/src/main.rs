@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "tidelog", version, about = "tidelog: a durable event-log server")]
+#[command(
+    name = "tidelog",
+    version,
+    about = "tidelog: a durable event-log server"
+)]
 struct Cli {
     /// Log filter, e.g. `info`, `debug`, `tidelog_engine=debug`.
     #[arg(long, env = "TIDELOG_LOG", default_value = "info", global = true)]

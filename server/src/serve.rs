@@ -25,14 +25,19 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<(), EngineError> {
     // Installed before the engine opens, so a signal during recovery still shuts down
     // cleanly instead of killing the process mid-way.
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| EngineError::io("install signal handler", "", e))?;
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| EngineError::io("install signal handler", "", e))?;
     let started = Instant::now();
     let config = EngineConfig {
         flush_interval: Duration::from_millis(args.flush_interval_ms.max(1)),
         ..EngineConfig::default()
     };
     let engine = Engine::open(&args.data_dir, config)?;
-    let cut: usize = engine.recovery_reports().iter().map(|r| r.2.truncations.len()).sum();
+    let cut: usize = engine
+        .recovery_reports()
+        .iter()
+        .map(|r| r.2.truncations.len())
+        .sum();
     tracing::info!(
         data_dir = %args.data_dir.display(),
         topics = engine.topic_names().len(),

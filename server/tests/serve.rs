@@ -21,7 +21,10 @@ fn stop_cleanly(signal: i32) {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(stderr.read_line(&mut line).expect("read") > 0, "server exited before serving");
+        assert!(
+            stderr.read_line(&mut line).expect("read") > 0,
+            "server exited before serving"
+        );
         if line.contains("serving") {
             break;
         }
@@ -31,7 +34,10 @@ fn stop_cleanly(signal: i32) {
     let rest: Vec<String> = stderr.lines().map_while(Result::ok).collect();
     let status = child.wait().expect("wait");
     assert!(status.success(), "exit status {status:?}; log: {rest:?}");
-    assert!(data.join("clean-shutdown").exists(), "clean-shutdown marker written");
+    assert!(
+        data.join("clean-shutdown").exists(),
+        "clean-shutdown marker written"
+    );
 }
 
 #[test]

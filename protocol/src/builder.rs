@@ -5,7 +5,7 @@
 //! tenant), which lets tenant filters keep or skip it from the header alone.
 
 use crate::batch::{self, HEADER_LEN};
-use crate::record::{RECORD_HAS_KEY, RECORD_HAS_TENANT, RECORD_HAS_VALUE};
+use crate::record::{RecordView, RECORD_HAS_KEY, RECORD_HAS_TENANT, RECORD_HAS_VALUE};
 use crate::varint;
 
 /// A record as a producer hands it in.
@@ -49,12 +49,78 @@ pub fn build_batch(records: &[Record], producer: ProducerStamp) -> Vec<u8> {
 
 /// As [`build_batch`], appending into a reusable buffer (cleared first).
 pub fn build_batch_into(out: &mut Vec<u8>, records: &[Record], producer: ProducerStamp) {
+    encode_batch(out, records, |i| i as u32, producer);
+}
+
+/// What the encoder needs of a record: implemented by owned [`Record`]s and by borrowed
+/// [`RecordView`]s (so a server can re-encode a filtered subset of a batch).
+pub trait RecordParts {
+    fn timestamp_ms(&self) -> i64;
+    fn tenant(&self) -> Option<&[u8]>;
+    fn key(&self) -> Option<&[u8]>;
+    fn value(&self) -> Option<&[u8]>;
+    fn header_count(&self) -> usize;
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
+}
+
+impl RecordParts for Record {
+    fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+    fn tenant(&self) -> Option<&[u8]> {
+        self.tenant.as_deref()
+    }
+    fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+    fn value(&self) -> Option<&[u8]> {
+        self.value.as_deref()
+    }
+    fn header_count(&self) -> usize {
+        self.headers.len()
+    }
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+    }
+}
+
+impl RecordParts for RecordView<'_> {
+    fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+    fn tenant(&self) -> Option<&[u8]> {
+        self.tenant
+    }
+    fn key(&self) -> Option<&[u8]> {
+        self.key
+    }
+    fn value(&self) -> Option<&[u8]> {
+        self.value
+    }
+    fn header_count(&self) -> usize {
+        RecordView::headers(self).count()
+    }
+    fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        RecordView::headers(self)
+    }
+}
+
+/// Encodes records into one batch, record `i` at offset delta `offset_delta(i)` (which
+/// must start at 0 and increase). Base offset 0: the log stamps the real one.
+pub fn encode_batch<R: RecordParts>(
+    out: &mut Vec<u8>,
+    records: &[R],
+    offset_delta: impl Fn(usize) -> u32,
+    producer: ProducerStamp,
+) {
     assert!(!records.is_empty(), "a batch holds at least one record");
     out.clear();
-    let first_ts = records[0].timestamp_ms;
+    let first_ts = records[0].timestamp_ms();
     let max_ts = records
         .iter()
-        .map(|r| r.timestamp_ms)
+        .map(|r| r.timestamp_ms())
         .max()
         .unwrap_or(first_ts);
     let uniform_tenant = uniform_tenant(records);
@@ -67,12 +133,14 @@ pub fn build_batch_into(out: &mut Vec<u8>, records: &[Record], producer: Produce
     out.resize(HEADER_LEN, 0);
     out.extend_from_slice(tenant_bytes);
     let mut body = Vec::with_capacity(64);
-    for (delta, record) in records.iter().enumerate() {
+    let mut last_delta = 0;
+    for (i, record) in records.iter().enumerate() {
         body.clear();
+        last_delta = offset_delta(i);
         encode_record(
             &mut body,
             record,
-            delta as u64,
+            u64::from(last_delta),
             first_ts,
             uniform_tenant.is_some(),
         );
@@ -91,7 +159,7 @@ pub fn build_batch_into(out: &mut Vec<u8>, records: &[Record], producer: Produce
     };
     out[batch::TENANT_LEN_AT..][..2].copy_from_slice(&(tenant_bytes.len() as u16).to_le_bytes());
     out[batch::RECORD_COUNT_AT..][..4].copy_from_slice(&count.to_le_bytes());
-    out[batch::LAST_OFFSET_DELTA_AT..][..4].copy_from_slice(&(count - 1).to_le_bytes());
+    out[batch::LAST_OFFSET_DELTA_AT..][..4].copy_from_slice(&last_delta.to_le_bytes());
     out[batch::FIRST_TIMESTAMP_AT..][..8].copy_from_slice(&first_ts.to_le_bytes());
     out[batch::MAX_TIMESTAMP_AT..][..8].copy_from_slice(&max_ts.to_le_bytes());
     out[batch::PRODUCER_ID_AT..][..8].copy_from_slice(&producer.producer_id.to_le_bytes());
@@ -100,23 +168,29 @@ pub fn build_batch_into(out: &mut Vec<u8>, records: &[Record], producer: Produce
     out[batch::CRC_AT..][..4].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn uniform_tenant(records: &[Record]) -> Option<&[u8]> {
-    let first = records[0].tenant.as_deref()?;
+fn uniform_tenant<R: RecordParts>(records: &[R]) -> Option<&[u8]> {
+    let first = records[0].tenant()?;
     records
         .iter()
-        .all(|r| r.tenant.as_deref() == Some(first))
+        .all(|r| r.tenant() == Some(first))
         .then_some(first)
 }
 
-fn encode_record(out: &mut Vec<u8>, r: &Record, offset_delta: u64, first_ts: i64, uniform: bool) {
+fn encode_record<R: RecordParts>(
+    out: &mut Vec<u8>,
+    r: &R,
+    offset_delta: u64,
+    first_ts: i64,
+    uniform: bool,
+) {
     let mut attributes = 0;
-    if r.key.is_some() {
+    if r.key().is_some() {
         attributes |= RECORD_HAS_KEY;
     }
-    if r.value.is_some() {
+    if r.value().is_some() {
         attributes |= RECORD_HAS_VALUE;
     }
-    let own_tenant = if uniform { None } else { r.tenant.as_deref() };
+    let own_tenant = if uniform { None } else { r.tenant() };
     if let Some(t) = own_tenant {
         assert!(
             !t.is_empty() && t.len() <= batch::TENANT_LEN_MAX,
@@ -126,15 +200,12 @@ fn encode_record(out: &mut Vec<u8>, r: &Record, offset_delta: u64, first_ts: i64
     }
     out.push(attributes);
     varint::put_u64(out, offset_delta);
-    varint::put_u64(out, varint::zigzag(r.timestamp_ms.wrapping_sub(first_ts)));
-    for field in [own_tenant, r.key.as_deref(), r.value.as_deref()]
-        .into_iter()
-        .flatten()
-    {
+    varint::put_u64(out, varint::zigzag(r.timestamp_ms().wrapping_sub(first_ts)));
+    for field in [own_tenant, r.key(), r.value()].into_iter().flatten() {
         put_bytes(out, field);
     }
-    varint::put_u64(out, r.headers.len() as u64);
-    for (name, value) in &r.headers {
+    varint::put_u64(out, r.header_count() as u64);
+    for (name, value) in r.headers() {
         put_bytes(out, name);
         put_bytes(out, value);
     }
