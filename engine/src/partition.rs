@@ -73,6 +73,19 @@ impl Fetched {
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
+    /// The sub-range `[from, to)` of these bytes (positions relative to the start), still
+    /// zero-copy. Callers cut on batch boundaries.
+    pub fn slice(&self, from: usize, to: usize) -> Fetched {
+        let len = (self.end - self.start) as usize;
+        let (from, to) = (from.min(len) as u32, to.min(len) as u32);
+        Fetched {
+            segment: self.segment.clone(),
+            start: self.start + from,
+            end: self.start + to.max(from),
+            ..self.clone()
+        }
+    }
+
     /// The segment the bytes come from and their position, for `sendfile`.
     pub fn file_range(&self) -> Option<(&Segment, u32, u32)> {
         self.segment.as_deref().map(|s| (s, self.start, self.end))

@@ -204,6 +204,25 @@ pub fn check_frame(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
     Ok(BatchView { header, bytes })
 }
 
+/// Frames the batch at the front of `buf` without computing its CRC: for batches read back
+/// from a log that validated them on arrival (tenant filtering, extraction). Lengths are
+/// still checked, and decoding its records stays bounds-checked.
+pub fn view_stored(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
+    let header = BatchHeader::parse(buf).ok_or(BatchError::Incomplete {
+        needed: HEADER_LEN,
+        have: buf.len(),
+    })?;
+    let len = header.batch_len as usize;
+    if len < HEADER_LEN + usize::from(header.tenant_len) + 1 {
+        return Err(BatchError::Invalid(format!("batch_len {len} too small")));
+    }
+    let bytes = buf.get(..len).ok_or(BatchError::Incomplete {
+        needed: len,
+        have: buf.len(),
+    })?;
+    Ok(BatchView { header, bytes })
+}
+
 /// Full validation of a batch arriving from a producer: [`check_frame`], then header
 /// rules and a structural walk over every record (bounds, count, deltas, tenant rules).
 /// Afterwards, decoding its records cannot fail.

@@ -1,13 +1,26 @@
 //! The `tidelog` binary.
 //!
-//! # Layout
+//! # Layout (the data path)
 //! - `main.rs` — the command line (clap) and logging set-up.
-//! - `serve.rs` — `tidelog serve`: open the data directory (recovery), run until
-//!   SIGINT/SIGTERM, shut down cleanly (sync everything, write the clean-shutdown marker).
-//!
-//! The wire protocol and its mio event loop come next (see docs/ARCHITECTURE.md).
+//! - `serve.rs` — `tidelog serve`: settings, listener, engine, signals, clean shutdown.
+//! - `event_loop.rs` — the mio loop: accept, read, one group commit per tick, notices,
+//!   write; `connection.rs` — a socket's input buffer and framing; `outbox.rs` — its
+//!   queue of owned and zero-copy bytes.
+//! - `dispatch.rs` — one request → engine → response; `deliver.rs` — batches from the log
+//!   to the wire (fetch, long poll, subscription pump, tenant filter);
+//!   `subscription.rs` — a push cursor under credit.
+//! - `notices.rs` — the engine's change notifications → the loop's waker;
+//!   `state.rs` — what handlers share, limits, error mapping.
 
+mod connection;
+mod deliver;
+mod dispatch;
+mod event_loop;
+mod notices;
+mod outbox;
 mod serve;
+mod state;
+mod subscription;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,52 +1,203 @@
-//! `tidelog serve`: run the engine on a data directory until asked to stop.
-//!
-//! Shutdown on SIGINT/SIGTERM is clean: every partition is synced and sealed and the
-//! clean-shutdown marker is written, so the next start does no recovery scan.
+//! `tidelog serve`: configuration (flags > environment > TOML file > defaults), the
+//! listening socket, the engine, the event loop, and a clean shutdown on SIGINT/SIGTERM
+//! (in-flight responses drained, every partition synced and sealed, the clean-shutdown
+//! marker written).
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use mio::{Poll, Waker};
+use serde::Deserialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tidelog_engine::{Engine, EngineConfig, EngineError};
+use socket2::{Domain, Socket, Type};
+use tidelog_engine::{Engine, EngineConfig};
+
+use crate::event_loop::{EventLoop, WAKER};
+use crate::notices::Notices;
+use crate::state::{Limits, State};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7979";
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Data directory.
-    #[arg(long, env = "TIDELOG_DATA_DIR", default_value_os_t = crate::default_data_dir())]
-    pub data_dir: PathBuf,
+    /// Data directory [default: ./tidelog-data].
+    #[arg(long, env = "TIDELOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 
-    /// Sync data not requested durable at least this often (milliseconds).
-    #[arg(long, env = "TIDELOG_FLUSH_INTERVAL_MS", default_value_t = 500)]
-    pub flush_interval_ms: u64,
+    /// Address to listen on [default: 127.0.0.1:7979]; port 0 picks a free port.
+    #[arg(long, env = "TIDELOG_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// A TOML file with any of these settings (flags and environment take precedence).
+    #[arg(long, env = "TIDELOG_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Sync data not requested durable at least this often, in ms [default: 500].
+    #[arg(long, env = "TIDELOG_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+
+    /// Largest frame accepted, in bytes [default: 17825792].
+    #[arg(long, env = "TIDELOG_FRAME_BYTES_MAX")]
+    pub frame_bytes_max: Option<u32>,
+
+    /// Largest run of batches one fetch returns, in bytes [default: 8388608].
+    #[arg(long, env = "TIDELOG_FETCH_BYTES_MAX")]
+    pub fetch_bytes_max: Option<u32>,
+
+    /// Most simultaneous connections [default: 1024].
+    #[arg(long, env = "TIDELOG_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
+
+    /// Unsent bytes queued per connection before it is throttled [default: 33554432].
+    #[arg(long, env = "TIDELOG_BUFFERED_BYTES_MAX")]
+    pub buffered_bytes_max: Option<usize>,
+
+    /// Close connections silent in both directions for this long, in seconds [default: 600].
+    #[arg(long, env = "TIDELOG_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
-pub fn run(args: ServeArgs) -> Result<(), EngineError> {
-    // Installed before the engine opens, so a signal during recovery still shuts down
-    // cleanly instead of killing the process mid-way.
-    let mut signals = Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| EngineError::io("install signal handler", "", e))?;
-    let started = Instant::now();
-    let config = EngineConfig {
-        flush_interval: Duration::from_millis(args.flush_interval_ms.max(1)),
-        ..EngineConfig::default()
+/// The same settings, from a TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    flush_interval_ms: Option<u64>,
+    frame_bytes_max: Option<u32>,
+    fetch_bytes_max: Option<u32>,
+    connections_max: Option<usize>,
+    buffered_bytes_max: Option<usize>,
+    idle_timeout_secs: Option<u64>,
+}
+
+/// Resolved settings.
+#[derive(Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub flush_interval: Duration,
+    pub limits: Limits,
+}
+
+pub fn settings(args: &ServeArgs) -> Result<Settings, String> {
+    let file = match &args.config {
+        Some(path) => read_config(path)?,
+        None => FileConfig::default(),
     };
-    let engine = Engine::open(&args.data_dir, config)?;
-    let cut: usize = engine
-        .recovery_reports()
-        .iter()
-        .map(|r| r.2.truncations.len())
-        .sum();
-    tracing::info!(
-        data_dir = %args.data_dir.display(),
-        topics = engine.topic_names().len(),
-        partitions = engine.recovery_reports().len(),
-        recovery_cuts = cut,
-        startup_ms = started.elapsed().as_millis() as u64,
-        "tidelog is serving the data directory (network protocol: not yet)"
+    let defaults = Limits::default();
+    let limits = Limits {
+        frame_bytes_max: args.frame_bytes_max.or(file.frame_bytes_max).unwrap_or(defaults.frame_bytes_max),
+        fetch_bytes_max: args.fetch_bytes_max.or(file.fetch_bytes_max).unwrap_or(defaults.fetch_bytes_max),
+        connections_max: args.connections_max.or(file.connections_max).unwrap_or(defaults.connections_max),
+        buffered_bytes_max: args
+            .buffered_bytes_max
+            .or(file.buffered_bytes_max)
+            .unwrap_or(defaults.buffered_bytes_max),
+        idle_timeout: args
+            .idle_timeout_secs
+            .or(file.idle_timeout_secs)
+            .map_or(defaults.idle_timeout, Duration::from_secs),
+        ..defaults
+    };
+    if limits.frame_bytes_max < 1024 || limits.fetch_bytes_max == 0 || limits.connections_max == 0 {
+        return Err("frame_bytes_max must be >= 1024, fetch_bytes_max and connections_max > 0".into());
+    }
+    let default_listen: SocketAddr = DEFAULT_LISTEN.parse().map_err(|e| format!("{e}"))?;
+    Ok(Settings {
+        data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(crate::default_data_dir),
+        listen: args.listen.or(file.listen).unwrap_or(default_listen),
+        flush_interval: Duration::from_millis(args.flush_interval_ms.or(file.flush_interval_ms).unwrap_or(500).max(1)),
+        limits,
+    })
+}
+
+fn read_config(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let settings = settings(&args)?;
+    // Installed first, so a signal during recovery still ends in a clean shutdown.
+    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("signal handler: {e}"))?;
+    let started = Instant::now();
+    let engine = Arc::new(
+        Engine::open(
+            &settings.data_dir,
+            EngineConfig {
+                flush_interval: settings.flush_interval,
+                ..EngineConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string())?,
     );
-    let signal = signals.forever().next();
-    tracing::info!(?signal, "shutting down");
-    engine.close()
+    let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
+    let waker = Waker::new(poll.registry(), WAKER).map_err(|e| format!("waker: {e}"))?;
+    let notices = Arc::new(Notices::new(waker));
+    engine.set_watcher(notices.clone());
+    let listener = listen(settings.listen).map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (stop, notices) = (stop.clone(), notices.clone());
+        std::thread::Builder::new()
+            .name("tidelog-signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    tracing::info!(signal, "stop requested");
+                    stop.store(true, Ordering::SeqCst);
+                    notices.wake();
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+    let state = State {
+        topic_defaults: EngineConfig::default().topic_defaults,
+        engine: engine.clone(),
+        limits: settings.limits,
+        notices,
+        pending_acks: Vec::new(),
+        flush_wanted: Vec::new(),
+        long_polls: Vec::new(),
+        subscribers: Default::default(),
+        to_pump: Vec::new(),
+        server_name: format!("tidelog {}", env!("CARGO_PKG_VERSION")),
+    };
+    let mut event_loop = EventLoop::new(poll, listener, state, stop).map_err(|e| e.to_string())?;
+    tracing::info!(
+        data_dir = %settings.data_dir.display(),
+        topics = engine.topic_names().len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "tidelog listening on {local}"
+    );
+    // Machine-readable, for scripts and tests that start the server on port 0.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "tidelog listening on {local}");
+        let _ = out.flush();
+    }
+    let result = event_loop.run();
+    drop(event_loop);
+    let engine = Arc::try_unwrap(engine).map_err(|_| "engine still shared at shutdown".to_string())?;
+    engine.close().map_err(|e| e.to_string())?;
+    result.map_err(|e| format!("event loop: {e}"))?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
 }

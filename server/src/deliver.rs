@@ -1,0 +1,153 @@
+//! Putting batches from the log on the wire: FETCH responses, DATA pushes and the
+//! subscription pump.
+//!
+//! The batches themselves are never copied into a buffer: the frame's prefix is encoded
+//! into the outbox and the mapped bytes follow as their own chunk, written with `writev`.
+//! A tenant filter keeps or skips tenant-uniform batches whole and re-encodes only mixed
+//! batches (`tidelog_protocol::filter`).
+
+use tidelog_engine::{EngineError, Fetched};
+use tidelog_protocol::batch;
+use tidelog_protocol::filter::{filter_batch, Filtered};
+use tidelog_protocol::response::{begin_data, begin_fetched, encode_error};
+use tidelog_protocol::{kind, ErrorCode, ProtocolError};
+
+use crate::connection::Connection;
+use crate::outbox::Outbox;
+use crate::state::{to_protocol, Limits};
+
+/// The bytes to send for a run of batches: zero-copy slices and re-encoded batches.
+#[derive(Debug, Default)]
+pub struct Selection {
+    parts: Vec<Part>,
+    pub len: usize,
+}
+
+#[derive(Debug)]
+enum Part {
+    Mapped(Fetched),
+    Owned(Vec<u8>),
+}
+
+impl Selection {
+    /// Everything in `fetched`, or only `tenant`'s records.
+    pub fn of(fetched: &Fetched, tenant: Option<&[u8]>) -> Selection {
+        let Some(tenant) = tenant else {
+            return Selection {
+                len: fetched.len(),
+                parts: vec![Part::Mapped(fetched.clone())],
+            };
+        };
+        let mut sel = Selection::default();
+        let bytes: &[u8] = fetched;
+        let mut pos = 0;
+        // Start of the current run of batches kept whole.
+        let mut run: Option<usize> = None;
+        while pos < bytes.len() {
+            let Ok(view) = batch::view_stored(&bytes[pos..]) else { break };
+            let end = pos + view.bytes().len();
+            match filter_batch(&view, tenant) {
+                Filtered::Whole => {
+                    run.get_or_insert(pos);
+                }
+                other => {
+                    if let Some(start) = run.take() {
+                        sel.push_mapped(fetched.slice(start, pos));
+                    }
+                    if let Filtered::Rebuilt(b) = other {
+                        sel.len += b.len();
+                        sel.parts.push(Part::Owned(b));
+                    }
+                }
+            }
+            pos = end;
+        }
+        if let Some(start) = run {
+            sel.push_mapped(fetched.slice(start, pos));
+        }
+        sel
+    }
+
+    fn push_mapped(&mut self, f: Fetched) {
+        self.len += f.len();
+        self.parts.push(Part::Mapped(f));
+    }
+
+    fn into_outbox(self, outbox: &mut Outbox) {
+        for part in self.parts {
+            match part {
+                Part::Mapped(f) => outbox.push_mapped(f),
+                Part::Owned(b) => outbox.push_owned(b),
+            }
+        }
+    }
+}
+
+/// Queues a FETCH response carrying `fetched` (filtered to `tenant`).
+pub fn send_fetched(outbox: &mut Outbox, correlation: u64, partition: u32, fetched: &Fetched, tenant: Option<&[u8]>) {
+    let sel = Selection::of(fetched, tenant);
+    outbox.encode(|out| begin_fetched(out, correlation, partition, fetched.high_watermark, fetched.next_offset, sel.len));
+    sel.into_outbox(outbox);
+}
+
+/// What a pump did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pumped {
+    /// Caught up with the log, or out of credit, or the outbox is full.
+    Idle,
+    /// Stopped at the scan budget with more to send: pump again this tick.
+    More,
+    /// The subscription failed (its position left the log) and was removed.
+    Ended,
+}
+
+/// Bytes of log one pump may scan, so one filtered subscription cannot hold the loop.
+const PUMP_SCAN_BYTES_MAX: usize = 16 << 20;
+
+/// Pushes what subscription `id` may receive now: whole batches from its position, within
+/// its credit and the connection's buffered-bytes limit.
+pub fn pump(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
+    let mut scanned = 0;
+    loop {
+        if conn.outbox.bytes() >= limits.buffered_bytes_max {
+            conn.throttled = true;
+            return Pumped::Idle;
+        }
+        let Some(sub) = conn.subscriptions.get_mut(&id) else { return Pumped::Ended };
+        if sub.credit_bytes == 0 || sub.next_offset >= sub.partition.next_offset() {
+            return Pumped::Idle;
+        }
+        if scanned >= PUMP_SCAN_BYTES_MAX {
+            return Pumped::More;
+        }
+        let want = sub.credit_bytes.min(u64::from(limits.fetch_bytes_max)) as u32;
+        let fetched = match sub.partition.read(sub.next_offset, want) {
+            Ok(f) => f,
+            Err(e) => {
+                let error = match e {
+                    EngineError::OffsetOutOfRange { .. } => ProtocolError::new(
+                        ErrorCode::OffsetOutOfRange,
+                        format!("subscription {id} fell behind the log's retention: {e}"),
+                    ),
+                    other => to_protocol(&other),
+                };
+                conn.subscriptions.remove(&id);
+                conn.outbox.encode(|out| encode_error(out, kind::DATA, u64::from(id), &error));
+                return Pumped::Ended;
+            }
+        };
+        scanned += fetched.len();
+        let sel = Selection::of(&fetched, sub.tenant.as_deref());
+        if sel.len as u64 > sub.credit_bytes {
+            return Pumped::Idle; // wait for credit: never send beyond it
+        }
+        sub.credit_bytes -= sel.len as u64;
+        sub.next_offset = fetched.next_offset;
+        if sel.len > 0 {
+            let partition = sub.partition.id();
+            conn.outbox
+                .encode(|out| begin_data(out, id, partition, fetched.high_watermark, fetched.next_offset, sel.len));
+            sel.into_outbox(&mut conn.outbox);
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Request handling: one decoded frame → engine calls → a response queued on the
+//! connection (or parked: a durable publish until its sync, a fetch until data arrives).
+//!
+//! Every failure becomes an error response with its code; nothing here panics on client
+//! input. Framing errors are handled by the caller (the connection closes).
+
+use std::time::{Duration, Instant};
+
+use tidelog_engine::{SeekFrom, TopicConfig};
+use tidelog_protocol::frame::{FrameHeader, HEADER_LEN};
+use tidelog_protocol::response::{encode_error, encode_response};
+use tidelog_protocol::{
+    batch, kind, Ack, ErrorCode, PartitionDescription, PartitionOffsets, ProtocolError, PublishedBatch, Request,
+    Response, StartAt, TopicDescription, TopicSettings, PROTOCOL_VERSION,
+};
+
+use crate::connection::Connection;
+use crate::deliver;
+use crate::state::{key_of, to_protocol, LongPoll, PendingAck, State};
+use crate::subscription::Subscription;
+
+/// Handles one whole request frame from connection `token`.
+pub fn handle(state: &mut State, token: usize, conn: &mut Connection, header: FrameHeader, frame: &[u8]) {
+    let body = frame.get(HEADER_LEN..).unwrap_or(&[]);
+    let result = decode(conn, &header, body).and_then(|request| {
+        let is_hello = matches!(request, Request::Hello { .. });
+        if !conn.handshaken && !is_hello {
+            conn.closing = true;
+            return Err(ProtocolError::new(
+                ErrorCode::HandshakeRequired,
+                "the first request on a connection must be HELLO",
+            ));
+        }
+        let expects_response = request.expects_response();
+        let kind = request.kind();
+        execute(state, token, conn, header.correlation, request).map(|reply| (reply, expects_response, kind))
+    });
+    match result {
+        Ok((Reply::Now(response), true, kind)) => {
+            conn.outbox.encode(|out| encode_response(out, kind, header.correlation, &response));
+        }
+        Ok(_) => {}
+        Err(error) => {
+            conn.outbox.encode(|out| encode_error(out, header.kind, header.correlation, &error));
+        }
+    }
+}
+
+fn decode<'a>(conn: &Connection, header: &FrameHeader, body: &'a [u8]) -> Result<Request<'a>, ProtocolError> {
+    if header.is_response() || header.is_push() {
+        return Err(ProtocolError::invalid("clients send requests: RESPONSE and PUSH flags must be clear"));
+    }
+    if header.version != PROTOCOL_VERSION {
+        return Err(ProtocolError::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "frame version {} is not supported (this server speaks {PROTOCOL_VERSION}){}",
+                header.version,
+                if conn.handshaken { "" } else { "; send HELLO" }
+            ),
+        ));
+    }
+    Request::decode(header.kind, body)
+}
+
+/// What a handler produced.
+enum Reply<'a> {
+    /// Send this response now (if the request expects one).
+    Now(Response<'a>),
+    /// The handler queued its response itself, or parked it.
+    Handled,
+}
+
+fn execute<'a>(
+    state: &mut State,
+    token: usize,
+    conn: &mut Connection,
+    correlation: u64,
+    request: Request<'a>,
+) -> Result<Reply<'a>, ProtocolError> {
+    let engine = state.engine.clone();
+    let e = |err| to_protocol(&err);
+    Ok(match request {
+        Request::Hello { min_version, max_version, client } => {
+            if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
+                conn.closing = true;
+                return Err(ProtocolError::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!("client speaks versions {min_version}..={max_version}; this server speaks {PROTOCOL_VERSION}"),
+                ));
+            }
+            conn.handshaken = true;
+            tracing::debug!(peer = %conn.peer, client, "handshake");
+            conn.outbox.encode(|out| {
+                encode_response(
+                    out,
+                    kind::HELLO,
+                    correlation,
+                    &Response::Hello {
+                        version: PROTOCOL_VERSION,
+                        server: &state.server_name,
+                        frame_bytes_max: state.limits.frame_bytes_max,
+                        fetch_bytes_max: state.limits.fetch_bytes_max,
+                    },
+                )
+            });
+            Reply::Handled
+        }
+        Request::Ping => Reply::Now(Response::Done),
+        Request::CreateTopic { name, settings } => {
+            engine.create_topic(name, topic_config(&state.topic_defaults, &settings)).map_err(e)?;
+            Reply::Now(Response::Done)
+        }
+        Request::DeleteTopic { name } => {
+            engine.delete_topic(name).map_err(e)?;
+            Reply::Now(Response::Done)
+        }
+        Request::AddPartitions { name, partitions } => {
+            engine.add_partitions(name, partitions).map_err(e)?;
+            Reply::Now(Response::Done)
+        }
+        Request::ListTopics => {
+            let names = engine.topic_names();
+            let mut topics = Vec::with_capacity(names.len());
+            for name in &names {
+                let partitions = engine.topic(name).map(|t| t.partitions().len() as u32).unwrap_or(0);
+                topics.push((name.clone(), partitions));
+            }
+            conn.outbox.encode(|out| {
+                let list: Vec<(&str, u32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+                encode_response(out, kind::LIST_TOPICS, correlation, &Response::Topics(list))
+            });
+            Reply::Handled
+        }
+        Request::DescribeTopic { name } => {
+            let info = engine.describe_topic(name).map_err(e)?;
+            Reply::Now(Response::Described(TopicDescription {
+                segment_bytes: info.config.segment_bytes,
+                retention_bytes: info.config.retention_bytes,
+                retention_ms: info.config.retention_ms,
+                created_ms: info.created_ms,
+                partitions: info
+                    .partitions
+                    .iter()
+                    .map(|p| PartitionDescription {
+                        offsets: PartitionOffsets {
+                            partition: p.partition,
+                            earliest: p.earliest_offset,
+                            next: p.next_offset,
+                            durable: p.durable_offset,
+                        },
+                        size_bytes: p.size_bytes,
+                        segments: p.segments as u32,
+                    })
+                    .collect(),
+            }))
+        }
+        Request::Offsets { topic } => {
+            let t = engine.topic(topic).map_err(e)?;
+            Reply::Now(Response::Offsets(
+                t.partitions()
+                    .iter()
+                    .map(|p| PartitionOffsets {
+                        partition: p.id(),
+                        earliest: p.earliest_offset(),
+                        next: p.next_offset(),
+                        durable: p.durable_offset(),
+                    })
+                    .collect(),
+            ))
+        }
+        Request::Publish { topic, partition, ack, batches } => publish(state, token, conn, correlation, topic, partition, ack, batches)?,
+        Request::Fetch { topic, partition, start, max_bytes, max_wait_ms, tenant } => {
+            let p = state.partition(topic, partition)?;
+            let from = p.resolve(seek(start));
+            let max_bytes = max_bytes.clamp(1, state.limits.fetch_bytes_max);
+            let fetched = p.read(from, max_bytes).map_err(e)?;
+            if fetched.is_empty() && max_wait_ms > 0 {
+                let wait = Duration::from_millis(u64::from(max_wait_ms)).min(state.limits.max_wait);
+                state.long_polls.push(LongPoll {
+                    token,
+                    correlation,
+                    key: key_of(&p),
+                    partition: p,
+                    from,
+                    max_bytes,
+                    tenant: tenant.map(<[u8]>::to_vec),
+                    deadline: Instant::now() + wait,
+                });
+            } else {
+                deliver::send_fetched(&mut conn.outbox, correlation, partition, &fetched, tenant);
+            }
+            Reply::Handled
+        }
+        Request::Subscribe { subscription, topic, partition, start, credit_bytes, tenant } => {
+            if conn.subscriptions.contains_key(&subscription) {
+                return Err(ProtocolError::new(
+                    ErrorCode::SubscriptionExists,
+                    format!("subscription {subscription} already exists on this connection"),
+                ));
+            }
+            if conn.subscriptions.len() >= state.limits.subscriptions_per_connection_max {
+                return Err(ProtocolError::new(
+                    ErrorCode::ServerOverloaded,
+                    format!("at most {} subscriptions per connection", state.limits.subscriptions_per_connection_max),
+                ));
+            }
+            let p = state.partition(topic, partition)?;
+            let from = p.resolve(seek(start));
+            if from < p.earliest_offset() || from > p.next_offset() {
+                return Err(e(tidelog_engine::EngineError::OffsetOutOfRange {
+                    requested: from,
+                    earliest: p.earliest_offset(),
+                    next: p.next_offset(),
+                }));
+            }
+            state.subscribers.entry(key_of(&p)).or_default().push((token, subscription));
+            conn.subscriptions.insert(
+                subscription,
+                Subscription {
+                    partition: p,
+                    next_offset: from,
+                    credit_bytes: u64::from(credit_bytes),
+                    tenant: tenant.map(<[u8]>::to_vec),
+                },
+            );
+            conn.outbox.encode(|out| {
+                encode_response(out, kind::SUBSCRIBE, correlation, &Response::Subscribed { start_offset: from })
+            });
+            state.to_pump.push((token, subscription));
+            Reply::Handled
+        }
+        Request::Unsubscribe { subscription } => {
+            let sub = conn.subscriptions.remove(&subscription).ok_or_else(|| unknown_subscription(subscription))?;
+            state.unsubscribe(token, &key_of(&sub.partition), subscription);
+            Reply::Now(Response::Done)
+        }
+        Request::GrantCredits { subscription, credit_bytes } => {
+            let sub = conn.subscriptions.get_mut(&subscription).ok_or_else(|| unknown_subscription(subscription))?;
+            sub.credit_bytes = sub.credit_bytes.saturating_add(u64::from(credit_bytes));
+            state.to_pump.push((token, subscription));
+            Reply::Handled
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publish<'a>(
+    state: &mut State,
+    token: usize,
+    conn: &mut Connection,
+    correlation: u64,
+    topic: &str,
+    partition: u32,
+    ack: Ack,
+    batches: &[u8],
+) -> Result<Reply<'a>, ProtocolError> {
+    let p = state.partition(topic, partition)?;
+    let mut published = Vec::new();
+    let mut rest = batches;
+    while !rest.is_empty() {
+        let len = batch::peek_len(rest).map_or(rest.len() + 1, |l| l as usize);
+        let Some(one) = rest.get(..len).filter(|_| len > 0) else {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidBatch,
+                format!("batch {} is truncated: batch_len {len}, {} bytes left", published.len(), rest.len()),
+            ));
+        };
+        match p.append(one) {
+            Ok(a) => published.push(PublishedBatch {
+                base_offset: a.base_offset,
+                last_offset: a.last_offset,
+                duplicate: a.duplicate,
+            }),
+            Err(err) => {
+                let mut error = to_protocol(&err);
+                if !published.is_empty() {
+                    error.message = format!("{} (the {} batches before it were appended)", error.message, published.len());
+                }
+                return Err(error);
+            }
+        }
+        rest = &rest[len..];
+    }
+    if published.is_empty() {
+        return Err(ProtocolError::new(ErrorCode::InvalidBatch, "a publish carries at least one batch"));
+    }
+    match ack {
+        Ack::None => Ok(Reply::Handled),
+        Ack::Written => Ok(Reply::Now(Response::Published(published))),
+        Ack::Durable => {
+            let last_offset = published.iter().map(|b| b.last_offset).max().unwrap_or(0);
+            let mut response = Vec::new();
+            encode_response(&mut response, kind::PUBLISH, correlation, &Response::Published(published));
+            if p.durable_offset() > last_offset {
+                conn.outbox.push_owned(response);
+            } else {
+                state.want_flush(&p);
+                state.pending_acks.push(PendingAck {
+                    token,
+                    key: key_of(&p),
+                    last_offset,
+                    response,
+                    kind: kind::PUBLISH,
+                    correlation,
+                });
+            }
+            Ok(Reply::Handled)
+        }
+    }
+}
+
+fn unknown_subscription(id: u32) -> ProtocolError {
+    ProtocolError::new(ErrorCode::UnknownSubscription, format!("no subscription {id} on this connection"))
+}
+
+fn seek(start: StartAt) -> SeekFrom {
+    match start {
+        StartAt::Offset(o) => SeekFrom::Offset(o),
+        StartAt::Timestamp(t) => SeekFrom::Timestamp(t),
+        StartAt::Earliest => SeekFrom::Earliest,
+        StartAt::Latest => SeekFrom::Latest,
+    }
+}
+
+/// A protocol topic request over the server's defaults (0 = default).
+fn topic_config(defaults: &TopicConfig, s: &TopicSettings) -> TopicConfig {
+    let pick = |v: u64, d: u64| if v == 0 { d } else { v };
+    let segment_bytes = if s.segment_bytes == 0 { defaults.segment_bytes } else { s.segment_bytes };
+    TopicConfig {
+        partitions: s.partitions.max(1),
+        segment_bytes,
+        retention_bytes: pick(s.retention_bytes, defaults.retention_bytes),
+        retention_ms: pick(s.retention_ms, defaults.retention_ms),
+        batch_bytes_max: defaults.batch_bytes_max.min(segment_bytes),
+        ..*defaults
+    }
+}

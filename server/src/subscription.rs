@@ -1,0 +1,22 @@
+//! A subscription: a cursor in one partition that the server pushes from as records land,
+//! never beyond the bytes of credit the client has granted.
+//!
+//! Credit is counted in bytes of batches sent. A batch larger than the remaining credit
+//! waits until the client grants more, so a client must keep at least one maximum batch
+//! (`batch_bytes_max`) of credit outstanding; the client library grants back what it has
+//! consumed.
+
+use std::sync::Arc;
+
+use tidelog_engine::Partition;
+
+#[derive(Debug)]
+pub struct Subscription {
+    pub partition: Arc<Partition>,
+    /// The next offset to send.
+    pub next_offset: u64,
+    /// Bytes the client will still accept.
+    pub credit_bytes: u64,
+    /// Only this tenant's records, when set.
+    pub tenant: Option<Vec<u8>>,
+}
