@@ -112,7 +112,9 @@ impl Connection {
 impl Input {
     /// Ensures free space after `filled`, compacting parsed bytes away first.
     fn make_room(&mut self, frame_bytes_max: usize) {
-        if self.start > 0 && (self.start == self.filled || self.buf.len() - self.filled < READ_CHUNK_BYTES) {
+        if self.start > 0
+            && (self.start == self.filled || self.buf.len() - self.filled < READ_CHUNK_BYTES)
+        {
             self.buf.copy_within(self.start..self.filled, 0);
             self.filled -= self.start;
             self.start = 0;

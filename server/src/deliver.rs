@@ -44,7 +44,9 @@ impl Selection {
         // Start of the current run of batches kept whole.
         let mut run: Option<usize> = None;
         while pos < bytes.len() {
-            let Ok(view) = batch::view_stored(&bytes[pos..]) else { break };
+            let Ok(view) = batch::view_stored(&bytes[pos..]) else {
+                break;
+            };
             let end = pos + view.bytes().len();
             match filter_batch(&view, tenant) {
                 Filtered::Whole => {
@@ -84,9 +86,24 @@ impl Selection {
 }
 
 /// Queues a FETCH response carrying `fetched` (filtered to `tenant`).
-pub fn send_fetched(outbox: &mut Outbox, correlation: u64, partition: u32, fetched: &Fetched, tenant: Option<&[u8]>) {
+pub fn send_fetched(
+    outbox: &mut Outbox,
+    correlation: u64,
+    partition: u32,
+    fetched: &Fetched,
+    tenant: Option<&[u8]>,
+) {
     let sel = Selection::of(fetched, tenant);
-    outbox.encode(|out| begin_fetched(out, correlation, partition, fetched.high_watermark, fetched.next_offset, sel.len));
+    outbox.encode(|out| {
+        begin_fetched(
+            out,
+            correlation,
+            partition,
+            fetched.high_watermark,
+            fetched.next_offset,
+            sel.len,
+        )
+    });
     sel.into_outbox(outbox);
 }
 
@@ -113,7 +130,9 @@ pub fn pump(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
             conn.throttled = true;
             return Pumped::Idle;
         }
-        let Some(sub) = conn.subscriptions.get_mut(&id) else { return Pumped::Ended };
+        let Some(sub) = conn.subscriptions.get_mut(&id) else {
+            return Pumped::Ended;
+        };
         if sub.credit_bytes == 0 || sub.next_offset >= sub.partition.next_offset() {
             return Pumped::Idle;
         }
@@ -132,7 +151,8 @@ pub fn pump(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
                     other => to_protocol(&other),
                 };
                 conn.subscriptions.remove(&id);
-                conn.outbox.encode(|out| encode_error(out, kind::DATA, u64::from(id), &error));
+                conn.outbox
+                    .encode(|out| encode_error(out, kind::DATA, u64::from(id), &error));
                 return Pumped::Ended;
             }
         };
@@ -145,8 +165,16 @@ pub fn pump(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
         sub.next_offset = fetched.next_offset;
         if sel.len > 0 {
             let partition = sub.partition.id();
-            conn.outbox
-                .encode(|out| begin_data(out, id, partition, fetched.high_watermark, fetched.next_offset, sel.len));
+            conn.outbox.encode(|out| {
+                begin_data(
+                    out,
+                    id,
+                    partition,
+                    fetched.high_watermark,
+                    fetched.next_offset,
+                    sel.len,
+                )
+            });
             sel.into_outbox(&mut conn.outbox);
         }
     }

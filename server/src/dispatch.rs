@@ -10,8 +10,8 @@ use tidelog_engine::{SeekFrom, TopicConfig};
 use tidelog_protocol::frame::{FrameHeader, HEADER_LEN};
 use tidelog_protocol::response::{encode_error, encode_response};
 use tidelog_protocol::{
-    batch, kind, Ack, ErrorCode, PartitionDescription, PartitionOffsets, ProtocolError, PublishedBatch, Request,
-    Response, StartAt, TopicDescription, TopicSettings, PROTOCOL_VERSION,
+    batch, kind, Ack, ErrorCode, PartitionDescription, PartitionOffsets, ProtocolError,
+    PublishedBatch, Request, Response, StartAt, TopicDescription, TopicSettings, PROTOCOL_VERSION,
 };
 
 use crate::connection::Connection;
@@ -20,7 +20,13 @@ use crate::state::{key_of, to_protocol, LongPoll, PendingAck, State};
 use crate::subscription::Subscription;
 
 /// Handles one whole request frame from connection `token`.
-pub fn handle(state: &mut State, token: usize, conn: &mut Connection, header: FrameHeader, frame: &[u8]) {
+pub fn handle(
+    state: &mut State,
+    token: usize,
+    conn: &mut Connection,
+    header: FrameHeader,
+    frame: &[u8],
+) {
     let body = frame.get(HEADER_LEN..).unwrap_or(&[]);
     let result = decode(conn, &header, body).and_then(|request| {
         let is_hello = matches!(request, Request::Hello { .. });
@@ -33,22 +39,31 @@ pub fn handle(state: &mut State, token: usize, conn: &mut Connection, header: Fr
         }
         let expects_response = request.expects_response();
         let kind = request.kind();
-        execute(state, token, conn, header.correlation, request).map(|reply| (reply, expects_response, kind))
+        execute(state, token, conn, header.correlation, request)
+            .map(|reply| (reply, expects_response, kind))
     });
     match result {
         Ok((Reply::Now(response), true, kind)) => {
-            conn.outbox.encode(|out| encode_response(out, kind, header.correlation, &response));
+            conn.outbox
+                .encode(|out| encode_response(out, kind, header.correlation, &response));
         }
         Ok(_) => {}
         Err(error) => {
-            conn.outbox.encode(|out| encode_error(out, header.kind, header.correlation, &error));
+            conn.outbox
+                .encode(|out| encode_error(out, header.kind, header.correlation, &error));
         }
     }
 }
 
-fn decode<'a>(conn: &Connection, header: &FrameHeader, body: &'a [u8]) -> Result<Request<'a>, ProtocolError> {
+fn decode<'a>(
+    conn: &Connection,
+    header: &FrameHeader,
+    body: &'a [u8],
+) -> Result<Request<'a>, ProtocolError> {
     if header.is_response() || header.is_push() {
-        return Err(ProtocolError::invalid("clients send requests: RESPONSE and PUSH flags must be clear"));
+        return Err(ProtocolError::invalid(
+            "clients send requests: RESPONSE and PUSH flags must be clear",
+        ));
     }
     if header.version != PROTOCOL_VERSION {
         return Err(ProtocolError::new(
@@ -81,7 +96,11 @@ fn execute<'a>(
     let engine = state.engine.clone();
     let e = |err| to_protocol(&err);
     Ok(match request {
-        Request::Hello { min_version, max_version, client } => {
+        Request::Hello {
+            min_version,
+            max_version,
+            client,
+        } => {
             if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
                 conn.closing = true;
                 return Err(ProtocolError::new(
@@ -108,7 +127,9 @@ fn execute<'a>(
         }
         Request::Ping => Reply::Now(Response::Done),
         Request::CreateTopic { name, settings } => {
-            engine.create_topic(name, topic_config(&state.topic_defaults, &settings)).map_err(e)?;
+            engine
+                .create_topic(name, topic_config(&state.topic_defaults, &settings))
+                .map_err(e)?;
             Reply::Now(Response::Done)
         }
         Request::DeleteTopic { name } => {
@@ -123,7 +144,10 @@ fn execute<'a>(
             let names = engine.topic_names();
             let mut topics = Vec::with_capacity(names.len());
             for name in &names {
-                let partitions = engine.topic(name).map(|t| t.partitions().len() as u32).unwrap_or(0);
+                let partitions = engine
+                    .topic(name)
+                    .map(|t| t.partitions().len() as u32)
+                    .unwrap_or(0);
                 topics.push((name.clone(), partitions));
             }
             conn.outbox.encode(|out| {
@@ -169,8 +193,29 @@ fn execute<'a>(
                     .collect(),
             ))
         }
-        Request::Publish { topic, partition, ack, batches } => publish(state, token, conn, correlation, topic, partition, ack, batches)?,
-        Request::Fetch { topic, partition, start, max_bytes, max_wait_ms, tenant } => {
+        Request::Publish {
+            topic,
+            partition,
+            ack,
+            batches,
+        } => publish(
+            state,
+            token,
+            conn,
+            correlation,
+            topic,
+            partition,
+            ack,
+            batches,
+        )?,
+        Request::Fetch {
+            topic,
+            partition,
+            start,
+            max_bytes,
+            max_wait_ms,
+            tenant,
+        } => {
             let p = state.partition(topic, partition)?;
             let from = p.resolve(seek(start));
             let max_bytes = max_bytes.clamp(1, state.limits.fetch_bytes_max);
@@ -192,7 +237,14 @@ fn execute<'a>(
             }
             Reply::Handled
         }
-        Request::Subscribe { subscription, topic, partition, start, credit_bytes, tenant } => {
+        Request::Subscribe {
+            subscription,
+            topic,
+            partition,
+            start,
+            credit_bytes,
+            tenant,
+        } => {
             if conn.subscriptions.contains_key(&subscription) {
                 return Err(ProtocolError::new(
                     ErrorCode::SubscriptionExists,
@@ -202,7 +254,10 @@ fn execute<'a>(
             if conn.subscriptions.len() >= state.limits.subscriptions_per_connection_max {
                 return Err(ProtocolError::new(
                     ErrorCode::ServerOverloaded,
-                    format!("at most {} subscriptions per connection", state.limits.subscriptions_per_connection_max),
+                    format!(
+                        "at most {} subscriptions per connection",
+                        state.limits.subscriptions_per_connection_max
+                    ),
                 ));
             }
             let p = state.partition(topic, partition)?;
@@ -214,7 +269,11 @@ fn execute<'a>(
                     next: p.next_offset(),
                 }));
             }
-            state.subscribers.entry(key_of(&p)).or_default().push((token, subscription));
+            state
+                .subscribers
+                .entry(key_of(&p))
+                .or_default()
+                .push((token, subscription));
             conn.subscriptions.insert(
                 subscription,
                 Subscription {
@@ -225,18 +284,32 @@ fn execute<'a>(
                 },
             );
             conn.outbox.encode(|out| {
-                encode_response(out, kind::SUBSCRIBE, correlation, &Response::Subscribed { start_offset: from })
+                encode_response(
+                    out,
+                    kind::SUBSCRIBE,
+                    correlation,
+                    &Response::Subscribed { start_offset: from },
+                )
             });
             state.to_pump.push((token, subscription));
             Reply::Handled
         }
         Request::Unsubscribe { subscription } => {
-            let sub = conn.subscriptions.remove(&subscription).ok_or_else(|| unknown_subscription(subscription))?;
+            let sub = conn
+                .subscriptions
+                .remove(&subscription)
+                .ok_or_else(|| unknown_subscription(subscription))?;
             state.unsubscribe(token, &key_of(&sub.partition), subscription);
             Reply::Now(Response::Done)
         }
-        Request::GrantCredits { subscription, credit_bytes } => {
-            let sub = conn.subscriptions.get_mut(&subscription).ok_or_else(|| unknown_subscription(subscription))?;
+        Request::GrantCredits {
+            subscription,
+            credit_bytes,
+        } => {
+            let sub = conn
+                .subscriptions
+                .get_mut(&subscription)
+                .ok_or_else(|| unknown_subscription(subscription))?;
             sub.credit_bytes = sub.credit_bytes.saturating_add(u64::from(credit_bytes));
             state.to_pump.push((token, subscription));
             Reply::Handled
@@ -263,7 +336,11 @@ fn publish<'a>(
         let Some(one) = rest.get(..len).filter(|_| len > 0) else {
             return Err(ProtocolError::new(
                 ErrorCode::InvalidBatch,
-                format!("batch {} is truncated: batch_len {len}, {} bytes left", published.len(), rest.len()),
+                format!(
+                    "batch {} is truncated: batch_len {len}, {} bytes left",
+                    published.len(),
+                    rest.len()
+                ),
             ));
         };
         match p.append(one) {
@@ -275,7 +352,11 @@ fn publish<'a>(
             Err(err) => {
                 let mut error = to_protocol(&err);
                 if !published.is_empty() {
-                    error.message = format!("{} (the {} batches before it were appended)", error.message, published.len());
+                    error.message = format!(
+                        "{} (the {} batches before it were appended)",
+                        error.message,
+                        published.len()
+                    );
                 }
                 return Err(error);
             }
@@ -283,7 +364,10 @@ fn publish<'a>(
         rest = &rest[len..];
     }
     if published.is_empty() {
-        return Err(ProtocolError::new(ErrorCode::InvalidBatch, "a publish carries at least one batch"));
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidBatch,
+            "a publish carries at least one batch",
+        ));
     }
     match ack {
         Ack::None => Ok(Reply::Handled),
@@ -291,7 +375,12 @@ fn publish<'a>(
         Ack::Durable => {
             let last_offset = published.iter().map(|b| b.last_offset).max().unwrap_or(0);
             let mut response = Vec::new();
-            encode_response(&mut response, kind::PUBLISH, correlation, &Response::Published(published));
+            encode_response(
+                &mut response,
+                kind::PUBLISH,
+                correlation,
+                &Response::Published(published),
+            );
             if p.durable_offset() > last_offset {
                 conn.outbox.push_owned(response);
             } else {
@@ -311,7 +400,10 @@ fn publish<'a>(
 }
 
 fn unknown_subscription(id: u32) -> ProtocolError {
-    ProtocolError::new(ErrorCode::UnknownSubscription, format!("no subscription {id} on this connection"))
+    ProtocolError::new(
+        ErrorCode::UnknownSubscription,
+        format!("no subscription {id} on this connection"),
+    )
 }
 
 fn seek(start: StartAt) -> SeekFrom {
@@ -326,7 +418,11 @@ fn seek(start: StartAt) -> SeekFrom {
 /// A protocol topic request over the server's defaults (0 = default).
 fn topic_config(defaults: &TopicConfig, s: &TopicSettings) -> TopicConfig {
     let pick = |v: u64, d: u64| if v == 0 { d } else { v };
-    let segment_bytes = if s.segment_bytes == 0 { defaults.segment_bytes } else { s.segment_bytes };
+    let segment_bytes = if s.segment_bytes == 0 {
+        defaults.segment_bytes
+    } else {
+        s.segment_bytes
+    };
     TopicConfig {
         partitions: s.partitions.max(1),
         segment_bytes,

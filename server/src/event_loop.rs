@@ -45,8 +45,14 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    pub fn new(poll: Poll, mut listener: TcpListener, state: State, stop: Arc<AtomicBool>) -> io::Result<EventLoop> {
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    pub fn new(
+        poll: Poll,
+        mut listener: TcpListener,
+        state: State,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<EventLoop> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         Ok(EventLoop {
             poll,
             listener: Some(listener),
@@ -85,7 +91,10 @@ impl EventLoop {
             self.tick();
             if self.stop.load(Ordering::Relaxed) {
                 let until = *draining_until.get_or_insert_with(|| {
-                    tracing::info!(connections = self.live, "stopping: no new connections, draining responses");
+                    tracing::info!(
+                        connections = self.live,
+                        "stopping: no new connections, draining responses"
+                    );
                     if let Some(mut l) = self.listener.take() {
                         let _ = self.poll.registry().deregister(&mut l);
                     }
@@ -94,7 +103,8 @@ impl EventLoop {
                     }
                     Instant::now() + SHUTDOWN_DRAIN
                 });
-                let drained = self.conns.iter().flatten().all(|c| c.outbox.is_empty()) && self.state.pending_acks.is_empty();
+                let drained = self.conns.iter().flatten().all(|c| c.outbox.is_empty())
+                    && self.state.pending_acks.is_empty();
                 if drained || Instant::now() >= until {
                     return Ok(());
                 }
@@ -128,7 +138,9 @@ impl EventLoop {
 
     fn accept_all(&mut self) {
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
             let (stream, peer) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -158,9 +170,11 @@ impl EventLoop {
             self.conns.len() - 1
         });
         let token = Token(index + FIRST_CONNECTION);
-        self.poll
-            .registry()
-            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         self.conns[index] = Some(Connection::new(stream, peer));
         self.live += 1;
         tracing::debug!(%peer, token = token.0, "connection accepted");
@@ -172,7 +186,9 @@ impl EventLoop {
         let limits = self.state.limits;
         for index in 0..self.conns.len() {
             let token = index + FIRST_CONNECTION;
-            let Some(conn) = self.conns[index].as_mut() else { continue };
+            let Some(conn) = self.conns[index].as_mut() else {
+                continue;
+            };
             handle_input(&mut self.state, token, conn);
         }
         for partition in std::mem::take(&mut self.state.flush_wanted) {
@@ -184,7 +200,9 @@ impl EventLoop {
         self.pump_scheduled();
         let now = Instant::now();
         for index in 0..self.conns.len() {
-            let Some(conn) = self.conns[index].as_mut() else { continue };
+            let Some(conn) = self.conns[index].as_mut() else {
+                continue;
+            };
             let mut broken = false;
             if !conn.outbox.is_empty() {
                 match conn.outbox.write_to(&mut conn.stream) {
@@ -197,7 +215,9 @@ impl EventLoop {
             if conn.throttled && conn.outbox.bytes() < limits.buffered_bytes_max / 2 {
                 conn.throttled = false;
                 let ids: Vec<u32> = conn.subscriptions.keys().copied().collect();
-                self.state.to_pump.extend(ids.into_iter().map(|id| (index + FIRST_CONNECTION, id)));
+                self.state
+                    .to_pump
+                    .extend(ids.into_iter().map(|id| (index + FIRST_CONNECTION, id)));
             }
             let idle = now.duration_since(conn.last_active) > limits.idle_timeout;
             let finished = (conn.closing || conn.eof) && conn.outbox.is_empty();
@@ -230,9 +250,13 @@ impl EventLoop {
                 } else {
                     let error = ProtocolError::new(
                         ErrorCode::StorageFailed,
-                        format!("partition {}/{} failed to sync; the batches may not be durable", ack.key.0, ack.key.1),
+                        format!(
+                            "partition {}/{} failed to sync; the batches may not be durable",
+                            ack.key.0, ack.key.1
+                        ),
                     );
-                    conn.outbox.encode(|out| encode_error(out, ack.kind, ack.correlation, &error));
+                    conn.outbox
+                        .encode(|out| encode_error(out, ack.kind, ack.correlation, &error));
                 }
             }
             false
@@ -248,13 +272,23 @@ impl EventLoop {
                 self.state.long_polls.push(lp);
                 continue;
             }
-            let Some(conn) = self.conn_mut(lp.token) else { continue };
+            let Some(conn) = self.conn_mut(lp.token) else {
+                continue;
+            };
             match lp.partition.read(lp.from, lp.max_bytes) {
                 Ok(f) if f.is_empty() => self.state.long_polls.push(lp),
-                Ok(f) => deliver::send_fetched(&mut conn.outbox, lp.correlation, lp.partition.id(), &f, lp.tenant.as_deref()),
+                Ok(f) => deliver::send_fetched(
+                    &mut conn.outbox,
+                    lp.correlation,
+                    lp.partition.id(),
+                    &f,
+                    lp.tenant.as_deref(),
+                ),
                 Err(e) => {
                     let error = crate::state::to_protocol(&e);
-                    conn.outbox.encode(|out| encode_error(out, tidelog_protocol::kind::FETCH, lp.correlation, &error));
+                    conn.outbox.encode(|out| {
+                        encode_error(out, tidelog_protocol::kind::FETCH, lp.correlation, &error)
+                    });
                 }
             }
         }
@@ -273,13 +307,23 @@ impl EventLoop {
                 self.state.long_polls.push(lp);
                 continue;
             }
-            let Some(conn) = self.conn_mut(lp.token) else { continue };
+            let Some(conn) = self.conn_mut(lp.token) else {
+                continue;
+            };
             // Nothing arrived in time: an empty result at the requested position.
             match lp.partition.read(lp.from, lp.max_bytes) {
-                Ok(f) => deliver::send_fetched(&mut conn.outbox, lp.correlation, lp.partition.id(), &f, lp.tenant.as_deref()),
+                Ok(f) => deliver::send_fetched(
+                    &mut conn.outbox,
+                    lp.correlation,
+                    lp.partition.id(),
+                    &f,
+                    lp.tenant.as_deref(),
+                ),
                 Err(e) => {
                     let error = crate::state::to_protocol(&e);
-                    conn.outbox.encode(|out| encode_error(out, tidelog_protocol::kind::FETCH, lp.correlation, &error));
+                    conn.outbox.encode(|out| {
+                        encode_error(out, tidelog_protocol::kind::FETCH, lp.correlation, &error)
+                    });
                 }
             }
         }
@@ -291,8 +335,13 @@ impl EventLoop {
         work.sort_unstable();
         work.dedup();
         for (token, id) in work {
-            let Some(conn) = self.conn_mut(token) else { continue };
-            let key = conn.subscriptions.get(&id).map(|s| crate::state::key_of(&s.partition));
+            let Some(conn) = self.conn_mut(token) else {
+                continue;
+            };
+            let key = conn
+                .subscriptions
+                .get(&id)
+                .map(|s| crate::state::key_of(&s.partition));
             match deliver::pump(conn, id, &limits) {
                 Pumped::Idle => {}
                 Pumped::More => self.state.to_pump.push((token, id)),
@@ -306,7 +355,9 @@ impl EventLoop {
     }
 
     fn close(&mut self, index: usize) {
-        let Some(mut conn) = self.conns[index].take() else { return };
+        let Some(mut conn) = self.conns[index].take() else {
+            return;
+        };
         let token = index + FIRST_CONNECTION;
         let _ = self.poll.registry().deregister(&mut conn.stream);
         for (id, sub) in conn.subscriptions.drain() {
@@ -342,7 +393,9 @@ fn handle_input(state: &mut State, token: usize, conn: &mut Connection) {
             break;
         }
         match input.next_frame(limits.frame_bytes_max) {
-            NextFrame::Frame(header, range) => dispatch::handle(state, token, conn, header, input.bytes(range)),
+            NextFrame::Frame(header, range) => {
+                dispatch::handle(state, token, conn, header, input.bytes(range))
+            }
             NextFrame::NeedMore => break,
             NextFrame::Broken(error) => {
                 tracing::debug!(peer = %conn.peer, %error, "framing lost; closing the connection");
@@ -358,7 +411,10 @@ fn handle_input(state: &mut State, token: usize, conn: &mut Connection) {
 /// Over the connection limit: say so (best effort) and close.
 fn refuse(mut stream: TcpStream, max: usize) {
     let mut frame = Vec::new();
-    let error = ProtocolError::new(ErrorCode::ServerOverloaded, format!("the server accepts at most {max} connections"));
+    let error = ProtocolError::new(
+        ErrorCode::ServerOverloaded,
+        format!("the server accepts at most {max} connections"),
+    );
     encode_error(&mut frame, 0, 0, &error);
     let _ = stream.write(&frame);
     tracing::warn!("connection refused: at the connection limit ({max})");

@@ -1,7 +1,8 @@
 //! The `tidelog` binary.
 //!
 //! # Layout (the data path)
-//! - `main.rs` — the command line (clap) and logging set-up.
+//! - `main.rs` — the command line (clap) and logging set-up; `cli/` — the client
+//!   commands (`topic`, `publish`, `consume`) over the client library.
 //! - `serve.rs` — `tidelog serve`: settings, listener, engine, signals, clean shutdown.
 //! - `event_loop.rs` — the mio loop: accept, read, one group commit per tick, notices,
 //!   write; `connection.rs` — a socket's input buffer and framing; `outbox.rs` — its
@@ -12,6 +13,7 @@
 //! - `notices.rs` — the engine's change notifications → the loop's waker;
 //!   `state.rs` — what handlers share, limits, error mapping.
 
+mod cli;
 mod connection;
 mod deliver;
 mod dispatch;
@@ -46,6 +48,13 @@ struct Cli {
 enum Command {
     /// Run the server on a data directory (created if missing; recovered after a crash).
     Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(cli::topic::TopicCommand),
+    /// Publish records read from stdin, one per line.
+    Publish(cli::publish::PublishArgs),
+    /// Print records of a topic, optionally following new ones.
+    Consume(cli::consume::ConsumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +65,9 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Topic(command) => cli::topic::run(command),
+        Command::Publish(args) => cli::publish::run(args),
+        Command::Consume(args) => cli::consume::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

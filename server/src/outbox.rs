@@ -98,7 +98,11 @@ impl Outbox {
             let mut n = 0;
             for (i, chunk) in self.chunks.iter().take(IOVECS_MAX).enumerate() {
                 let bytes = chunk.bytes();
-                slices[i] = IoSlice::new(if i == 0 { &bytes[self.head_written..] } else { bytes });
+                slices[i] = IoSlice::new(if i == 0 {
+                    &bytes[self.head_written..]
+                } else {
+                    bytes
+                });
                 n = i + 1;
             }
             let written = match w.write_vectored(&slices[..n]) {
@@ -117,7 +121,9 @@ impl Outbox {
     fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
         while n > 0 {
-            let Some(front) = self.chunks.front() else { break };
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
             let left = front.bytes().len() - self.head_written;
             if n >= left {
                 n -= left;
@@ -171,7 +177,11 @@ mod tests {
             }
         }
         assert_eq!(o.bytes(), expected.len());
-        let mut w = Trickle { out: Vec::new(), step: 7, calls: 0 };
+        let mut w = Trickle {
+            out: Vec::new(),
+            step: 7,
+            calls: 0,
+        };
         while !o.is_empty() {
             o.write_to(&mut w).expect("write");
         }

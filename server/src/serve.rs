@@ -92,9 +92,18 @@ pub fn settings(args: &ServeArgs) -> Result<Settings, String> {
     };
     let defaults = Limits::default();
     let limits = Limits {
-        frame_bytes_max: args.frame_bytes_max.or(file.frame_bytes_max).unwrap_or(defaults.frame_bytes_max),
-        fetch_bytes_max: args.fetch_bytes_max.or(file.fetch_bytes_max).unwrap_or(defaults.fetch_bytes_max),
-        connections_max: args.connections_max.or(file.connections_max).unwrap_or(defaults.connections_max),
+        frame_bytes_max: args
+            .frame_bytes_max
+            .or(file.frame_bytes_max)
+            .unwrap_or(defaults.frame_bytes_max),
+        fetch_bytes_max: args
+            .fetch_bytes_max
+            .or(file.fetch_bytes_max)
+            .unwrap_or(defaults.fetch_bytes_max),
+        connections_max: args
+            .connections_max
+            .or(file.connections_max)
+            .unwrap_or(defaults.connections_max),
         buffered_bytes_max: args
             .buffered_bytes_max
             .or(file.buffered_bytes_max)
@@ -106,26 +115,39 @@ pub fn settings(args: &ServeArgs) -> Result<Settings, String> {
         ..defaults
     };
     if limits.frame_bytes_max < 1024 || limits.fetch_bytes_max == 0 || limits.connections_max == 0 {
-        return Err("frame_bytes_max must be >= 1024, fetch_bytes_max and connections_max > 0".into());
+        return Err(
+            "frame_bytes_max must be >= 1024, fetch_bytes_max and connections_max > 0".into(),
+        );
     }
     let default_listen: SocketAddr = DEFAULT_LISTEN.parse().map_err(|e| format!("{e}"))?;
     Ok(Settings {
-        data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(crate::default_data_dir),
+        data_dir: args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(crate::default_data_dir),
         listen: args.listen.or(file.listen).unwrap_or(default_listen),
-        flush_interval: Duration::from_millis(args.flush_interval_ms.or(file.flush_interval_ms).unwrap_or(500).max(1)),
+        flush_interval: Duration::from_millis(
+            args.flush_interval_ms
+                .or(file.flush_interval_ms)
+                .unwrap_or(500)
+                .max(1),
+        ),
         limits,
     })
 }
 
 fn read_config(path: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let settings = settings(&args)?;
     // Installed first, so a signal during recovery still ends in a clean shutdown.
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("signal handler: {e}"))?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("signal handler: {e}"))?;
     let started = Instant::now();
     let engine = Arc::new(
         Engine::open(
@@ -141,7 +163,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let waker = Waker::new(poll.registry(), WAKER).map_err(|e| format!("waker: {e}"))?;
     let notices = Arc::new(Notices::new(waker));
     engine.set_watcher(notices.clone());
-    let listener = listen(settings.listen).map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let listener = listen(settings.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -186,7 +209,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     }
     let result = event_loop.run();
     drop(event_loop);
-    let engine = Arc::try_unwrap(engine).map_err(|_| "engine still shared at shutdown".to_string())?;
+    let engine =
+        Arc::try_unwrap(engine).map_err(|_| "engine still shared at shutdown".to_string())?;
     engine.close().map_err(|e| e.to_string())?;
     result.map_err(|e| format!("event loop: {e}"))?;
     tracing::info!("stopped cleanly");

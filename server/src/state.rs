@@ -90,7 +90,9 @@ pub struct State {
 
 impl State {
     pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, ProtocolError> {
-        self.engine.partition(topic, partition).map_err(|e| to_protocol(&e))
+        self.engine
+            .partition(topic, partition)
+            .map_err(|e| to_protocol(&e))
     }
 
     pub fn want_flush(&mut self, partition: &Arc<Partition>) {

@@ -20,13 +20,19 @@ fn stop_cleanly(signal: i32) {
     // Wait until the server says it is listening: engine open, signals installed.
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
-    assert!(stdout.read_line(&mut line).expect("read") > 0, "server exited before listening");
+    assert!(
+        stdout.read_line(&mut line).expect("read") > 0,
+        "server exited before listening"
+    );
     assert!(line.starts_with("tidelog listening on "), "{line}");
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
     let status = child.wait().expect("wait");
     assert!(status.success(), "exit status {status:?}");
-    assert!(data.join("clean-shutdown").exists(), "clean-shutdown marker written");
+    assert!(
+        data.join("clean-shutdown").exists(),
+        "clean-shutdown marker written"
+    );
 }
 
 #[test]

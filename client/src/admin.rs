@@ -1,0 +1,162 @@
+//! Admin and fetch calls on a [`Client`].
+
+use std::time::Duration;
+
+use tidelog_protocol::{
+    Ack, PartitionOffsets, PublishedBatch, Request, Response, StartAt, TopicDescription,
+    TopicSettings,
+};
+
+use crate::connection::{Client, Frame};
+use crate::error::{ClientError, Result};
+use crate::records::{decode_batches, ConsumedRecord};
+
+/// The result of a fetch.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub records: Vec<ConsumedRecord>,
+    /// Where the next fetch should start.
+    pub next_offset: u64,
+    /// The partition's next offset to be written, when the fetch was served.
+    pub high_watermark: u64,
+}
+
+fn unexpected(what: &str, r: &Response<'_>) -> ClientError {
+    ClientError::Protocol(format!("unexpected response to {what}: {r:?}"))
+}
+
+fn done(frame: Frame, what: &str) -> Result<()> {
+    match frame.response()? {
+        Response::Done => Ok(()),
+        other => Err(unexpected(what, &other)),
+    }
+}
+
+impl Client {
+    pub fn ping(&self) -> Result<()> {
+        done(self.request(&Request::Ping)?, "PING")
+    }
+
+    pub fn create_topic(&self, name: &str, settings: TopicSettings) -> Result<()> {
+        done(
+            self.request(&Request::CreateTopic { name, settings })?,
+            "CREATE_TOPIC",
+        )
+    }
+
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        done(
+            self.request(&Request::DeleteTopic { name })?,
+            "DELETE_TOPIC",
+        )
+    }
+
+    pub fn add_partitions(&self, name: &str, partitions: u32) -> Result<()> {
+        done(
+            self.request(&Request::AddPartitions { name, partitions })?,
+            "ADD_PARTITIONS",
+        )
+    }
+
+    /// Topic names with their partition counts.
+    pub fn list_topics(&self) -> Result<Vec<(String, u32)>> {
+        let frame = self.request(&Request::ListTopics)?;
+        match frame.response()? {
+            Response::Topics(list) => {
+                Ok(list.into_iter().map(|(n, p)| (n.to_string(), p)).collect())
+            }
+            other => Err(unexpected("LIST_TOPICS", &other)),
+        }
+    }
+
+    pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let frame = self.request(&Request::DescribeTopic { name })?;
+        match frame.response()? {
+            Response::Described(d) => Ok(d),
+            other => Err(unexpected("DESCRIBE_TOPIC", &other)),
+        }
+    }
+
+    pub fn offsets(&self, topic: &str) -> Result<Vec<PartitionOffsets>> {
+        let frame = self.request(&Request::Offsets { topic })?;
+        match frame.response()? {
+            Response::Offsets(list) => Ok(list),
+            other => Err(unexpected("OFFSETS", &other)),
+        }
+    }
+
+    /// Publishes whole batches (built with `tidelog_protocol::builder`) to one partition.
+    /// With `Ack::None` nothing is awaited and the result is empty.
+    pub fn publish(
+        &self,
+        topic: &str,
+        partition: u32,
+        ack: Ack,
+        batches: &[u8],
+    ) -> Result<Vec<PublishedBatch>> {
+        let Some(pending) = self.send(&Request::Publish {
+            topic,
+            partition,
+            ack,
+            batches,
+        })?
+        else {
+            return Ok(Vec::new());
+        };
+        published(pending.wait()?)
+    }
+
+    /// Fetches records from `start`, waiting up to `max_wait` for data when there is none.
+    pub fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: StartAt,
+        max_bytes: u32,
+        max_wait: Duration,
+        tenant: Option<&[u8]>,
+    ) -> Result<Fetched> {
+        let max_wait_ms = u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX);
+        let frame = self.request(&Request::Fetch {
+            topic,
+            partition,
+            start,
+            max_bytes,
+            max_wait_ms,
+            tenant,
+        })?;
+        let response = frame.response()?;
+        let Response::Fetched(b) = response else {
+            return Err(unexpected("FETCH", &response));
+        };
+        let from = match start {
+            StartAt::Offset(o) => o,
+            _ => 0,
+        };
+        let mut records = Vec::new();
+        decode_batches(b.partition, b.batches, from, &mut records)?;
+        Ok(Fetched {
+            records,
+            next_offset: b.next_offset,
+            high_watermark: b.high_watermark,
+        })
+    }
+}
+
+/// Decodes a PUBLISH response.
+pub fn published(frame: Frame) -> Result<Vec<PublishedBatch>> {
+    match frame.response()? {
+        Response::Published(list) => Ok(list),
+        other => Err(unexpected("PUBLISH", &other)),
+    }
+}
+
+/// The acknowledgement levels by name, for command lines and configuration.
+pub fn parse_ack(s: &str) -> Option<Ack> {
+    match s {
+        "none" => Some(Ack::None),
+        "written" => Some(Ack::Written),
+        "durable" => Some(Ack::Durable),
+        _ => None,
+    }
+}

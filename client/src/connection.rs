@@ -1,0 +1,343 @@
+//! A connection to a tidelog server: pipelined requests matched to responses by
+//! correlation id, and pushed subscription data routed by subscription id.
+//!
+//! A reader thread owns the socket's read side and hands each frame to whoever waits for
+//! it; writers serialise whole frames under a lock. Any number of requests may be in
+//! flight at once (pipelining): `send` returns a [`PendingReply`] to wait on later.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tidelog_protocol::frame::{self, FrameHeader, HEADER_LEN};
+use tidelog_protocol::response::decode_error;
+use tidelog_protocol::{encode_request, Request, Response, PROTOCOL_VERSION};
+
+use crate::error::{ClientError, Result};
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub connect_timeout: Duration,
+    /// How long a request waits for its response.
+    pub request_timeout: Duration,
+    pub client_name: String,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            client_name: format!("tidelog-client {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// A whole frame received from the server.
+#[derive(Debug)]
+pub struct Frame {
+    pub header: FrameHeader,
+    pub bytes: Vec<u8>,
+}
+
+impl Frame {
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..]
+    }
+
+    /// The server's error, if this frame is an error response.
+    pub fn error(&self) -> Option<ClientError> {
+        self.header
+            .is_error()
+            .then(|| match decode_error(self.body()) {
+                Ok(e) => ClientError::Server(e),
+                Err(e) => ClientError::Protocol(format!("undecodable error frame: {e}")),
+            })
+    }
+
+    /// Decodes the frame as the response to a request of its kind.
+    pub fn response(&self) -> Result<Response<'_>> {
+        if let Some(e) = self.error() {
+            return Err(e);
+        }
+        Response::decode(self.header.kind, self.body())
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+struct Shared {
+    writer: Mutex<TcpStream>,
+    pending: Mutex<HashMap<u64, SyncSender<Frame>>>,
+    subscriptions: Mutex<HashMap<u32, Sender<Frame>>>,
+    next_correlation: AtomicU64,
+    next_subscription: AtomicU32,
+    closed: AtomicBool,
+}
+
+/// Server facts learned in the handshake.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub address: SocketAddr,
+    pub name: String,
+    pub version: u8,
+    pub frame_bytes_max: u32,
+    pub fetch_bytes_max: u32,
+}
+
+/// A connection; cheap to clone (clones share the socket).
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    info: Arc<ServerInfo>,
+    options: Arc<ConnectOptions>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.info.address)
+            .finish()
+    }
+}
+
+/// A response not yet received.
+#[derive(Debug)]
+pub struct PendingReply {
+    rx: Receiver<Frame>,
+    timeout: Duration,
+}
+
+impl PendingReply {
+    pub fn wait(self) -> Result<Frame> {
+        match self.rx.recv_timeout(self.timeout) {
+            Ok(frame) => Ok(frame),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ClientError::Timeout("a response")),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ClientError::Disconnected),
+        }
+    }
+}
+
+impl Client {
+    /// Connects to the first reachable of `addrs` (in order: a failover list) and
+    /// performs the version handshake.
+    pub fn connect(addrs: impl ToSocketAddrs, options: ConnectOptions) -> Result<Client> {
+        let mut last_error = None;
+        for addr in addrs.to_socket_addrs()? {
+            match Self::connect_one(addr, options.clone()) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "connect failed; trying the next address");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| ClientError::InvalidArgument("no address to connect to".into())))
+    }
+
+    /// Connects to the first reachable address of a list like `["a:7979", "b:7979"]`.
+    pub fn connect_any(addrs: &[&str], options: ConnectOptions) -> Result<Client> {
+        let mut last_error = None;
+        for a in addrs {
+            match Self::connect(*a, options.clone()) {
+                Ok(c) => return Ok(c),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| ClientError::InvalidArgument("no address to connect to".into())))
+    }
+
+    fn connect_one(addr: SocketAddr, options: ConnectOptions) -> Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, options.connect_timeout)?;
+        stream.set_nodelay(true)?;
+        let reader = stream.try_clone()?;
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(stream),
+            pending: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(HashMap::new()),
+            next_correlation: AtomicU64::new(1),
+            next_subscription: AtomicU32::new(1),
+            closed: AtomicBool::new(false),
+        });
+        let reader_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("tidelog-client-reader".into())
+            .spawn(move || read_loop(reader, &reader_shared))?;
+        let mut client = Client {
+            shared,
+            info: Arc::new(ServerInfo {
+                address: addr,
+                name: String::new(),
+                version: 0,
+                frame_bytes_max: frame::FRAME_BYTES_MAX_DEFAULT,
+                fetch_bytes_max: 0,
+            }),
+            options: Arc::new(options),
+        };
+        let hello = client.request(&Request::Hello {
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            client: &client.options.client_name,
+        })?;
+        match hello.response()? {
+            Response::Hello {
+                version,
+                server,
+                frame_bytes_max,
+                fetch_bytes_max,
+            } => {
+                client.info = Arc::new(ServerInfo {
+                    address: addr,
+                    name: server.to_string(),
+                    version,
+                    frame_bytes_max,
+                    fetch_bytes_max,
+                });
+            }
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected HELLO response {other:?}"
+                )))
+            }
+        }
+        Ok(client)
+    }
+
+    pub fn server(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    pub fn options(&self) -> &ConnectOptions {
+        &self.options
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends a request without waiting; `None` for requests the server does not answer
+    /// when they succeed (publish with ack `none`, grant credits).
+    pub fn send(&self, request: &Request<'_>) -> Result<Option<PendingReply>> {
+        if self.is_closed() {
+            return Err(ClientError::Disconnected);
+        }
+        let correlation = self.shared.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::with_capacity(64);
+        encode_request(&mut frame, correlation, request);
+        if frame.len() > self.info.frame_bytes_max as usize {
+            return Err(ClientError::InvalidArgument(format!(
+                "request of {} bytes exceeds the server's frame limit of {}",
+                frame.len(),
+                self.info.frame_bytes_max
+            )));
+        }
+        let reply = if request.expects_response() {
+            let (tx, rx) = mpsc::sync_channel(1);
+            lock(&self.shared.pending).insert(correlation, tx);
+            Some(PendingReply {
+                rx,
+                timeout: self.options.request_timeout,
+            })
+        } else {
+            None
+        };
+        let written = lock(&self.shared.writer).write_all(&frame);
+        if let Err(e) = written {
+            lock(&self.shared.pending).remove(&correlation);
+            self.shared.closed.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(reply)
+    }
+
+    /// Sends a request and waits for its response frame.
+    pub fn request(&self, request: &Request<'_>) -> Result<Frame> {
+        match self.send(request)? {
+            Some(pending) => pending.wait(),
+            None => Err(ClientError::InvalidArgument(
+                "this request has no response".into(),
+            )),
+        }
+    }
+
+    /// Reserves a subscription id and the channel its DATA frames arrive on.
+    pub(crate) fn register_subscription(&self) -> (u32, Receiver<Frame>) {
+        let id = self
+            .shared
+            .next_subscription
+            .fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        lock(&self.shared.subscriptions).insert(id, tx);
+        (id, rx)
+    }
+
+    pub(crate) fn forget_subscription(&self, id: u32) {
+        lock(&self.shared.subscriptions).remove(&id);
+    }
+
+    /// Closes the connection; pending requests fail with `Disconnected`.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let _ = lock(&self.shared.writer).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The reader thread: frames → waiting requests / subscriptions, until the socket closes.
+fn read_loop(stream: TcpStream, shared: &Shared) {
+    let mut reader = BufReader::with_capacity(1 << 20, stream);
+    while let Ok(frame) = read_frame(&mut reader) {
+        if frame.header.is_push() {
+            let id = frame.header.correlation as u32;
+            let tx = lock(&shared.subscriptions).get(&id).cloned();
+            if let Some(tx) = tx {
+                let _ = tx.send(frame);
+            }
+        } else if let Some(tx) = lock(&shared.pending).remove(&frame.header.correlation) {
+            let _ = tx.send(frame);
+        } else if frame.header.correlation == 0 && frame.header.is_error() {
+            // A connection-level error (framing lost, over the connection limit).
+            if let Some(ClientError::Server(e)) = frame.error() {
+                tracing::warn!(error = %e, "server reported a connection error");
+            }
+        }
+    }
+    shared.closed.store(true, Ordering::Release);
+    // Dropping the senders wakes every waiter with `Disconnected`.
+    lock(&shared.pending).clear();
+    lock(&shared.subscriptions).clear();
+}
+
+/// A server's frame is never allowed to make the client allocate more than this.
+const FRAME_FROM_SERVER_BYTES_MAX: usize = 1 << 30;
+
+fn read_frame(reader: &mut impl Read) -> std::io::Result<Frame> {
+    let mut header = [0u8; HEADER_LEN];
+    reader.read_exact(&mut header)?;
+    let frame_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if !(HEADER_LEN - 4..=FRAME_FROM_SERVER_BYTES_MAX).contains(&frame_len) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "frame length out of range",
+        ));
+    }
+    let mut bytes = vec![0u8; frame_len + 4];
+    bytes[..HEADER_LEN].copy_from_slice(&header);
+    reader.read_exact(&mut bytes[HEADER_LEN..])?;
+    let parsed = frame::check(&bytes, u32::MAX)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "short frame"))?;
+    Ok(Frame {
+        header: parsed,
+        bytes,
+    })
+}

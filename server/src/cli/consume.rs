@@ -1,0 +1,237 @@
+//! `tidelog consume TOPIC`: print records from a position, optionally following new ones.
+//!
+//! `--from earliest|latest|OFFSET|@UNIX_MS`. Without `--follow` it reads up to each
+//! partition's high watermark as of the start and exits; with `--follow` it subscribes
+//! and prints new records until Ctrl-C/SIGTERM (exit 0, output flushed). json lines carry
+//! partition, offset, timestamp, tenant, key, value (null = tombstone) and headers.
+
+use std::io::{BufWriter, Write};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tidelog_client::{Client, ConsumedRecord, StartAt, Subscription, WINDOW_BYTES_DEFAULT};
+
+use super::{stop_flag, stopped, text, ServerArg};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    /// Only this partition [default: all].
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// earliest, latest, an offset, or @UNIX_MS (a time in ms since the epoch).
+    #[arg(long, default_value = "earliest")]
+    pub from: String,
+    /// Only this tenant's records.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Keep printing new records until interrupted.
+    #[arg(long)]
+    pub follow: bool,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub max: Option<u64>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+pub fn parse_start(s: &str) -> Result<StartAt, String> {
+    match s {
+        "earliest" => Ok(StartAt::Earliest),
+        "latest" => Ok(StartAt::Latest),
+        _ if s.starts_with('@') => s[1..]
+            .parse()
+            .map(StartAt::Timestamp)
+            .map_err(|_| format!("bad time {s:?}")),
+        _ => s
+            .parse()
+            .map(StartAt::Offset)
+            .map_err(|_| format!("--from {s:?}: use earliest, latest, OFFSET or @UNIX_MS")),
+    }
+}
+
+pub fn run(args: ConsumeArgs) -> Result<(), String> {
+    let stop = stop_flag()?;
+    let start = parse_start(&args.from)?;
+    let client = args.server.connect()?;
+    let partitions: Vec<u32> = match args.partition {
+        Some(p) => vec![p],
+        None => (0..client
+            .describe_topic(&args.topic)
+            .map_err(|e| e.to_string())?
+            .partitions
+            .len() as u32)
+            .collect(),
+    };
+    let tenant = args.tenant.as_ref().map(|t| t.as_bytes().to_vec());
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut printed = 0u64;
+    let limit = args.max.unwrap_or(u64::MAX);
+    let result = if args.follow {
+        follow(
+            &client,
+            &args,
+            &partitions,
+            start,
+            tenant.as_deref(),
+            &mut out,
+            &mut printed,
+            limit,
+            &stop,
+        )
+    } else {
+        drain(
+            &client,
+            &args,
+            &partitions,
+            start,
+            tenant.as_deref(),
+            &mut out,
+            &mut printed,
+            limit,
+            &stop,
+        )
+    };
+    out.flush().map_err(|e| e.to_string())?;
+    result
+}
+
+/// Reads every partition up to its high watermark at the start.
+#[allow(clippy::too_many_arguments)]
+fn drain(
+    client: &Client,
+    args: &ConsumeArgs,
+    partitions: &[u32],
+    start: StartAt,
+    tenant: Option<&[u8]>,
+    out: &mut impl Write,
+    printed: &mut u64,
+    limit: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
+    let offsets = client.offsets(&args.topic).map_err(|e| e.to_string())?;
+    for &partition in partitions {
+        let Some(o) = offsets.iter().find(|o| o.partition == partition) else {
+            return Err(format!("topic {} has no partition {partition}", args.topic));
+        };
+        let end = o.next;
+        let mut position = match start {
+            StartAt::Earliest => StartAt::Offset(o.earliest),
+            StartAt::Latest => StartAt::Offset(end),
+            other => other,
+        };
+        while *printed < limit && !stopped(stop) {
+            if matches!(position, StartAt::Offset(p) if p >= end) {
+                break;
+            }
+            let f = client
+                .fetch(
+                    &args.topic,
+                    partition,
+                    position,
+                    1 << 20,
+                    Duration::ZERO,
+                    tenant,
+                )
+                .map_err(|e| e.to_string())?;
+            for r in f
+                .records
+                .iter()
+                .filter(|r| r.offset < end)
+                .take((limit - *printed) as usize)
+            {
+                print_record(out, r, args.format)?;
+                *printed += 1;
+            }
+            if position == StartAt::Offset(f.next_offset) {
+                break; // no progress: nothing more to read
+            }
+            position = StartAt::Offset(f.next_offset);
+        }
+    }
+    Ok(())
+}
+
+/// Subscribes to every partition and prints records as they arrive.
+#[allow(clippy::too_many_arguments)]
+fn follow(
+    client: &Client,
+    args: &ConsumeArgs,
+    partitions: &[u32],
+    start: StartAt,
+    tenant: Option<&[u8]>,
+    out: &mut impl Write,
+    printed: &mut u64,
+    limit: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
+    let mut subs: Vec<Subscription> = partitions
+        .iter()
+        .map(|&p| client.subscribe(&args.topic, p, start, tenant, WINDOW_BYTES_DEFAULT))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let wait = Duration::from_millis(if subs.len() > 1 { 10 } else { 100 });
+    while *printed < limit && !stopped(stop) {
+        let mut idle = true;
+        for sub in &mut subs {
+            match sub.next_timeout(wait).map_err(|e| e.to_string())? {
+                Some(r) => {
+                    idle = false;
+                    print_record(out, &r, args.format)?;
+                    *printed += 1;
+                    if *printed >= limit {
+                        break;
+                    }
+                }
+                None => continue,
+            }
+        }
+        if idle {
+            out.flush().map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn print_record(
+    out: &mut impl Write,
+    r: &ConsumedRecord,
+    format: OutputFormat,
+) -> Result<(), String> {
+    let written = match format {
+        OutputFormat::Text => match &r.value {
+            Some(v) => out.write_all(v).and_then(|()| out.write_all(b"\n")),
+            None => writeln!(
+                out,
+                "(tombstone {})",
+                r.key.as_deref().map(text).unwrap_or_default()
+            ),
+        },
+        OutputFormat::Json => {
+            let headers: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (text(k), serde_json::Value::String(text(v))))
+                .collect();
+            let line = serde_json::json!({
+                "partition": r.partition,
+                "offset": r.offset,
+                "timestamp": r.timestamp_ms,
+                "tenant": r.tenant.as_deref().map(text),
+                "key": r.key.as_deref().map(text),
+                "value": r.value.as_deref().map(text),
+                "headers": headers,
+            });
+            writeln!(out, "{line}")
+        }
+    };
+    written.map_err(|e| format!("writing output: {e}"))
+}

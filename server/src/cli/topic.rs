@@ -1,0 +1,133 @@
+//! `tidelog topic create|list|describe|delete|add-partitions`.
+
+use clap::Subcommand;
+use tidelog_client::TopicSettings;
+
+use super::ServerArg;
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Segment size in bytes [server default: 256 MiB].
+        #[arg(long)]
+        segment_bytes: Option<u32>,
+        /// Keep at most about this many bytes per partition [default: unlimited].
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Keep records for this many milliseconds [default: forever].
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List topics with their partition counts.
+    List {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Partitions with earliest/latest offsets and sizes.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Delete a topic and its data.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Raise a topic's partition count (partitions are never removed).
+    AddPartitions {
+        name: String,
+        /// The new total.
+        #[arg(long)]
+        partitions: u32,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+pub fn run(command: TopicCommand) -> Result<(), String> {
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            segment_bytes,
+            retention_bytes,
+            retention_ms,
+            server,
+        } => {
+            let client = server.connect()?;
+            let settings = TopicSettings {
+                partitions,
+                segment_bytes: segment_bytes.unwrap_or(0),
+                retention_bytes: retention_bytes.unwrap_or(0),
+                retention_ms: retention_ms.unwrap_or(0),
+            };
+            client
+                .create_topic(&name, settings)
+                .map_err(|e| e.to_string())?;
+            println!("created topic {name} with {partitions} partition(s)");
+        }
+        TopicCommand::List { server } => {
+            let client = server.connect()?;
+            for (name, partitions) in client.list_topics().map_err(|e| e.to_string())? {
+                println!("{name}\t{partitions}");
+            }
+        }
+        TopicCommand::Describe { name, server } => {
+            let client = server.connect()?;
+            let d = client.describe_topic(&name).map_err(|e| e.to_string())?;
+            let limit = |v: u64| {
+                if v == u64::MAX {
+                    "unlimited".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            println!(
+                "topic {name}: {} partition(s), segment_bytes {}, retention_bytes {}, retention_ms {}",
+                d.partitions.len(),
+                d.segment_bytes,
+                limit(d.retention_bytes),
+                limit(d.retention_ms)
+            );
+            println!("partition\tearliest\tlatest\tdurable\tsize_bytes\tsegments");
+            for p in &d.partitions {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    p.offsets.partition,
+                    p.offsets.earliest,
+                    p.offsets.next,
+                    p.offsets.durable,
+                    p.size_bytes,
+                    p.segments
+                );
+            }
+        }
+        TopicCommand::Delete { name, server } => {
+            server
+                .connect()?
+                .delete_topic(&name)
+                .map_err(|e| e.to_string())?;
+            println!("deleted topic {name}");
+        }
+        TopicCommand::AddPartitions {
+            name,
+            partitions,
+            server,
+        } => {
+            server
+                .connect()?
+                .add_partitions(&name, partitions)
+                .map_err(|e| e.to_string())?;
+            println!("topic {name} now has {partitions} partition(s)");
+        }
+    }
+    Ok(())
+}
