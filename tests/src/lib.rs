@@ -1,0 +1,141 @@
+//! Harness for end-to-end tests: starts the real `tidelog` binary on port 0 with a
+//! temporary data directory, learns its address from the line it prints, and stops it
+//! with SIGTERM (clean) or SIGKILL (crash).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use tidelog_client::{Client, ConnectOptions};
+
+/// The `tidelog` binary next to this test executable (built by `cargo test --workspace`),
+/// or `TIDELOG_BIN`. Builds it if it is missing (e.g. `cargo test -p tidelog-e2e`).
+pub fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("TIDELOG_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>/tidelog
+        let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+        let bin = dir.join("tidelog");
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-q", "-p", "tidelog", "--bin", "tidelog"]);
+        if profile == "release" {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building the tidelog binary failed");
+        bin
+    })
+    .clone()
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server on a fresh temporary data directory.
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::start_in(&dir, args);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server on `dir` (which may hold data from an earlier run).
+    pub fn start_in(dir: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("TIDELOG_LOG", std::env::var("TIDELOG_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start tidelog serve");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("tidelog listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
+            .parse()
+            .expect("address");
+        Server {
+            child: Some(child),
+            addr,
+            data_dir: dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr, ConnectOptions::default()).expect("connect")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Anonymous (heap) memory of the server in KiB: what a slow client could make grow.
+    /// Mapped segment pages are file-backed and not counted.
+    pub fn rss_anon_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, and the exit must be clean (status 0).
+    pub fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "server exited with {status:?}");
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Keeps the data directory alive after the server stops (for restarts).
+    pub fn take_dir(&mut self) -> Option<tempfile::TempDir> {
+        self._tmp.take()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
