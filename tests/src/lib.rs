@@ -20,9 +20,16 @@ pub fn binary() -> PathBuf {
         }
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/<test> → target/<profile>/tidelog
-        let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target profile dir");
         let bin = dir.join("tidelog");
-        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build.args(["build", "-q", "-p", "tidelog", "--bin", "tidelog"]);
@@ -66,14 +73,19 @@ impl Server {
             .arg(dir)
             .args(args)
             .env("NO_COLOR", "1")
-            .env("TIDELOG_LOG", std::env::var("TIDELOG_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "TIDELOG_LOG",
+                std::env::var("TIDELOG_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start tidelog serve");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
-        stdout.read_line(&mut line).expect("read the listening line");
+        stdout
+            .read_line(&mut line)
+            .expect("read the listening line");
         let addr = line
             .trim()
             .strip_prefix("tidelog listening on ")
@@ -99,7 +111,8 @@ impl Server {
     /// Anonymous (heap) memory of the server in KiB: what a slow client could make grow.
     /// Mapped segment pages are file-backed and not counted.
     pub fn rss_anon_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("RssAnon:"))

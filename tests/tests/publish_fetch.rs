@@ -31,12 +31,23 @@ fn publish_then_fetch_round_trips_every_field() {
     let client = server.client();
     client.create_topic("t", settings(2)).expect("create");
     let batch = build_batch(&records(0, 10), ProducerStamp::default());
-    let published = client.publish("t", 1, Ack::Written, &batch).expect("publish");
+    let published = client
+        .publish("t", 1, Ack::Written, &batch)
+        .expect("publish");
     assert_eq!((published[0].base_offset, published[0].last_offset), (0, 9));
-    let again = client.publish("t", 1, Ack::Written, &build_batch(&records(10, 5), ProducerStamp::default())).expect("publish");
+    let again = client
+        .publish(
+            "t",
+            1,
+            Ack::Written,
+            &build_batch(&records(10, 5), ProducerStamp::default()),
+        )
+        .expect("publish");
     assert_eq!(again[0].base_offset, 10);
 
-    let f = client.fetch("t", 1, StartAt::Earliest, 1 << 20, Duration::ZERO, None).expect("fetch");
+    let f = client
+        .fetch("t", 1, StartAt::Earliest, 1 << 20, Duration::ZERO, None)
+        .expect("fetch");
     assert_eq!(f.records.len(), 15);
     assert_eq!(f.high_watermark, 15);
     for (i, r) in f.records.iter().enumerate() {
@@ -46,17 +57,32 @@ fn publish_then_fetch_round_trips_every_field() {
         assert_eq!(r.timestamp_ms, 1_700_000_000_000 + i as i64);
     }
     // From the middle of a batch: only the records from that offset.
-    let f = client.fetch("t", 1, StartAt::Offset(4), 1 << 20, Duration::ZERO, None).expect("fetch");
+    let f = client
+        .fetch("t", 1, StartAt::Offset(4), 1 << 20, Duration::ZERO, None)
+        .expect("fetch");
     assert_eq!(f.records.first().map(|r| r.offset), Some(4));
     // By timestamp.
-    let f = client.fetch("t", 1, StartAt::Timestamp(1_700_000_000_012), 1 << 20, Duration::ZERO, None).expect("fetch");
+    let f = client
+        .fetch(
+            "t",
+            1,
+            StartAt::Timestamp(1_700_000_000_012),
+            1 << 20,
+            Duration::ZERO,
+            None,
+        )
+        .expect("fetch");
     assert_eq!(f.records.first().map(|r| r.offset), Some(10));
     // Offsets and errors.
     let offsets = client.offsets("t").expect("offsets");
     assert_eq!((offsets[1].earliest, offsets[1].next), (0, 15));
-    let err = client.fetch("t", 1, StartAt::Offset(99), 1 << 20, Duration::ZERO, None).expect_err("out of range");
+    let err = client
+        .fetch("t", 1, StartAt::Offset(99), 1 << 20, Duration::ZERO, None)
+        .expect_err("out of range");
     assert_eq!(err.code(), Some(ErrorCode::OffsetOutOfRange));
-    let err = client.fetch("nope", 0, StartAt::Earliest, 1 << 20, Duration::ZERO, None).expect_err("missing topic");
+    let err = client
+        .fetch("nope", 0, StartAt::Earliest, 1 << 20, Duration::ZERO, None)
+        .expect_err("missing topic");
     assert_eq!(err.code(), Some(ErrorCode::UnknownTopic));
     server.stop();
 }
@@ -69,19 +95,44 @@ fn long_poll_returns_as_soon_as_data_arrives() {
     let poller = server.client();
     let started = Instant::now();
     let handle = std::thread::spawn(move || {
-        let f = poller.fetch("t", 0, StartAt::Offset(0), 1 << 20, Duration::from_secs(30), None).expect("long poll");
+        let f = poller
+            .fetch(
+                "t",
+                0,
+                StartAt::Offset(0),
+                1 << 20,
+                Duration::from_secs(30),
+                None,
+            )
+            .expect("long poll");
         (f, Instant::now())
     });
     std::thread::sleep(Duration::from_millis(300));
     let published_at = Instant::now();
-    client.publish("t", 0, Ack::Written, &build_batch(&records(0, 3), ProducerStamp::default())).expect("publish");
+    client
+        .publish(
+            "t",
+            0,
+            Ack::Written,
+            &build_batch(&records(0, 3), ProducerStamp::default()),
+        )
+        .expect("publish");
     let (f, answered_at) = handle.join().expect("join");
     assert_eq!(f.records.len(), 3);
     // It waited for the data (not answered empty early), and did not wait out its 30 s.
     assert!(answered_at >= published_at);
     assert!(answered_at.duration_since(started) < Duration::from_secs(25));
     // With nothing arriving, it answers empty at its deadline.
-    let f = client.fetch("t", 0, StartAt::Offset(3), 1 << 20, Duration::from_millis(200), None).expect("timeout");
+    let f = client
+        .fetch(
+            "t",
+            0,
+            StartAt::Offset(3),
+            1 << 20,
+            Duration::from_millis(200),
+            None,
+        )
+        .expect("timeout");
     assert!(f.records.is_empty());
     assert_eq!(f.next_offset, 3);
     server.stop();
@@ -95,14 +146,30 @@ fn durable_publish_is_acknowledged_only_after_the_sync() {
     client.create_topic("t", settings(1)).expect("create");
     for round in 0..20u64 {
         let written = client
-            .publish("t", 0, Ack::Written, &build_batch(&records(round * 2, 1), ProducerStamp::default()))
+            .publish(
+                "t",
+                0,
+                Ack::Written,
+                &build_batch(&records(round * 2, 1), ProducerStamp::default()),
+            )
             .expect("written");
         let durable = client
-            .publish("t", 0, Ack::Durable, &build_batch(&records(round * 2 + 1, 1), ProducerStamp::default()))
+            .publish(
+                "t",
+                0,
+                Ack::Durable,
+                &build_batch(&records(round * 2 + 1, 1), ProducerStamp::default()),
+            )
             .expect("durable");
         let offsets = client.offsets("t").expect("offsets");
-        assert!(offsets[0].durable > durable[0].last_offset, "acknowledged before durable");
-        assert!(offsets[0].durable > written[0].last_offset, "a sync covers everything before it");
+        assert!(
+            offsets[0].durable > durable[0].last_offset,
+            "acknowledged before durable"
+        );
+        assert!(
+            offsets[0].durable > written[0].last_offset,
+            "a sync covers everything before it"
+        );
     }
     server.stop();
 }
@@ -115,21 +182,43 @@ fn restart_keeps_everything_clean_or_crashed() {
     let client = server.client();
     client.create_topic("t", settings(3)).expect("create");
     for p in 0..3 {
-        client.publish("t", p, Ack::Written, &build_batch(&records(0, 100), ProducerStamp::default())).expect("publish");
+        client
+            .publish(
+                "t",
+                p,
+                Ack::Written,
+                &build_batch(&records(0, 100), ProducerStamp::default()),
+            )
+            .expect("publish");
     }
     drop(client);
     server.stop();
     let server = Server::start_in(&dir, &[]);
     let client = server.client();
-    assert_eq!(client.list_topics().expect("list"), vec![("t".to_string(), 3)]);
-    client.publish("t", 0, Ack::Written, &build_batch(&records(100, 50), ProducerStamp::default())).expect("publish");
+    assert_eq!(
+        client.list_topics().expect("list"),
+        vec![("t".to_string(), 3)]
+    );
+    client
+        .publish(
+            "t",
+            0,
+            Ack::Written,
+            &build_batch(&records(100, 50), ProducerStamp::default()),
+        )
+        .expect("publish");
     drop(client);
     server.kill(); // acknowledged `written` must survive a crash too
     let server = Server::start_in(&dir, &[]);
     let client = server.client();
     let offsets = client.offsets("t").expect("offsets");
-    assert_eq!(offsets.iter().map(|o| o.next).collect::<Vec<_>>(), vec![150, 100, 100]);
-    let f = client.fetch("t", 0, StartAt::Offset(120), 1 << 20, Duration::ZERO, None).expect("fetch");
+    assert_eq!(
+        offsets.iter().map(|o| o.next).collect::<Vec<_>>(),
+        vec![150, 100, 100]
+    );
+    let f = client
+        .fetch("t", 0, StartAt::Offset(120), 1 << 20, Duration::ZERO, None)
+        .expect("fetch");
     assert_eq!(f.records[0].value.as_deref(), Some(&b"value 120"[..]));
     server.stop();
     drop(dir_guard);

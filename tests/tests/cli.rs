@@ -1,0 +1,159 @@
+//! The `tidelog` command line against a real server: topic admin, publish from stdin,
+//! consume as json lines, and `consume --follow` stopping cleanly on SIGTERM/SIGINT with
+//! everything it printed flushed and exit code 0.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Output, Stdio};
+
+use tidelog_e2e::{binary, Server};
+
+fn tidelog(server: &Server, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(binary())
+        .args(args)
+        .env("TIDELOG_SERVER", server.addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tidelog");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin");
+    child.wait_with_output().expect("output")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8")
+}
+
+#[test]
+fn topic_publish_consume_round_trip() {
+    let server = Server::start();
+    ok(&tidelog(
+        &server,
+        &["topic", "create", "events", "--partitions", "3"],
+        "",
+    ));
+    assert!(ok(&tidelog(&server, &["topic", "list"], "")).contains("events\t3"));
+    let printed = ok(&tidelog(
+        &server,
+        &["publish", "events", "--tenant", "acme", "--ack", "durable"],
+        "one\ntwo\nthree\n",
+    ));
+    assert!(
+        printed.starts_with("published 3 records to events"),
+        "{printed}"
+    );
+    assert!(printed.contains("offsets 0..=2"), "{printed}");
+    let json = "{\"tenant\":\"zeta\",\"key\":\"f1\",\"value\":\"v1\",\"headers\":{\"type\":\"share\"}}\n{\"tenant\":\"zeta\",\"key\":\"f1\",\"value\":null}\n";
+    ok(&tidelog(
+        &server,
+        &["publish", "events", "--format", "json"],
+        json,
+    ));
+
+    let text = ok(&tidelog(
+        &server,
+        &["consume", "events", "--tenant", "acme"],
+        "",
+    ));
+    assert_eq!(text, "one\ntwo\nthree\n");
+    let lines = ok(&tidelog(
+        &server,
+        &["consume", "events", "--tenant", "zeta", "--format", "json"],
+        "",
+    ));
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[0].contains("\"tenant\":\"zeta\"")
+            && lines[0].contains("\"value\":\"v1\"")
+            && lines[0].contains("\"type\":\"share\"")
+    );
+    assert!(
+        lines[1].contains("\"value\":null"),
+        "tombstone: {}",
+        lines[1]
+    );
+    for field in [
+        "\"partition\":",
+        "\"offset\":",
+        "\"timestamp\":",
+        "\"key\":\"f1\"",
+    ] {
+        assert!(lines[0].contains(field), "{field} in {}", lines[0]);
+    }
+    assert_eq!(
+        ok(&tidelog(&server, &["consume", "events", "--max", "2"], ""))
+            .lines()
+            .count(),
+        2
+    );
+    let described = ok(&tidelog(&server, &["topic", "describe", "events"], ""));
+    assert!(
+        described.contains("partition\tearliest\tlatest"),
+        "{described}"
+    );
+
+    // Errors exit non-zero with a message.
+    let missing = tidelog(&server, &["consume", "nope"], "");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("UnknownTopic"));
+    server.stop();
+}
+
+fn follow_stops_cleanly(signal: i32) {
+    let server = Server::start();
+    ok(&tidelog(&server, &["topic", "create", "live"], ""));
+    ok(&tidelog(&server, &["publish", "live"], "before\n"));
+    let mut follower = Command::new(binary())
+        .args(["consume", "live", "--follow", "--format", "json"])
+        .env("TIDELOG_SERVER", server.addr.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("follow");
+    let mut lines = BufReader::new(follower.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    lines.read_line(&mut first).expect("first line");
+    assert!(first.contains("\"value\":\"before\""), "{first}");
+    ok(&tidelog(
+        &server,
+        &["publish", "live"],
+        "after-1\nafter-2\n",
+    ));
+    let mut second = String::new();
+    lines.read_line(&mut second).expect("live line");
+    assert!(second.contains("after-1"), "{second}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(follower.id() as i32, signal) };
+    let rest: Vec<String> = lines.lines().map_while(Result::ok).collect();
+    let status = follower.wait().expect("wait");
+    assert!(status.success(), "exit {status:?}");
+    // Whatever it printed arrives whole: complete json lines, in order, nothing torn.
+    assert!(rest.len() <= 1, "{rest:?}");
+    for line in &rest {
+        assert!(
+            line.starts_with('{') && line.ends_with('}') && line.contains("after-2"),
+            "{line}"
+        );
+    }
+    server.stop();
+}
+
+#[test]
+fn consume_follow_stops_cleanly_on_sigterm() {
+    follow_stops_cleanly(libc::SIGTERM);
+}
+
+#[test]
+fn consume_follow_stops_cleanly_on_sigint() {
+    follow_stops_cleanly(libc::SIGINT);
+}
