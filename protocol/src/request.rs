@@ -35,6 +35,11 @@ impl StartAt {
         match tag {
             0 => Ok(StartAt::Offset(value)),
             1 => Ok(StartAt::Timestamp(value as i64)),
+            // Fuzzing found that accepting any value here made decode/encode lossy: the
+            // value of `earliest`/`latest` must be 0, so one encoding means one request.
+            2 | 3 if value != 0 => Err(ProtocolError::invalid(format!(
+                "start_value must be 0 for start_kind {tag}, got {value}"
+            ))),
             2 => Ok(StartAt::Earliest),
             3 => Ok(StartAt::Latest),
             other => Err(ProtocolError::invalid(format!(

@@ -239,3 +239,16 @@ fn hostile_counts_do_not_allocate() {
     assert!(Response::decode(kind::OFFSETS, &body).is_err());
     assert!(Response::decode(kind::LIST_TOPICS, &body).is_err());
 }
+
+/// Regression (found by `cargo fuzz run decode_frame`): a SUBSCRIBE whose start was
+/// `earliest` with a non-zero value decoded, then re-encoded differently. Such a start is
+/// now rejected, so decoding is exact.
+#[test]
+fn start_value_must_be_zero_for_earliest_and_latest() {
+    let bytes = include_bytes!("fixtures/fuzz-start-value-not-zero.bin");
+    let header = frame::check(bytes, FRAME_BYTES_MAX_DEFAULT)
+        .expect("well framed")
+        .expect("whole");
+    let decoded = Request::decode(header.kind, &bytes[frame::HEADER_LEN..header.total_len]);
+    assert_eq!(decoded.map_err(|e| e.code), Err(ErrorCode::InvalidRequest));
+}
