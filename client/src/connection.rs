@@ -89,12 +89,24 @@ pub struct ServerInfo {
     pub fetch_bytes_max: u32,
 }
 
-/// A connection; cheap to clone (clones share the socket).
+/// A connection; cheap to clone (clones share the socket). The socket closes (and the
+/// reader thread ends) when the last clone is dropped.
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
     info: Arc<ServerInfo>,
     options: Arc<ConnectOptions>,
+    /// Held by user handles only, not by the reader thread: its drop closes the socket.
+    _closer: Arc<Closer>,
+}
+
+struct Closer(Arc<Shared>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        let _ = lock(&self.0.writer).shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -170,6 +182,7 @@ impl Client {
             .name("tidelog-client-reader".into())
             .spawn(move || read_loop(reader, &reader_shared))?;
         let mut client = Client {
+            _closer: Arc::new(Closer(shared.clone())),
             shared,
             info: Arc::new(ServerInfo {
                 address: addr,
