@@ -1,0 +1,283 @@
+//! `tidelog-bench`: the load generator that measures tidelog and checks, while it
+//! measures, that every record published is consumed exactly once and in order.
+//!
+//! ```text
+//! tidelog-bench [--server ADDR | --spawn-server] [--json] SCENARIO [options]
+//!   publish   P producers publish --count records; then all are read back and verified
+//!   consume   the topic is filled (untimed), then C consumers fetch it from earliest
+//!   e2e       subscribers first, then producers (flat out, or --rate records/s);
+//!             latency = publish call → delivery, from timestamps in the payload
+//! ```
+//!
+//! Output: a table, or with `--json` one object per scenario (`scenario`, `records`,
+//! `bytes`, `seconds`, `records_per_sec`, `mb_per_sec`, `latency_us` {p50, p90, p99,
+//! p999, max}, `verified`, and the fault counts when verification fails). Exit code 1
+//! when verification fails. Every run is bounded: `--count` records, `--timeout-secs`.
+
+mod payload;
+mod report;
+mod scenarios;
+mod verify;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tidelog_client::{parse_ack, Ack, Client, ConnectOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidelog-bench",
+    version,
+    about = "Measure tidelog and verify every record while doing it"
+)]
+struct Cli {
+    /// Server to measure.
+    #[arg(
+        long,
+        env = "TIDELOG_SERVER",
+        default_value = "127.0.0.1:7979",
+        global = true
+    )]
+    server: String,
+    /// Start a server on a temporary data directory for the run (the `tidelog` binary
+    /// next to this one, or --tidelog-bin).
+    #[arg(long, global = true)]
+    spawn_server: bool,
+    #[arg(long, global = true)]
+    tidelog_bin: Option<PathBuf>,
+    /// One JSON object per scenario on stdout instead of the table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct Options {
+    /// Records in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    count: u64,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    /// Records per batch (one publish request each).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Publish requests pipelined per producer.
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    #[arg(long, default_value = "written", value_parser = ["none", "written", "durable"])]
+    ack: String,
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    #[arg(long, default_value_t = 1)]
+    consumers: u32,
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Topic to use [default: a fresh bench-<pid>-<scenario>].
+    #[arg(long)]
+    topic: Option<String>,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Producers publish; the result is read back and verified.
+    Publish(Options),
+    /// Consumers fetch data already in the log from earliest.
+    Consume(Options),
+    /// Producers and subscribers at once: throughput and delivery latency.
+    E2e {
+        #[command(flatten)]
+        options: Options,
+        /// Offered load in records/s across producers [default: flat out].
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+}
+
+/// Settings every scenario shares.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub topic: String,
+    pub count: u64,
+    pub record_size: usize,
+    pub batch: usize,
+    pub in_flight: usize,
+    pub ack: Ack,
+    pub producers: u32,
+    pub consumers: u32,
+    pub partitions: u32,
+    pub timeout: Duration,
+}
+
+impl Common {
+    fn from(o: &Options, scenario: &str) -> Common {
+        Common {
+            topic: o
+                .topic
+                .clone()
+                .unwrap_or_else(|| format!("bench-{}-{scenario}", std::process::id())),
+            count: o.count,
+            record_size: o.record_size.max(payload::HEADER_BYTES),
+            batch: o.batch.max(1),
+            in_flight: o.in_flight.max(1),
+            ack: parse_ack(&o.ack).unwrap_or(Ack::Written),
+            producers: o.producers.max(1),
+            consumers: o.consumers.max(1),
+            partitions: o.partitions.max(1),
+            timeout: Duration::from_secs(o.timeout_secs),
+        }
+    }
+
+    pub fn settings(&self) -> serde_json::Value {
+        serde_json::json!({
+            "record_size": self.record_size,
+            "batch": self.batch,
+            "in_flight": self.in_flight,
+            "ack": format!("{:?}", self.ack).to_lowercase(),
+            "producers": self.producers,
+            "consumers": self.consumers,
+            "partitions": self.partitions,
+        })
+    }
+}
+
+/// Where the server is.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: String,
+}
+
+impl Target {
+    pub fn connect(&self) -> Result<Client, String> {
+        Client::connect(self.addr.as_str(), ConnectOptions::default())
+            .map_err(|e| format!("connect {}: {e}", self.addr))
+    }
+}
+
+/// A server started for the run, stopped (SIGTERM) at the end.
+struct Spawned {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_server(bin: Option<PathBuf>) -> Result<(Spawned, SocketAddr), String> {
+    let bin = match bin {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("tidelog"),
+    };
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut child = Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("TIDELOG_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .strip_prefix("tidelog listening on ")
+        .ok_or_else(|| format!("unexpected server output {line:?}"))?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    Ok((Spawned { child, _dir: dir }, addr))
+}
+
+/// A progress bar on stderr that only appears once a run has lasted a second.
+fn progress_bar(
+    total: u64,
+    counter: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} records ({per_sec})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let started = std::time::Instant::now();
+        while !done.load(Ordering::Relaxed) {
+            if started.elapsed() > Duration::from_secs(1) && bar.is_hidden() {
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+            }
+            bar.set_position(counter.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bar.finish_and_clear();
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (_spawned, addr) = if cli.spawn_server {
+        match spawn_server(cli.tidelog_bin.clone()) {
+            Ok((s, a)) => (Some(s), a.to_string()),
+            Err(e) => {
+                eprintln!("tidelog-bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        (None, cli.server.clone())
+    };
+    let target = Target { addr };
+    let counter = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let (name, options) = match &cli.scenario {
+        Scenario::Publish(o) => ("publish", o),
+        Scenario::Consume(o) => ("consume", o),
+        Scenario::E2e { options, .. } => ("e2e", options),
+    };
+    let common = Common::from(options, name);
+    let bar = progress_bar(common.count, counter.clone(), done.clone());
+    let result = match &cli.scenario {
+        Scenario::Publish(_) => scenarios::publish(&target, &common, &counter),
+        Scenario::Consume(_) => scenarios::consume(&target, &common, &counter),
+        Scenario::E2e { rate, .. } => scenarios::e2e(&target, &common, *rate, &counter),
+    };
+    done.store(true, Ordering::Relaxed);
+    let _ = bar.join();
+    match result {
+        Ok(report) => {
+            if cli.json {
+                println!("{}", report.json());
+            } else {
+                println!("{}", report.table());
+            }
+            if report.verdict.as_ref().is_some_and(|v| !v.passed()) {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tidelog-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

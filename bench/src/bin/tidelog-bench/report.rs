@@ -1,0 +1,90 @@
+//! Results: a human table on stdout, or one JSON object per scenario with `--json`.
+
+use hdrhistogram::Histogram;
+
+use crate::verify::Verdict;
+
+#[derive(Debug)]
+pub struct Report {
+    pub scenario: String,
+    pub records: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub latency: Option<Histogram<u64>>,
+    pub verdict: Option<Verdict>,
+    /// Settings echoed in the output so a figure carries its conditions.
+    pub settings: serde_json::Value,
+}
+
+impl Report {
+    fn records_per_sec(&self) -> f64 {
+        self.records as f64 / self.seconds.max(1e-9)
+    }
+    fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let latency = self.latency.as_ref().map(|h| {
+            serde_json::json!({
+                "p50": h.value_at_quantile(0.50),
+                "p90": h.value_at_quantile(0.90),
+                "p99": h.value_at_quantile(0.99),
+                "p999": h.value_at_quantile(0.999),
+                "max": h.max(),
+            })
+        });
+        let mut out = serde_json::json!({
+            "scenario": self.scenario,
+            "records": self.records,
+            "bytes": self.bytes,
+            "seconds": self.seconds,
+            "records_per_sec": self.records_per_sec(),
+            "mb_per_sec": self.mb_per_sec(),
+            "latency_us": latency,
+            "verified": self.verdict.as_ref().is_some_and(Verdict::passed),
+            "settings": self.settings,
+        });
+        if let Some(v) = self.verdict.as_ref().filter(|v| !v.passed()) {
+            out["missing"] = v.missing.into();
+            out["duplicate"] = v.duplicate.into();
+            out["out_of_order"] = v.out_of_order.into();
+            out["foreign"] = v.foreign.into();
+        }
+        out
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<10} {:>12} records {:>10.1} MB {:>8.2} s {:>12.0} rec/s {:>9.1} MB/s",
+            self.scenario,
+            self.records,
+            self.bytes as f64 / 1e6,
+            self.seconds,
+            self.records_per_sec(),
+            self.mb_per_sec()
+        );
+        if let Some(h) = &self.latency {
+            s += &format!(
+                "\n{:<10} latency µs: p50 {} p90 {} p99 {} p999 {} max {}",
+                "",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            );
+        }
+        s += &match &self.verdict {
+            Some(v) if v.passed() => {
+                format!("\n{:<10} verified: every record exactly once, in order", "")
+            }
+            Some(v) => format!(
+                "\n{:<10} VERIFICATION FAILED: missing {} duplicate {} out_of_order {} foreign {}",
+                "", v.missing, v.duplicate, v.out_of_order, v.foreign
+            ),
+            None => format!("\n{:<10} not verified", ""),
+        };
+        s
+    }
+}

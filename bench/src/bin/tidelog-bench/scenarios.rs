@@ -1,0 +1,356 @@
+//! The scenarios: `publish`, `consume`, `e2e`. Every one ends with the correctness check:
+//! what was published is read back (or received) and verified record by record.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tidelog_client::{
+    build_batch, Ack, Client, ProducerStamp, Record, StartAt, TopicSettings, WINDOW_BYTES_DEFAULT,
+};
+
+use crate::payload;
+use crate::report::Report;
+use crate::verify::Verifier;
+use crate::{Common, Target};
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Records each producer sends: `count` split evenly.
+fn shares(count: u64, producers: u32) -> Vec<u64> {
+    let p = u64::from(producers.max(1));
+    (0..p)
+        .map(|i| count / p + u64::from(i < count % p))
+        .collect()
+}
+
+pub fn create_topic(client: &Client, c: &Common) -> Result<(), String> {
+    client
+        .create_topic(
+            &c.topic,
+            TopicSettings {
+                partitions: c.partitions,
+                ..TopicSettings::default()
+            },
+        )
+        .map_err(|e| format!("create topic {}: {e}", c.topic))
+}
+
+/// One producer: `count` records to one partition, `batch` per publish, `in_flight`
+/// publishes pipelined, optionally paced to `rate` records/s. Returns bytes of values
+/// sent and, unless ack is `none`, the publish→ack latency histogram.
+#[allow(clippy::too_many_arguments)]
+fn produce(
+    target: &Target,
+    c: &Common,
+    producer: u32,
+    count: u64,
+    rate: Option<f64>,
+    progress: &AtomicU64,
+) -> Result<(u64, Histogram<u64>), String> {
+    let client = target.connect()?;
+    let partition = producer % c.partitions;
+    let mut latency = histogram();
+    let mut pending = VecDeque::new();
+    let mut value = Vec::new();
+    let mut records = Vec::with_capacity(c.batch);
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    let mut seq = 0u64;
+    while seq < count {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(seq as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        records.clear();
+        let n = (c.batch as u64).min(count - seq);
+        let sent_ns = payload::now_ns();
+        for i in 0..n {
+            payload::write(&mut value, c.record_size, producer, seq + i, sent_ns);
+            records.push(Record {
+                timestamp_ms: (sent_ns / 1_000_000) as i64,
+                value: Some(value.clone()),
+                ..Record::default()
+            });
+        }
+        let batch = build_batch(&records, ProducerStamp::default());
+        let reply = client
+            .send(&tidelog_protocol::Request::Publish {
+                topic: &c.topic,
+                partition,
+                ack: c.ack,
+                batches: &batch,
+            })
+            .map_err(|e| format!("publish: {e}"))?;
+        if let Some(r) = reply {
+            pending.push_back((Instant::now(), r));
+        }
+        while pending.len() >= c.in_flight.max(1) {
+            finish(&mut pending, &mut latency)?;
+        }
+        seq += n;
+        bytes += n * c.record_size as u64;
+        progress.fetch_add(n, Ordering::Relaxed);
+    }
+    while !pending.is_empty() {
+        finish(&mut pending, &mut latency)?;
+    }
+    if c.ack == Ack::None {
+        client.ping().map_err(|e| format!("ping: {e}"))?; // every publish handled
+    }
+    Ok((bytes, latency))
+}
+
+fn finish(
+    pending: &mut VecDeque<(Instant, tidelog_client::PendingReply)>,
+    latency: &mut Histogram<u64>,
+) -> Result<(), String> {
+    if let Some((sent, reply)) = pending.pop_front() {
+        let frame = reply.wait().map_err(|e| format!("publish: {e}"))?;
+        tidelog_client::published(frame).map_err(|e| format!("publish: {e}"))?;
+        let _ = latency.record(sent.elapsed().as_micros().max(1) as u64);
+    }
+    Ok(())
+}
+
+/// Runs the producers; returns (records, bytes, seconds, latency).
+fn run_producers(
+    target: &Target,
+    c: &Common,
+    rate: Option<f64>,
+    progress: &Arc<AtomicU64>,
+) -> Result<(Vec<u64>, u64, f64, Histogram<u64>), String> {
+    let counts = shares(c.count, c.producers);
+    let started = Instant::now();
+    let handles: Vec<_> = counts
+        .iter()
+        .enumerate()
+        .map(|(p, &n)| {
+            let (target, c, progress) = (target.clone(), c.clone(), progress.clone());
+            let rate = rate.map(|r| r / f64::from(c.producers.max(1)));
+            std::thread::spawn(move || produce(&target, &c, p as u32, n, rate, &progress))
+        })
+        .collect();
+    let mut latency = histogram();
+    let mut bytes = 0;
+    for h in handles {
+        let (b, l) = h.join().map_err(|_| "a producer panicked".to_string())??;
+        bytes += b;
+        latency.add(&l).map_err(|e| e.to_string())?;
+    }
+    Ok((counts, bytes, started.elapsed().as_secs_f64(), latency))
+}
+
+/// Reads every partition from the earliest offset to its end and feeds the verifier;
+/// with `consumers` threads each owning partitions `i, i + consumers, ...`.
+fn read_back(
+    target: &Target,
+    c: &Common,
+    verifier: &Arc<Mutex<Verifier>>,
+    consumers: u32,
+    progress: &Arc<AtomicU64>,
+) -> Result<(u64, u64), String> {
+    let handles: Vec<_> = (0..consumers.max(1))
+        .map(|i| {
+            let (target, c, verifier, progress) = (
+                target.clone(),
+                c.clone(),
+                verifier.clone(),
+                progress.clone(),
+            );
+            std::thread::spawn(move || -> Result<(u64, u64), String> {
+                let client = target.connect()?;
+                let offsets = client.offsets(&c.topic).map_err(|e| e.to_string())?;
+                let (mut records, mut bytes) = (0u64, 0u64);
+                for o in offsets
+                    .iter()
+                    .filter(|o| o.partition % consumers.max(1) == i)
+                {
+                    let mut at = o.earliest;
+                    while at < o.next {
+                        let f = client
+                            .fetch(
+                                &c.topic,
+                                o.partition,
+                                StartAt::Offset(at),
+                                8 << 20,
+                                Duration::ZERO,
+                                None,
+                            )
+                            .map_err(|e| format!("fetch: {e}"))?;
+                        let mut v = verifier.lock().unwrap_or_else(|p| p.into_inner());
+                        for r in &f.records {
+                            let value = r.value.as_deref().unwrap_or(&[]);
+                            match payload::read(value) {
+                                Some((p, s, _)) => v.record(p, s),
+                                None => v.record(u32::MAX, 0),
+                            }
+                            bytes += value.len() as u64;
+                        }
+                        drop(v);
+                        records += f.records.len() as u64;
+                        progress.fetch_add(f.records.len() as u64, Ordering::Relaxed);
+                        if f.next_offset <= at {
+                            return Err(format!(
+                                "no progress reading partition {} at {at}",
+                                o.partition
+                            ));
+                        }
+                        at = f.next_offset;
+                    }
+                }
+                Ok((records, bytes))
+            })
+        })
+        .collect();
+    let (mut records, mut bytes) = (0, 0);
+    for h in handles {
+        let (r, b) = h.join().map_err(|_| "a consumer panicked".to_string())??;
+        records += r;
+        bytes += b;
+    }
+    Ok((records, bytes))
+}
+
+pub fn publish(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result<Report, String> {
+    create_topic(&target.connect()?, c)?;
+    let (counts, bytes, seconds, latency) = run_producers(target, c, None, progress)?;
+    let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
+    read_back(
+        target,
+        c,
+        &verifier,
+        c.consumers,
+        &Arc::new(AtomicU64::new(0)),
+    )?;
+    let verdict = verifier.lock().unwrap_or_else(|p| p.into_inner()).verdict();
+    Ok(Report {
+        scenario: "publish".into(),
+        records: c.count,
+        bytes,
+        seconds,
+        latency: (c.ack != Ack::None).then_some(latency),
+        verdict: Some(verdict),
+        settings: c.settings(),
+    })
+}
+
+pub fn consume(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result<Report, String> {
+    create_topic(&target.connect()?, c)?;
+    let fill = Common {
+        ack: Ack::Written,
+        ..c.clone()
+    };
+    let (counts, _, _, _) = run_producers(target, &fill, None, &Arc::new(AtomicU64::new(0)))?;
+    let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
+    let started = Instant::now();
+    let (records, bytes) = read_back(target, c, &verifier, c.consumers, progress)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let verdict = verifier.lock().unwrap_or_else(|p| p.into_inner()).verdict();
+    Ok(Report {
+        scenario: "consume".into(),
+        records,
+        bytes,
+        seconds,
+        latency: None,
+        verdict: Some(verdict),
+        settings: c.settings(),
+    })
+}
+
+/// Producers and subscribers at once; latency is publish call → delivery to the
+/// subscriber (timestamps carried in the payload).
+pub fn e2e(
+    target: &Target,
+    c: &Common,
+    rate: Option<f64>,
+    progress: &Arc<AtomicU64>,
+) -> Result<Report, String> {
+    create_topic(&target.connect()?, c)?;
+    let counts = shares(c.count, c.producers);
+    let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
+    let total = c.count;
+    let received = Arc::new(AtomicU64::new(0));
+    let consumers = c.consumers.max(1).min(c.partitions);
+    let mut subs = Vec::new();
+    for i in 0..consumers {
+        let client = target.connect()?;
+        let mut mine = Vec::new();
+        for p in (0..c.partitions).filter(|p| p % consumers == i) {
+            mine.push(
+                client
+                    .subscribe(&c.topic, p, StartAt::Latest, None, WINDOW_BYTES_DEFAULT)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        subs.push(mine);
+    }
+    let deadline = Instant::now() + c.timeout;
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut mine| {
+            let (verifier, received, progress) =
+                (verifier.clone(), received.clone(), progress.clone());
+            std::thread::spawn(move || -> Result<(Histogram<u64>, u64), String> {
+                let mut latency = histogram();
+                let mut bytes = 0u64;
+                let several = mine.len() > 1;
+                let wait = Duration::from_millis(if several { 1 } else { 50 });
+                while received.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+                    for sub in &mut mine {
+                        while let Some(r) = sub.next_timeout(wait).map_err(|e| e.to_string())? {
+                            let now = payload::now_ns();
+                            let value = r.value.as_deref().unwrap_or(&[]);
+                            bytes += value.len() as u64;
+                            let mut v = verifier.lock().unwrap_or_else(|p| p.into_inner());
+                            match payload::read(value) {
+                                Some((p, s, sent)) => {
+                                    v.record(p, s);
+                                    let _ =
+                                        latency.record((now.saturating_sub(sent) / 1000).max(1));
+                                }
+                                None => v.record(u32::MAX, 0),
+                            }
+                            drop(v);
+                            received.fetch_add(1, Ordering::Relaxed);
+                            progress.fetch_add(1, Ordering::Relaxed);
+                            if several {
+                                break; // round-robin between partitions
+                            }
+                        }
+                    }
+                }
+                Ok((latency, bytes))
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    run_producers(target, c, rate, &Arc::new(AtomicU64::new(0)))?;
+    let mut latency = histogram();
+    let mut bytes = 0;
+    for r in readers {
+        let (l, b) = r
+            .join()
+            .map_err(|_| "a subscriber panicked".to_string())??;
+        latency.add(&l).map_err(|e| e.to_string())?;
+        bytes += b;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let verdict = verifier.lock().unwrap_or_else(|p| p.into_inner()).verdict();
+    Ok(Report {
+        scenario: "e2e".into(),
+        records: received.load(Ordering::Relaxed),
+        bytes,
+        seconds,
+        latency: Some(latency),
+        verdict: Some(verdict),
+        settings: c.settings(),
+    })
+}
