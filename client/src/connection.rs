@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tidelog_protocol::frame::{self, FrameHeader, HEADER_LEN};
 use tidelog_protocol::response::decode_error;
-use tidelog_protocol::{encode_request, Request, Response, PROTOCOL_VERSION};
+use tidelog_protocol::{encode_request_split, Request, Response, PROTOCOL_VERSION};
 
 use crate::error::{ClientError, Result};
 
@@ -242,11 +242,11 @@ impl Client {
         }
         let correlation = self.shared.next_correlation.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::with_capacity(64);
-        encode_request(&mut frame, correlation, request);
-        if frame.len() > self.info.frame_bytes_max as usize {
+        let payload = encode_request_split(&mut frame, correlation, request);
+        let total = frame.len() + payload.len();
+        if total > self.info.frame_bytes_max as usize {
             return Err(ClientError::InvalidArgument(format!(
-                "request of {} bytes exceeds the server's frame limit of {}",
-                frame.len(),
+                "request of {total} bytes exceeds the server's frame limit of {}",
                 self.info.frame_bytes_max
             )));
         }
@@ -260,7 +260,7 @@ impl Client {
         } else {
             None
         };
-        let written = lock(&self.shared.writer).write_all(&frame);
+        let written = write_all_vectored(&mut *lock(&self.shared.writer), &frame, payload);
         if let Err(e) = written {
             lock(&self.shared.pending).remove(&correlation);
             self.shared.closed.store(true, Ordering::Release);
@@ -299,6 +299,23 @@ impl Client {
         self.shared.closed.store(true, Ordering::Release);
         let _ = lock(&self.shared.writer).shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// Writes `head` then `tail` (a publish's batches, never copied into `head`).
+fn write_all_vectored(w: &mut impl Write, mut head: &[u8], mut tail: &[u8]) -> std::io::Result<()> {
+    while !head.is_empty() || !tail.is_empty() {
+        let n = match w.write_vectored(&[std::io::IoSlice::new(head), std::io::IoSlice::new(tail)])
+        {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        tail = &tail[n - from_head..];
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

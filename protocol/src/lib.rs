@@ -36,6 +36,20 @@ pub use response::{
     TopicDescription,
 };
 
+/// Encodes a request frame except its bulk payload (a publish's batches), which is
+/// returned to be written right after `out` (with `writev`): the batches are never copied
+/// into the frame buffer. For other requests the returned slice is empty.
+pub fn encode_request_split<'a>(
+    out: &mut Vec<u8>,
+    correlation: u64,
+    request: &Request<'a>,
+) -> &'a [u8] {
+    let start = frame::begin_frame(out, request.kind(), 0, correlation);
+    let tail = request.encode_body_split(out);
+    frame::finish_frame(out, start, tail.len());
+    tail
+}
+
 /// Encodes a whole request frame.
 pub fn encode_request(out: &mut Vec<u8>, correlation: u64, request: &Request<'_>) {
     let start = frame::begin_frame(out, request.kind(), 0, correlation);

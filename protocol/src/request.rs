@@ -168,6 +168,26 @@ impl<'a> Request<'a> {
         )
     }
 
+    /// As [`Request::encode_body`], but a publish's batches are left out (their length
+    /// is written) and returned, for the caller to send after the encoded bytes.
+    pub fn encode_body_split(&self, out: &mut Vec<u8>) -> &'a [u8] {
+        if let Request::Publish {
+            topic,
+            partition,
+            ack,
+            batches,
+        } = *self
+        {
+            out.put_str(topic);
+            out.put_u32(partition);
+            out.put_u8(ack as u8);
+            out.put_u32(u32::try_from(batches.len()).expect("batches longer than 4 GiB"));
+            return batches;
+        }
+        self.encode_body(out);
+        &[]
+    }
+
     pub fn encode_body(&self, out: &mut Vec<u8>) {
         match *self {
             Request::Hello {

@@ -177,7 +177,12 @@ proptest! {
             prop_assert_eq!(header.correlation, correlation);
             prop_assert!(!header.is_response());
             let decoded = Request::decode(header.kind, &buf[frame::HEADER_LEN..]).expect("decodes");
-            prop_assert_eq!(decoded, request);
+            prop_assert_eq!(&decoded, &request);
+            // The split encoding (payload written separately) puts the same bytes on the wire.
+            let mut split = Vec::new();
+            let tail = tidelog_protocol::encode_request_split(&mut split, correlation, &request);
+            split.extend_from_slice(tail);
+            prop_assert_eq!(split, buf);
         }
     }
 

@@ -56,8 +56,7 @@ fn produce(
     let partition = producer % c.partitions;
     let mut latency = histogram();
     let mut pending = VecDeque::new();
-    let mut value = Vec::new();
-    let mut records = Vec::with_capacity(c.batch);
+    let mut template: Option<Template> = None;
     let started = Instant::now();
     let mut bytes = 0u64;
     let mut seq = 0u64;
@@ -69,24 +68,18 @@ fn produce(
                 std::thread::sleep(due - now);
             }
         }
-        records.clear();
         let n = (c.batch as u64).min(count - seq);
-        let sent_ns = payload::now_ns();
-        for i in 0..n {
-            payload::write(&mut value, c.record_size, producer, seq + i, sent_ns);
-            records.push(Record {
-                timestamp_ms: (sent_ns / 1_000_000) as i64,
-                value: Some(value.clone()),
-                ..Record::default()
-            });
+        if template.as_ref().is_none_or(|t| t.records != n as usize) {
+            template = Some(Template::new(n as usize, c.record_size, producer));
         }
-        let batch = build_batch(&records, ProducerStamp::default());
+        let t = template.as_mut().expect("just built");
+        let batch = t.fill(seq, payload::now_ns());
         let reply = client
             .send(&tidelog_protocol::Request::Publish {
                 topic: &c.topic,
                 partition,
                 ack: c.ack,
-                batches: &batch,
+                batches: batch,
             })
             .map_err(|e| format!("publish: {e}"))?;
         if let Some(r) = reply {
@@ -106,6 +99,57 @@ fn produce(
         client.ping().map_err(|e| format!("ping: {e}"))?; // every publish handled
     }
     Ok((bytes, latency))
+}
+
+/// A batch built once per producer and refilled for every publish: each record's value
+/// gets its sequence number and send time, the header its timestamps, and the CRC is
+/// recomputed — the bytes a real producer would send, without re-encoding every record.
+struct Template {
+    records: usize,
+    bytes: Vec<u8>,
+    /// Start of each record's value within `bytes`.
+    value_at: Vec<usize>,
+}
+
+impl Template {
+    fn new(records: usize, record_size: usize, producer: u32) -> Template {
+        let mut value = Vec::new();
+        payload::write(&mut value, record_size, producer, 0, 0);
+        let list: Vec<Record> = (0..records)
+            .map(|_| Record {
+                value: Some(value.clone()),
+                ..Record::default()
+            })
+            .collect();
+        let bytes = build_batch(&list, ProducerStamp::default());
+        let view = tidelog_protocol::batch::validate(&bytes).expect("a built batch is valid");
+        let base = bytes.as_ptr() as usize;
+        let value_at = view
+            .records()
+            .map(|r| r.expect("valid").value.expect("has a value").as_ptr() as usize - base)
+            .collect();
+        Template {
+            records,
+            bytes,
+            value_at,
+        }
+    }
+
+    fn fill(&mut self, first_seq: u64, sent_ns: u64) -> &[u8] {
+        use tidelog_protocol::batch::{
+            CRC_AT, CRC_COVERED_FROM, FIRST_TIMESTAMP_AT, MAX_TIMESTAMP_AT,
+        };
+        for (i, &at) in self.value_at.iter().enumerate() {
+            self.bytes[at + 4..at + 12].copy_from_slice(&(first_seq + i as u64).to_le_bytes());
+            self.bytes[at + 12..at + 20].copy_from_slice(&sent_ns.to_le_bytes());
+        }
+        let ts = ((sent_ns / 1_000_000) as i64).to_le_bytes();
+        self.bytes[FIRST_TIMESTAMP_AT..FIRST_TIMESTAMP_AT + 8].copy_from_slice(&ts);
+        self.bytes[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&ts);
+        let crc = crc32fast::hash(&self.bytes[CRC_COVERED_FROM..]);
+        self.bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        &self.bytes
+    }
 }
 
 fn finish(
