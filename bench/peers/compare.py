@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Run tidelog-bench and its peers one after the other with the same record sizes and
+durability settings, plus the machine's physical ceilings, and print a markdown table
+with the ratios tidelog/peer and tidelog/ceiling.
+
+Usage (from the repository root):
+    python3 bench/peers/compare.py [--quick]
+
+It installs what it needs from Debian's packages (redis-server, redis-tools, iperf3),
+builds tidelog in release mode, and bounds every run in count and time. The settings that
+make the comparison fair are in PEERS below and in docs/BENCHMARKS.md.
+
+NATS JetStream is not run: no `nats bench` CLI is installable from this machine's
+registries (see docs/BENCHMARKS.md); its published figures for this machine are quoted
+from ../shared/ENGINEERING.md instead, marked as such.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICK = "--quick" in sys.argv
+# Records per run: enough for a steady state, small enough to bound the run.
+COUNT = {100: 2_000_000 if QUICK else 10_000_000, 1024: 500_000 if QUICK else 3_000_000}
+REDIS_PORT = 6391
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def ensure_packages():
+    missing = [p for p, exe in [("redis-server", "redis-server"), ("redis-tools", "redis-benchmark"), ("iperf3", "iperf3")]
+               if shutil.which(exe) is None]
+    if missing:
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, capture_output=True)
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "tidelog", "-p", "tidelog-bench"], cwd=ROOT, check=True)
+    return os.path.join(ROOT, "target", "release", "tidelog-bench")
+
+
+def iperf3_gbps():
+    server = subprocess.Popen(["iperf3", "-s", "-1", "-p", "5299"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        out = json.loads(sh(["iperf3", "-c", "127.0.0.1", "-p", "5299", "-t", "5", "-J"]))
+        return out["end"]["sum_received"]["bits_per_second"] / 8 / 1e9  # GB/s
+    finally:
+        server.wait(timeout=10)
+
+
+def dd_fdatasync_gbps():
+    with tempfile.TemporaryDirectory(dir=ROOT) as d:
+        out = subprocess.run(["dd", "if=/dev/zero", f"of={d}/dd.bin", "bs=1M", "count=2048", "conv=fdatasync"],
+                             capture_output=True, text=True).stderr
+    m = re.search(r"copied, ([\d.]+) s", out)
+    return 2048 * 2**20 / float(m.group(1)) / 1e9 if m else float("nan")
+
+
+def tidelog(bench, size, ack, extra=()):
+    batch = 1000 if size == 100 else 100
+    out = sh([bench, "--spawn-server", "--json", "publish", "--count", str(COUNT[size]), "--record-size", str(size),
+              "--batch", str(batch), "--ack", ack, *extra])
+    r = json.loads(out)
+    assert r["verified"], f"tidelog run not verified: {r}"
+    return r["records_per_sec"], r["mb_per_sec"] / 1e3
+
+
+def tidelog_consume(bench, size):
+    batch = 1000 if size == 100 else 100
+    r = json.loads(sh([bench, "--spawn-server", "--json", "consume", "--count", str(COUNT[size]),
+                       "--record-size", str(size), "--batch", str(batch)]))
+    assert r["verified"]
+    return r["records_per_sec"], r["mb_per_sec"] / 1e3
+
+
+def redis(size, fsync, command="XADD"):
+    """Redis Streams with its own redis-benchmark: 50 clients, pipeline 64."""
+    d = tempfile.mkdtemp(dir=ROOT)
+    server = subprocess.Popen(["redis-server", "--port", str(REDIS_PORT), "--dir", d, "--save", "", "--appendonly", "yes",
+                               "--appendfsync", fsync], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        n = COUNT[size] // (4 if fsync == "always" else 1)
+        value = "x" * size
+        out = sh(["redis-benchmark", "-p", str(REDIS_PORT), "-P", "64", "-c", "50", "-n", str(n), "-q",
+                  "XADD", "s", "*", "f", value])
+        rps = float(re.findall(r"([\d.]+) requests per second", out)[-1])
+        if command == "XRANGE":
+            out = sh(["redis-benchmark", "-p", str(REDIS_PORT), "-P", "16", "-c", "50", "-n", str(max(n // 100, 1000)), "-q",
+                      "XRANGE", "s", "-", "+", "COUNT", "100"])
+            rps = float(re.findall(r"([\d.]+) requests per second", out)[-1]) * 100
+        return rps, rps * size / 1e9
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main():
+    ensure_packages()
+    bench = build()
+    rows = []
+    loopback = iperf3_gbps()
+    disk = dd_fdatasync_gbps()
+    rows.append(("ceiling: loopback TCP, one stream (iperf3)", None, loopback, None))
+    rows.append(("ceiling: sequential write + fdatasync (dd, 2 GiB)", None, disk, None))
+    for size in (100, 1024):
+        t_w = tidelog(bench, size, "written")
+        r_w = redis(size, "everysec")
+        rows.append((f"publish {size} B: tidelog ack written", t_w[0], t_w[1], None))
+        rows.append((f"publish {size} B: redis XADD, appendfsync everysec", r_w[0], r_w[1], t_w[0] / r_w[0]))
+        t_d = tidelog(bench, size, "durable", ["--producers", "4"])
+        r_d = redis(size, "always")
+        rows.append((f"publish {size} B: tidelog ack durable, 4 producers", t_d[0], t_d[1], None))
+        rows.append((f"publish {size} B: redis XADD, appendfsync always", r_d[0], r_d[1], t_d[0] / r_d[0]))
+        t_c = tidelog_consume(bench, size)
+        r_c = redis(size, "everysec", command="XRANGE")
+        rows.append((f"consume {size} B: tidelog fetch from earliest", t_c[0], t_c[1], None))
+        rows.append((f"consume {size} B: redis XRANGE COUNT 100", r_c[0], r_c[1], t_c[0] / r_c[0]))
+        if size == 1024:
+            rows.append((f"  tidelog publish {size} B / loopback", None, None, t_w[1] / loopback))
+            rows.append((f"  tidelog durable {size} B / min(written, dd)", None, None, t_d[1] / min(t_w[1], disk)))
+            rows.append((f"  tidelog consume {size} B / loopback", None, None, t_c[1] / loopback))
+    print("| run | records/s | GB/s | ratio (tidelog / peer or ceiling) |")
+    print("|-----|-----------|------|-----------------------------------|")
+    for name, rps, gbps, ratio in rows:
+        f = lambda v, fmt: "" if v is None else fmt.format(v)
+        print(f"| {name} | {f(rps, '{:,.0f}')} | {f(gbps, '{:.2f}')} | {f(ratio, '{:.2f}x')} |")
+
+
+if __name__ == "__main__":
+    main()
