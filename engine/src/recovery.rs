@@ -216,8 +216,9 @@ fn drop_segments(dir: &Path, bases: &[u64], report: &mut RecoveryReport) -> Resu
     Ok(())
 }
 
-/// A segment rolled away from before the crash but not (or not wholly) known synced:
-/// scan it from where the checkpoint vouches for, rebuild its index tail, seal it.
+/// A segment whose content is not (or not wholly) known good — rolled away from before a
+/// crash but not synced, or failing its check: scan it from where `trust` vouches for,
+/// rebuild its index from there, cut at the first bad batch, seal it.
 fn seal_unsynced(
     dir: &Path,
     base: u64,
@@ -237,7 +238,11 @@ fn seal_unsynced(
     let seg = Segment::open_closed(dir, base, config.index_interval_bytes)?;
     if !seg.is_empty() {
         seg.check_tail(base).map_err(|why| {
-            EngineError::corrupt(&log, 0, format!("resealed segment fails its check: {why}"))
+            EngineError::corrupt(
+                &log,
+                0,
+                format!("resealed segment still fails its check: {why}"),
+            )
         })?;
     }
     let damage = out.stopped.map(|reason| Truncation {
@@ -377,48 +382,15 @@ fn open_sealed(
         Err(e) => e.to_string(),
     };
     tracing::warn!(segment = base, reason = %why, "sealed segment failed its check; rescanning");
-    // Rebuild: indexes from scratch, data CRC-checked end to end.
+    // Rebuild: indexes from scratch, data CRC-checked end to end, then sealed again.
     for p in [
         segment::offset_index_path(dir, base),
         segment::time_index_path(dir, base),
     ] {
         let _ = fs::remove_file(p);
     }
-    let log = segment::log_path(dir, base);
-    let file_len = fs::metadata(&log)
-        .map_err(|e| EngineError::io("stat", &log, e))?
-        .len();
-    let file_len = u32::try_from(file_len)
-        .map_err(|_| EngineError::corrupt(&log, 0, "segment exceeds 4 GiB"))?;
-    let out = {
-        let seg = Segment::open_active(
-            dir,
-            base,
-            file_len,
-            config.index_interval_bytes,
-            0,
-            base,
-            i64::MIN,
-            (0, 0),
-        )?;
-        let out = seg.recover_from(0, base, i64::MIN)?;
-        seg.seal(0, sync)?;
-        out
-    };
     report.indexes_rebuilt += 1;
-    report.scanned_bytes += out.scanned_bytes();
-    let seg = Segment::open_closed(dir, base, config.index_interval_bytes)?;
-    if !seg.is_empty() {
-        seg.check_tail(base).map_err(|why| {
-            EngineError::corrupt(&log, 0, format!("rebuilt segment still fails: {why}"))
-        })?;
-    }
-    let damage = out.stopped.map(|reason| Truncation {
-        segment: log,
-        position: u64::from(out.end),
-        reason,
-    });
-    Ok((seg, damage))
+    seal_unsynced(dir, base, config, Trust::Unsynced, sync, report)
 }
 
 /// Reopens a sealed segment for appending (after a cut made it the last one).

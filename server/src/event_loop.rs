@@ -277,19 +277,7 @@ impl EventLoop {
             };
             match lp.partition.read(lp.from, lp.max_bytes) {
                 Ok(f) if f.is_empty() => self.state.long_polls.push(lp),
-                Ok(f) => deliver::send_fetched(
-                    &mut conn.outbox,
-                    lp.correlation,
-                    lp.partition.id(),
-                    &f,
-                    lp.tenant.as_deref(),
-                ),
-                Err(e) => {
-                    let error = crate::state::to_protocol(&e);
-                    conn.outbox.encode(|out| {
-                        encode_error(out, tidelog_protocol::kind::FETCH, lp.correlation, &error)
-                    });
-                }
+                result => answer_long_poll(conn, &lp, result),
             }
         }
         for key in &pending.appended {
@@ -311,21 +299,7 @@ impl EventLoop {
                 continue;
             };
             // Nothing arrived in time: an empty result at the requested position.
-            match lp.partition.read(lp.from, lp.max_bytes) {
-                Ok(f) => deliver::send_fetched(
-                    &mut conn.outbox,
-                    lp.correlation,
-                    lp.partition.id(),
-                    &f,
-                    lp.tenant.as_deref(),
-                ),
-                Err(e) => {
-                    let error = crate::state::to_protocol(&e);
-                    conn.outbox.encode(|out| {
-                        encode_error(out, tidelog_protocol::kind::FETCH, lp.correlation, &error)
-                    });
-                }
-            }
+            answer_long_poll(conn, &lp, lp.partition.read(lp.from, lp.max_bytes));
         }
     }
 
@@ -370,6 +344,29 @@ impl EventLoop {
         self.free.push(index);
         self.live -= 1;
         tracing::debug!(peer = %conn.peer, "connection closed");
+    }
+}
+
+/// Answers a parked fetch with what a read found (data, nothing, or an error).
+fn answer_long_poll(
+    conn: &mut Connection,
+    lp: &crate::state::LongPoll,
+    result: Result<tidelog_engine::Fetched, tidelog_engine::EngineError>,
+) {
+    match result {
+        Ok(f) => deliver::send_fetched(
+            &mut conn.outbox,
+            lp.correlation,
+            lp.partition.id(),
+            &f,
+            lp.tenant.as_deref(),
+        ),
+        Err(e) => {
+            let error = crate::state::to_protocol(&e);
+            conn.outbox.encode(|out| {
+                encode_error(out, tidelog_protocol::kind::FETCH, lp.correlation, &error)
+            });
+        }
     }
 }
 
