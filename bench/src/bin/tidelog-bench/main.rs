@@ -12,7 +12,8 @@
 //! Output: a table, or with `--json` one object per scenario (`scenario`, `records`,
 //! `bytes`, `seconds`, `records_per_sec`, `mb_per_sec`, `latency_us` {p50, p90, p99,
 //! p999, max}, `verified`, and the fault counts when verification fails). Exit code 1
-//! when verification fails. Every run is bounded: `--count` records, `--timeout-secs`.
+//! when verification fails. Every run is bounded: `--count` records, optionally
+//! `--duration-secs`, and `--timeout-secs`.
 
 mod payload;
 mod report;
@@ -84,6 +85,10 @@ struct Options {
     /// Topic to use [default: a fresh bench-<pid>-<scenario>].
     #[arg(long)]
     topic: Option<String>,
+    /// Stop producing after this long (the run is then bounded by time and by --count,
+    /// whichever comes first).
+    #[arg(long)]
+    duration_secs: Option<f64>,
     /// Give up after this long.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -117,6 +122,7 @@ pub struct Common {
     pub producers: u32,
     pub consumers: u32,
     pub partitions: u32,
+    pub duration: Option<Duration>,
     pub timeout: Duration,
 }
 
@@ -135,6 +141,7 @@ impl Common {
             producers: o.producers.max(1),
             consumers: o.consumers.max(1),
             partitions: o.partitions.max(1),
+            duration: o.duration_secs.map(Duration::from_secs_f64),
             timeout: Duration::from_secs(o.timeout_secs),
         }
     }

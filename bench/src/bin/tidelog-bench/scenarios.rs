@@ -40,9 +40,10 @@ pub fn create_topic(client: &Client, c: &Common) -> Result<(), String> {
         .map_err(|e| format!("create topic {}: {e}", c.topic))
 }
 
-/// One producer: `count` records to one partition, `batch` per publish, `in_flight`
-/// publishes pipelined, optionally paced to `rate` records/s. Returns bytes of values
-/// sent and, unless ack is `none`, the publish→ack latency histogram.
+/// One producer: up to `count` records (and at most `duration`) to one partition, `batch`
+/// per publish, `in_flight` publishes pipelined, optionally paced to `rate` records/s.
+/// Returns records and bytes of values sent, and the publish→ack latency histogram
+/// (empty with ack `none`).
 #[allow(clippy::too_many_arguments)]
 fn produce(
     target: &Target,
@@ -51,16 +52,17 @@ fn produce(
     count: u64,
     rate: Option<f64>,
     progress: &AtomicU64,
-) -> Result<(u64, Histogram<u64>), String> {
+) -> Result<(u64, u64, Histogram<u64>), String> {
     let client = target.connect()?;
     let partition = producer % c.partitions;
     let mut latency = histogram();
     let mut pending = VecDeque::new();
     let mut template: Option<Template> = None;
     let started = Instant::now();
+    let deadline = c.duration.map(|d| started + d);
     let mut bytes = 0u64;
     let mut seq = 0u64;
-    while seq < count {
+    while seq < count && deadline.is_none_or(|d| Instant::now() < d) {
         if let Some(rate) = rate {
             let due = started + Duration::from_secs_f64(seq as f64 / rate);
             let now = Instant::now();
@@ -98,7 +100,7 @@ fn produce(
     if c.ack == Ack::None {
         client.ping().map_err(|e| format!("ping: {e}"))?; // every publish handled
     }
-    Ok((bytes, latency))
+    Ok((seq, bytes, latency))
 }
 
 /// A batch built once per producer and refilled for every publish: each record's value
@@ -184,12 +186,14 @@ fn run_producers(
         .collect();
     let mut latency = histogram();
     let mut bytes = 0;
+    let mut sent = Vec::with_capacity(counts.len());
     for h in handles {
-        let (b, l) = h.join().map_err(|_| "a producer panicked".to_string())??;
+        let (n, b, l) = h.join().map_err(|_| "a producer panicked".to_string())??;
+        sent.push(n);
         bytes += b;
         latency.add(&l).map_err(|e| e.to_string())?;
     }
-    Ok((counts, bytes, started.elapsed().as_secs_f64(), latency))
+    Ok((sent, bytes, started.elapsed().as_secs_f64(), latency))
 }
 
 /// Reads every partition from the earliest offset to its end and feeds the verifier;
@@ -277,7 +281,7 @@ pub fn publish(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result
     let verdict = verifier.lock().unwrap_or_else(|p| p.into_inner()).verdict();
     Ok(Report {
         scenario: "publish".into(),
-        records: c.count,
+        records: counts.iter().sum(),
         bytes,
         seconds,
         latency: (c.ack != Ack::None).then_some(latency),
@@ -318,9 +322,9 @@ pub fn e2e(
     progress: &Arc<AtomicU64>,
 ) -> Result<Report, String> {
     create_topic(&target.connect()?, c)?;
-    let counts = shares(c.count, c.producers);
-    let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
-    let total = c.count;
+    let verifier = Arc::new(Mutex::new(Verifier::open_ended(c.producers as usize)));
+    // Known once the producers finish (a duration-bounded run sends what it can).
+    let total = Arc::new(AtomicU64::new(u64::MAX));
     let received = Arc::new(AtomicU64::new(0));
     let consumers = c.consumers.max(1).min(c.partitions);
     let mut subs = Vec::new();
@@ -340,14 +344,20 @@ pub fn e2e(
     let readers: Vec<_> = subs
         .into_iter()
         .map(|mut mine| {
-            let (verifier, received, progress) =
-                (verifier.clone(), received.clone(), progress.clone());
+            let (verifier, received, progress, total) = (
+                verifier.clone(),
+                received.clone(),
+                progress.clone(),
+                total.clone(),
+            );
             std::thread::spawn(move || -> Result<(Histogram<u64>, u64), String> {
                 let mut latency = histogram();
                 let mut bytes = 0u64;
                 let several = mine.len() > 1;
                 let wait = Duration::from_millis(if several { 1 } else { 50 });
-                while received.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+                while received.load(Ordering::Relaxed) < total.load(Ordering::Relaxed)
+                    && Instant::now() < deadline
+                {
                     for sub in &mut mine {
                         while let Some(r) = sub.next_timeout(wait).map_err(|e| e.to_string())? {
                             let now = payload::now_ns();
@@ -376,7 +386,8 @@ pub fn e2e(
         })
         .collect();
     let started = Instant::now();
-    run_producers(target, c, rate, &Arc::new(AtomicU64::new(0)))?;
+    let (sent, _, _, _) = run_producers(target, c, rate, &Arc::new(AtomicU64::new(0)))?;
+    total.store(sent.iter().sum(), Ordering::Relaxed);
     let mut latency = histogram();
     let mut bytes = 0;
     for r in readers {
@@ -387,7 +398,11 @@ pub fn e2e(
         bytes += b;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let verdict = verifier.lock().unwrap_or_else(|p| p.into_inner()).verdict();
+    let verdict = {
+        let mut v = verifier.lock().unwrap_or_else(|p| p.into_inner());
+        v.expect(&sent);
+        v.verdict()
+    };
     Ok(Report {
         scenario: "e2e".into(),
         records: received.load(Ordering::Relaxed),

@@ -24,6 +24,8 @@ pub struct Verifier {
     duplicate: u64,
     out_of_order: u64,
     foreign: u64,
+    /// Expectations not fixed yet: sequences extend `seen` as they arrive.
+    open: bool,
 }
 
 impl Verifier {
@@ -38,11 +40,41 @@ impl Verifier {
             duplicate: 0,
             out_of_order: 0,
             foreign: 0,
+            open: false,
         }
+    }
+
+    /// A verifier whose expectations are fixed later ([`Verifier::expect`]), for runs
+    /// bounded by time where producers' counts are known only at the end.
+    pub fn open_ended(producers: usize) -> Verifier {
+        let mut v = Verifier::new(&vec![0; producers]);
+        v.open = true;
+        v
+    }
+
+    /// Fixes how many records each producer sent (open-ended verifiers).
+    pub fn expect(&mut self, per_producer: &[u64]) {
+        for (p, &n) in per_producer.iter().enumerate() {
+            if let Some(seen) = self.seen.get_mut(p) {
+                if seen.len() as u64 > n {
+                    // Records beyond what the producer reports sending: not ours.
+                    self.foreign += seen[n as usize..].iter().filter(|&&b| b).count() as u64;
+                }
+                seen.resize(n as usize, false);
+            }
+        }
+        self.open = false;
     }
 
     pub fn record(&mut self, producer: u32, sequence: u64) {
         let p = producer as usize;
+        if self.open {
+            if let Some(seen) = self.seen.get_mut(p) {
+                if seen.len() <= sequence as usize && sequence < 1 << 40 {
+                    seen.resize(sequence as usize + 1, false);
+                }
+            }
+        }
         let Some(slot) = self
             .seen
             .get_mut(p)
@@ -104,6 +136,20 @@ mod tests {
             }
         );
         assert!(!verdict.passed());
+        let mut open = Verifier::open_ended(1);
+        open.record(0, 1);
+        open.record(0, 0);
+        open.expect(&[3]);
+        assert_eq!(
+            open.verdict(),
+            Verdict {
+                expected: 3,
+                missing: 1,
+                duplicate: 0,
+                out_of_order: 1,
+                foreign: 0
+            }
+        );
         let mut ok = Verifier::new(&[2]);
         ok.record(0, 0);
         ok.record(0, 1);

@@ -1,0 +1,94 @@
+//! `tidelog-bench` itself, run as users run it: every scenario against a server it spawns,
+//! with the JSON fields scripts depend on, and `verified: true`.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidelog-bench"))
+        .arg("--spawn-server")
+        .arg("--tidelog-bin")
+        .arg(tidelog_e2e::binary())
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run tidelog-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+fn check(report: &serde_json::Value, scenario: &str, records: u64) {
+    assert_eq!(report["scenario"], scenario);
+    assert_eq!(report["records"], records);
+    assert_eq!(report["verified"], true, "{report}");
+    for field in ["bytes", "seconds", "records_per_sec", "mb_per_sec"] {
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {report}"
+        );
+    }
+}
+
+#[test]
+fn every_scenario_runs_and_verifies() {
+    let publish = run(&[
+        "publish",
+        "--count",
+        "20000",
+        "--record-size",
+        "100",
+        "--batch",
+        "100",
+        "--producers",
+        "2",
+        "--partitions",
+        "2",
+    ]);
+    check(&publish, "publish", 20000);
+    for q in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(
+            publish["latency_us"][q].as_u64().is_some(),
+            "latency_us.{q}"
+        );
+    }
+    check(
+        &run(&[
+            "consume",
+            "--count",
+            "20000",
+            "--record-size",
+            "200",
+            "--batch",
+            "50",
+            "--consumers",
+            "2",
+            "--partitions",
+            "3",
+        ]),
+        "consume",
+        20000,
+    );
+    let e2e = run(&[
+        "e2e",
+        "--count",
+        "5000",
+        "--record-size",
+        "64",
+        "--batch",
+        "10",
+        "--rate",
+        "20000",
+    ]);
+    check(&e2e, "e2e", 5000);
+    assert!(e2e["latency_us"]["p99"].as_u64().is_some());
+    check(
+        &run(&[
+            "publish", "--count", "3000", "--ack", "durable", "--batch", "10",
+        ]),
+        "publish",
+        3000,
+    );
+}
