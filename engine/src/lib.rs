@@ -14,6 +14,8 @@
 //!   `prefault.rs` — the thread that faults pages in ahead of each writer.
 //! - `checkpoint.rs` — how far the active segment is durable; `recovery.rs` — opening a
 //!   partition after a clean or unclean stop; `producer.rs` — idempotent producer state.
+//! - `tenant_index.rs` — tenant → key → latest offset, maintained on append and
+//!   checkpointed; `extract.rs` — the frozen tenant snapshot a state extraction reads.
 //! - `topic.rs` — topic metadata; `engine.rs` — the data directory, topics, clean shutdown.
 //! - `notify.rs` — change notification for long polls and subscriptions; `fsio.rs` —
 //!   fallocate, atomic writes, the sync seam for fault injection; `config.rs`, `error.rs`.
@@ -52,6 +54,7 @@ pub mod config;
 mod engine;
 mod entry_file;
 pub mod error;
+pub mod extract;
 mod flusher;
 pub mod fsio;
 pub mod index;
@@ -61,6 +64,7 @@ mod prefault;
 pub mod producer;
 pub mod recovery;
 pub mod segment;
+pub mod tenant_index;
 pub mod topic;
 
 /// The batch format is the wire format too; it lives in `tidelog-protocol`.
@@ -71,6 +75,7 @@ pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};
 pub use config::{EngineConfig, RecoveryPolicy, TopicConfig};
 pub use engine::{AckLevel, Engine, PartitionInfo, TopicInfo, CLEAN_SHUTDOWN_FILE};
 pub use error::{EngineError, Result};
+pub use extract::TenantSnapshot;
 pub use notify::{Change, Watcher};
-pub use partition::{Appended, Fetched, Partition, SeekFrom};
+pub use partition::{Appended, Fetched, Partition, SeekFrom, TenantInfo};
 pub use recovery::{RecoveryReport, Truncation};

@@ -26,13 +26,27 @@ use crate::batch::{self, BatchError};
 use crate::checkpoint::{Checkpoint, CheckpointFile};
 use crate::config::TopicConfig;
 use crate::error::{EngineError, Result};
+use crate::extract::TenantSnapshot;
 use crate::fsio::{self, SyncPolicy};
 use crate::notify::{Change, WaitPoint, Watcher};
 use crate::prefault::Prefaulter;
 use crate::producer::{BatchRecord, ProducerState, SequenceCheck};
 use crate::segment::Segment;
+use crate::tenant_index::{IndexUpdate, TenantIndex};
 
 pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
+pub const TENANT_INDEX_FILE: &str = "tenants.snapshot";
+
+/// Per-tenant figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantInfo {
+    /// Offset of the tenant's most recent event in this partition.
+    pub latest_offset: Option<u64>,
+    /// Keys whose latest record is not a tombstone.
+    pub live_keys: u64,
+    /// Records of the tenant in the log (since the index began).
+    pub events: u64,
+}
 
 /// Where to start reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +120,11 @@ impl Deref for Fetched {
 struct Writer {
     active: Arc<Segment>,
     producers: ProducerState,
+    /// Tenant → key → latest offset, updated with every append.
+    tenants: TenantIndex,
+    /// The index as of the latest roll, to be checkpointed once that roll's segment is
+    /// sealed (so a checkpoint never covers data that is not durable).
+    tenants_at_roll: Option<TenantIndex>,
     /// Segments rolled away from but not yet sealed (synced, trimmed) by the flusher.
     /// Sealing is slow (it syncs a whole segment), so it never runs on the append path.
     unsealed: Vec<Arc<Segment>>,
@@ -162,6 +181,7 @@ impl std::fmt::Debug for Partition {
 pub(crate) struct Recovered {
     pub segments: Vec<Arc<Segment>>,
     pub producers: ProducerState,
+    pub tenants: TenantIndex,
     /// Offset up to which the log is known durable (sealed segments, or the checkpoint).
     pub durable_offset: u64,
 }
@@ -192,6 +212,8 @@ impl Partition {
             writer: Mutex::new(Writer {
                 active,
                 producers: recovered.producers,
+                tenants: recovered.tenants,
+                tenants_at_roll: None,
                 unsealed: Vec::new(),
             }),
             segments: RwLock::new(Arc::new(recovered.segments)),
@@ -285,7 +307,20 @@ impl Partition {
                 max,
             });
         }
-        let view = batch::validate(batch_bytes).map_err(|e| match e {
+        // Records with a tenant, for the tenant index: gathered in the validation walk so
+        // the batch is decoded once.
+        let mut updates: Vec<IndexUpdate<'_>> = Vec::new();
+        let view = batch::validate_each(batch_bytes, |r| {
+            if let Some(tenant) = r.tenant {
+                updates.push(IndexUpdate {
+                    offset_delta: r.offset_delta,
+                    tenant,
+                    key: r.key,
+                    live: r.value.is_some(),
+                });
+            }
+        })
+        .map_err(|e| match e {
             BatchError::Incomplete { needed, have } => EngineError::InvalidBatch(format!(
                 "truncated: batch needs {needed} bytes, {have} given"
             )),
@@ -312,6 +347,8 @@ impl Partition {
         }
         let base_offset = self.next_offset.load(Ordering::Relaxed);
         w.active.append(batch_bytes, &header, base_offset);
+        let next = base_offset + u64::from(header.last_offset_delta) + 1;
+        w.tenants.apply_updates(&updates, base_offset, next);
         self.prefaulter.poke(&w.active);
         let last_offset = base_offset + u64::from(header.last_offset_delta);
         if header.producer_id != 0 {
@@ -369,6 +406,7 @@ impl Partition {
         self.prefaulter.poke(&seg);
         let old = std::mem::replace(&mut w.active, seg);
         w.unsealed.push(old);
+        w.tenants_at_roll = Some(w.tenants.clone()); // O(1): a persistent map
         tracing::debug!(topic = %self.topic, partition = self.id, base = next, "rolled segment");
         Ok(())
     }
@@ -605,7 +643,8 @@ impl Partition {
         Ok(drop_count)
     }
 
-    /// Clean close: sync everything, seal the active segment, persist producer state.
+    /// Clean close: sync everything, seal the active segment, persist producer state and
+    /// the tenant index (so the next open replays nothing).
     pub(crate) fn close(&self) -> Result<()> {
         self.flush()?;
         let w = self.lock_writer();
@@ -613,10 +652,36 @@ impl Partition {
             self.poison(&e);
             return Err(e);
         }
+        fsio::write_atomic(&self.dir.join(TENANT_INDEX_FILE), &w.tenants.encode(), true)?;
         fsio::write_atomic(
             &self.dir.join(PRODUCER_SNAPSHOT_FILE),
             &w.producers.encode(self.next_offset()),
             true,
         )
+    }
+
+    /// Freezes `tenant`'s live keys at the watermark — the partition's last offset — in
+    /// one critical section with appends, so nothing can interleave (see `extract.rs`).
+    pub fn tenant_snapshot(&self, tenant: &[u8]) -> TenantSnapshot {
+        let (watermark, keys, segments) = {
+            let w = self.lock_writer();
+            let next = self.next_offset.load(Ordering::Acquire);
+            let keys = w.tenants.tenant(tenant).map(|t| t.keys.clone()); // O(1)
+            (next.checked_sub(1), keys, self.segments())
+        };
+        let offsets = keys
+            .map(|k| k.values().copied().collect())
+            .unwrap_or_default();
+        TenantSnapshot::new(tenant.to_vec(), watermark, offsets, segments)
+    }
+
+    /// A tenant's latest event id and live key count.
+    pub fn tenant_info(&self, tenant: &[u8]) -> Option<TenantInfo> {
+        let w = self.lock_writer();
+        w.tenants.tenant(tenant).map(|t| TenantInfo {
+            latest_offset: t.latest_offset,
+            live_keys: t.keys.len() as u64,
+            events: t.events,
+        })
     }
 }

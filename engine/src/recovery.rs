@@ -22,9 +22,10 @@ use crate::config::{RecoveryPolicy, TopicConfig};
 use crate::error::{EngineError, Result};
 use crate::fsio::SyncPolicy;
 use crate::index::{OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
-use crate::partition::{Recovered, PRODUCER_SNAPSHOT_FILE};
+use crate::partition::{Recovered, PRODUCER_SNAPSHOT_FILE, TENANT_INDEX_FILE};
 use crate::producer::{BatchRecord, ProducerState};
 use crate::segment::{self, ScanOutcome, Segment};
+use crate::tenant_index::TenantIndex;
 
 /// One cut made by recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub struct RecoveryReport {
     pub indexes_rebuilt: usize,
     /// Whole segments removed because they followed a cut.
     pub segments_dropped: usize,
+    /// Bytes of batches replayed into the tenant index after its checkpoint.
+    pub index_replayed_bytes: u64,
     pub next_offset: u64,
 }
 
@@ -88,6 +91,7 @@ pub(crate) fn open_partition(
             recovered: Recovered {
                 segments: vec![Arc::new(seg)],
                 producers: ProducerState::default(),
+                tenants: TenantIndex::default(),
                 durable_offset: 0,
             },
             report,
@@ -193,6 +197,7 @@ pub(crate) fn open_partition(
 
     let next_offset = segments.last().map_or(0, |s| s.next_offset());
     let producers = restore_producers(dir, &segments, next_offset);
+    let tenants = restore_tenants(dir, &segments, next_offset, &mut report);
     report.segments = segments.len();
     report.next_offset = next_offset;
     if !report.truncations.is_empty() || report.indexes_rebuilt > 0 || report.segments_dropped > 0 {
@@ -202,6 +207,7 @@ pub(crate) fn open_partition(
         recovered: Recovered {
             segments,
             producers,
+            tenants,
             durable_offset: durable_offset.min(next_offset),
         },
         report,
@@ -559,4 +565,53 @@ fn restore_producers(dir: &Path, segments: &[Arc<Segment>], next_offset: u64) ->
     }
     state.truncate_from(next_offset);
     state
+}
+
+/// The tenant index: its checkpoint if usable, plus a replay of the records after it. The
+/// checkpoint is written when a rolled segment is sealed and at clean shutdown, so the
+/// replay covers at most the unsealed tail; without a usable checkpoint the whole log is
+/// replayed (logged, and counted in the report).
+fn restore_tenants(
+    dir: &Path,
+    segments: &[Arc<Segment>],
+    next_offset: u64,
+    report: &mut RecoveryReport,
+) -> TenantIndex {
+    let earliest = segments.first().map_or(0, |s| s.base_offset());
+    let mut index = match fs::read(dir.join(TENANT_INDEX_FILE))
+        .ok()
+        .map(|b| TenantIndex::decode(&b))
+    {
+        Some(Ok(index))
+            if index.next_offset() <= next_offset && index.next_offset() >= earliest =>
+        {
+            index
+        }
+        Some(Ok(_)) => {
+            tracing::warn!(dir = %dir.display(), "tenant index checkpoint is outside the log; replaying the log");
+            TenantIndex::default()
+        }
+        Some(Err(why)) => {
+            tracing::warn!(dir = %dir.display(), why, "tenant index checkpoint unusable; replaying the log");
+            TenantIndex::default()
+        }
+        None => TenantIndex::default(),
+    };
+    let from = index.next_offset().max(earliest);
+    for seg in segments.iter().filter(|s| s.next_offset() > from) {
+        let mut pos = seg.find_position(from.max(seg.base_offset())).unwrap_or(0);
+        let len = seg.len();
+        while let Some(view) = seg
+            .bytes(pos, len)
+            .and_then(|b| crate::batch::view_stored(b).ok())
+        {
+            if view.header.next_offset() > from {
+                index.apply(&view);
+                report.index_replayed_bytes += view.bytes().len() as u64;
+            }
+            pos += view.header.batch_len;
+        }
+    }
+    index.advance_to(next_offset);
+    index
 }

@@ -27,7 +27,7 @@
 //! offset_delta` with deltas strictly increasing up to `last_offset_delta`.
 #![deny(clippy::indexing_slicing)]
 
-use crate::record::{RecordIter, RECORD_HAS_TENANT};
+use crate::record::{RecordIter, RecordView, RECORD_HAS_TENANT};
 
 pub const BASE_OFFSET_AT: usize = 0;
 pub const BATCH_LEN_AT: usize = BASE_OFFSET_AT + 8;
@@ -227,6 +227,16 @@ pub fn view_stored(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
 /// rules and a structural walk over every record (bounds, count, deltas, tenant rules).
 /// Afterwards, decoding its records cannot fail.
 pub fn validate(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
+    validate_each(buf, |_| {})
+}
+
+/// As [`validate`], handing every record to `visit` during the one walk, so a caller that
+/// needs the records (the log's tenant index) does not decode the batch a second time.
+/// `visit` may see records of a batch that later fails validation.
+pub fn validate_each<'a>(
+    buf: &'a [u8],
+    mut visit: impl FnMut(&RecordView<'a>),
+) -> Result<BatchView<'a>, BatchError> {
     let view = check_frame(buf)?;
     let h = view.header;
     if view.bytes.len() != buf.len() {
@@ -289,6 +299,7 @@ pub fn validate(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
         last_delta = Some(record.offset_delta);
         max_ts = max_ts.max(record.timestamp_ms);
         count += 1;
+        visit(&record);
     }
     if count != h.record_count || last_delta != Some(h.last_offset_delta) {
         return Err(BatchError::Invalid(format!(

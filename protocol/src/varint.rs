@@ -39,6 +39,12 @@ pub fn unzigzag(value: u64) -> i64 {
 /// or `None` when `buf` ends early or the encoding overflows 64 bits.
 #[inline]
 pub fn get_u64(buf: &[u8]) -> Option<(u64, usize)> {
+    // Most varints in a batch (lengths, deltas, counts) are below 128: one byte.
+    if let Some(&b) = buf.first() {
+        if b < 0x80 {
+            return Some((u64::from(b), 1));
+        }
+    }
     let mut value: u64 = 0;
     for (i, &byte) in buf.iter().take(U64_LEN_MAX).enumerate() {
         let low = u64::from(byte & 0x7f);
