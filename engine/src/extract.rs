@@ -13,11 +13,65 @@
 
 use std::sync::Arc;
 
-use tidelog_protocol::batch::{self, view_stored};
+use tidelog_protocol::batch::{self, view_stored, BatchView};
 use tidelog_protocol::builder::{encode_batch, ProducerStamp};
+use tidelog_protocol::record::RecordView;
 
 use crate::error::{EngineError, Result};
 use crate::segment::Segment;
+
+/// What a history extraction (and, optionally, a state extraction) keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Criteria {
+    /// Records at or after this time (ms since the epoch).
+    pub since_ms: Option<i64>,
+    /// Records at or before this time.
+    pub until_ms: Option<i64>,
+    pub key_prefix: Option<Vec<u8>>,
+    /// Every one of these (name, value) pairs must be among the record's headers.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Criteria {
+    pub fn is_empty(&self) -> bool {
+        *self == Criteria::default()
+    }
+
+    pub fn matches(&self, r: &RecordView<'_>) -> bool {
+        self.since_ms.is_none_or(|t| r.timestamp_ms >= t)
+            && self.until_ms.is_none_or(|t| r.timestamp_ms <= t)
+            && self
+                .key_prefix
+                .as_deref()
+                .is_none_or(|p| r.key.is_some_and(|k| k.starts_with(p)))
+            && self
+                .headers
+                .iter()
+                .all(|(n, v)| r.headers().any(|(hn, hv)| hn == n.as_slice() && hv == v.as_slice()))
+    }
+}
+
+/// Re-encodes `kept` records (offsets preserved) as one batch appended to `out`.
+fn push_batch(out: &mut Vec<u8>, scratch: &mut Vec<u8>, kept: &[RecordView<'_>]) {
+    if let Some(first) = kept.first() {
+        let base = first.offset;
+        encode_batch(scratch, kept, |k| (kept[k].offset - base) as u32, ProducerStamp::default());
+        batch::stamp_base_offset(scratch, base);
+        out.extend_from_slice(scratch);
+    }
+}
+
+/// The records of `tenant` matching `criteria` in one stored batch with offsets in
+/// `[from, upto]`. A tenant-uniform batch of another tenant is skipped from its header.
+pub(crate) fn select<'a>(view: &BatchView<'a>, tenant: &[u8], criteria: &Criteria, from: u64, upto: u64) -> Vec<RecordView<'a>> {
+    if view.uniform_tenant().is_some_and(|t| t != tenant) {
+        return Vec::new();
+    }
+    view.records()
+        .filter_map(Result::ok)
+        .filter(|r| r.offset >= from && r.offset <= upto && r.tenant == Some(tenant) && criteria.matches(r))
+        .collect()
+}
 
 /// A frozen view of one tenant's live keys at a watermark.
 #[derive(Debug, Clone)]
@@ -66,7 +120,7 @@ impl TenantSnapshot {
     /// record keeps its offset. Returns the bytes and the cursor to continue from; the
     /// snapshot is complete when the cursor reaches [`TenantSnapshot::len`]. A cursor is
     /// all a client needs to resume an interrupted extraction.
-    pub fn read(&self, cursor: usize, max_bytes: usize) -> Result<(Vec<u8>, usize)> {
+    pub fn read(&self, cursor: usize, max_bytes: usize, criteria: &Criteria) -> Result<(Vec<u8>, usize)> {
         let mut out = Vec::new();
         let mut i = cursor;
         let mut batch_buf = Vec::new();
@@ -99,7 +153,9 @@ impl TenantSnapshot {
                     i += 1; // an offset the batch does not hold (cannot happen for a valid index)
                 }
                 if i < self.offsets.len() && self.offsets[i] == record.offset {
-                    kept.push(record);
+                    if criteria.matches(&record) {
+                        kept.push(record);
+                    }
                     i += 1;
                 }
             }
@@ -120,4 +176,39 @@ impl TenantSnapshot {
         }
         Ok((out, i))
     }
+}
+
+/// One step of a history extraction: the tenant's records matching `criteria` with
+/// offsets in `[from, upto]`, re-encoded (offsets preserved), scanning about `max_bytes`
+/// of log. Returns the bytes and the offset to continue from (past `upto` when done).
+/// Whole batches of other tenants are skipped from their header, without decoding.
+pub fn history_step(
+    partition: &crate::Partition,
+    tenant: &[u8],
+    criteria: &Criteria,
+    from: u64,
+    upto: u64,
+    max_bytes: u32,
+) -> Result<(Vec<u8>, u64)> {
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+    let mut at = from.max(partition.earliest_offset());
+    let mut scanned = 0usize;
+    while at <= upto && scanned < max_bytes as usize && out.len() < max_bytes as usize {
+        let fetched = partition.read(at, max_bytes)?;
+        if fetched.is_empty() {
+            break;
+        }
+        let bytes: &[u8] = &fetched;
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let view = view_stored(&bytes[pos..]).map_err(|e| EngineError::InvalidBatch(e.to_string()))?;
+            let kept = select(&view, tenant, criteria, at, upto);
+            push_batch(&mut out, &mut scratch, &kept);
+            pos += view.bytes().len();
+        }
+        scanned += bytes.len();
+        at = fetched.next_offset;
+    }
+    Ok((out, at))
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use tidelog_engine::batch::check_frame;
+use tidelog_engine::extract::{history_step, Criteria};
 use tidelog_engine::{build_batch, Partition, ProducerStamp, Record, TopicConfig};
 
 type State = BTreeMap<Vec<u8>, (u64, Vec<u8>)>;
@@ -93,7 +94,7 @@ fn snapshot_state(p: &Partition, tenant: &[u8]) -> (Option<u64>, State) {
     let mut chunks = 0;
     while cursor < snap.len() {
         // Small reads: many cursors, as an interrupted-and-resumed extraction would use.
-        let (bytes, next) = snap.read(cursor, 300).expect("read snapshot");
+        let (bytes, next) = snap.read(cursor, 300, &Criteria::default()).expect("read snapshot");
         assert!(next > cursor, "progress");
         apply(&mut state, &bytes, tenant, 0, u64::MAX);
         cursor = next;
@@ -240,4 +241,50 @@ fn tenant_index_survives_clean_and_crash_restarts() {
         "a crash replays the unsealed tail, not the log ({} of {total})",
         report.index_replayed_bytes
     );
+}
+
+#[test]
+fn history_returns_the_tenants_matching_events_in_offset_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    engine.create_topic("t", small_topic(64 << 10)).expect("create");
+    let p = partition0(&engine, "t");
+    let mut expected = Vec::new();
+    for i in 0..600u64 {
+        let tenant = if i % 3 == 0 { "acme" } else { "zeta" };
+        let kind = if i % 2 == 0 { "share" } else { "upload" };
+        let record = Record {
+            timestamp_ms: 1000 + i as i64,
+            tenant: Some(tenant.as_bytes().to_vec()),
+            key: Some(format!("{}-{i}", if i % 4 == 0 { "doc" } else { "img" }).into_bytes()),
+            value: Some(vec![1]),
+            headers: vec![(b"type".to_vec(), kind.as_bytes().to_vec())],
+        };
+        let a = p.append(&build_batch(&[record], ProducerStamp::default())).expect("append");
+        if tenant == "acme" && kind == "share" && i % 4 == 0 && (1100..=1500).contains(&(1000 + i as i64)) {
+            expected.push(a.base_offset);
+        }
+    }
+    let criteria = Criteria {
+        since_ms: Some(1100),
+        until_ms: Some(1500),
+        key_prefix: Some(b"doc".to_vec()),
+        headers: vec![(b"type".to_vec(), b"share".to_vec())],
+    };
+    let upto = p.next_offset() - 1;
+    let mut got = Vec::new();
+    let mut at = p.offset_for_time(1100);
+    while at <= upto {
+        let (bytes, next) = history_step(&p, b"acme", &criteria, at, upto, 2000).expect("history");
+        assert!(next > at);
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let v = check_frame(&bytes[pos..]).expect("valid");
+            got.extend(v.records().map(|r| r.expect("record").offset));
+            pos += v.bytes().len();
+        }
+        at = next;
+    }
+    assert!(!expected.is_empty());
+    assert_eq!(got, expected);
 }
