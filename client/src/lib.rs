@@ -8,6 +8,8 @@
 //! - `admin.rs` — topics, offsets, publish and fetch calls.
 //! - `producer.rs` — batching per (partition, tenant), linger, in-flight limit, receipts.
 //! - `subscription.rs` — pushed records under credit, granted back as consumed.
+//! - `extract.rs` — extract-then-follow: a tenant's state or history at a watermark, then
+//!   the live records after it.
 //! - `records.rs` — CRC-checked decoding of received batches.
 //!
 //! # Example
@@ -37,6 +39,7 @@
 mod admin;
 mod connection;
 mod error;
+mod extract;
 mod producer;
 mod records;
 mod subscription;
@@ -44,11 +47,12 @@ mod subscription;
 pub use admin::{parse_ack, published, Fetched};
 pub use connection::{Client, ConnectOptions, Frame, PendingReply, ServerInfo};
 pub use error::{ClientError, Result};
+pub use extract::{ExtractCriteria, ExtractEvent, ExtractThenFollow};
 pub use producer::{Producer, ProducerConfig, Receipt};
 pub use records::{decode_batches, ConsumedRecord};
 pub use subscription::{Subscription, WINDOW_BYTES_DEFAULT};
 pub use tidelog_protocol::builder::{build_batch, ProducerStamp, Record};
 pub use tidelog_protocol::{
-    Ack, ErrorCode, PartitionOffsets, ProtocolError, PublishedBatch, StartAt, TopicDescription,
-    TopicSettings,
+    Ack, ErrorCode, ExtractMode, PartitionOffsets, ProtocolError, PublishedBatch, StartAt,
+    TopicDescription, TopicSettings,
 };

@@ -44,10 +44,10 @@ impl Criteria {
                 .key_prefix
                 .as_deref()
                 .is_none_or(|p| r.key.is_some_and(|k| k.starts_with(p)))
-            && self
-                .headers
-                .iter()
-                .all(|(n, v)| r.headers().any(|(hn, hv)| hn == n.as_slice() && hv == v.as_slice()))
+            && self.headers.iter().all(|(n, v)| {
+                r.headers()
+                    .any(|(hn, hv)| hn == n.as_slice() && hv == v.as_slice())
+            })
     }
 }
 
@@ -55,7 +55,12 @@ impl Criteria {
 fn push_batch(out: &mut Vec<u8>, scratch: &mut Vec<u8>, kept: &[RecordView<'_>]) {
     if let Some(first) = kept.first() {
         let base = first.offset;
-        encode_batch(scratch, kept, |k| (kept[k].offset - base) as u32, ProducerStamp::default());
+        encode_batch(
+            scratch,
+            kept,
+            |k| (kept[k].offset - base) as u32,
+            ProducerStamp::default(),
+        );
         batch::stamp_base_offset(scratch, base);
         out.extend_from_slice(scratch);
     }
@@ -63,13 +68,21 @@ fn push_batch(out: &mut Vec<u8>, scratch: &mut Vec<u8>, kept: &[RecordView<'_>])
 
 /// The records of `tenant` matching `criteria` in one stored batch with offsets in
 /// `[from, upto]`. A tenant-uniform batch of another tenant is skipped from its header.
-pub(crate) fn select<'a>(view: &BatchView<'a>, tenant: &[u8], criteria: &Criteria, from: u64, upto: u64) -> Vec<RecordView<'a>> {
+pub(crate) fn select<'a>(
+    view: &BatchView<'a>,
+    tenant: &[u8],
+    criteria: &Criteria,
+    from: u64,
+    upto: u64,
+) -> Vec<RecordView<'a>> {
     if view.uniform_tenant().is_some_and(|t| t != tenant) {
         return Vec::new();
     }
     view.records()
         .filter_map(Result::ok)
-        .filter(|r| r.offset >= from && r.offset <= upto && r.tenant == Some(tenant) && criteria.matches(r))
+        .filter(|r| {
+            r.offset >= from && r.offset <= upto && r.tenant == Some(tenant) && criteria.matches(r)
+        })
         .collect()
 }
 
@@ -120,7 +133,12 @@ impl TenantSnapshot {
     /// record keeps its offset. Returns the bytes and the cursor to continue from; the
     /// snapshot is complete when the cursor reaches [`TenantSnapshot::len`]. A cursor is
     /// all a client needs to resume an interrupted extraction.
-    pub fn read(&self, cursor: usize, max_bytes: usize, criteria: &Criteria) -> Result<(Vec<u8>, usize)> {
+    pub fn read(
+        &self,
+        cursor: usize,
+        max_bytes: usize,
+        criteria: &Criteria,
+    ) -> Result<(Vec<u8>, usize)> {
         let mut out = Vec::new();
         let mut i = cursor;
         let mut batch_buf = Vec::new();
@@ -202,7 +220,8 @@ pub fn history_step(
         let bytes: &[u8] = &fetched;
         let mut pos = 0;
         while pos < bytes.len() {
-            let view = view_stored(&bytes[pos..]).map_err(|e| EngineError::InvalidBatch(e.to_string()))?;
+            let view =
+                view_stored(&bytes[pos..]).map_err(|e| EngineError::InvalidBatch(e.to_string()))?;
             let kept = select(&view, tenant, criteria, at, upto);
             push_batch(&mut out, &mut scratch, &kept);
             pos += view.bytes().len();

@@ -94,7 +94,9 @@ fn snapshot_state(p: &Partition, tenant: &[u8]) -> (Option<u64>, State) {
     let mut chunks = 0;
     while cursor < snap.len() {
         // Small reads: many cursors, as an interrupted-and-resumed extraction would use.
-        let (bytes, next) = snap.read(cursor, 300, &Criteria::default()).expect("read snapshot");
+        let (bytes, next) = snap
+            .read(cursor, 300, &Criteria::default())
+            .expect("read snapshot");
         assert!(next > cursor, "progress");
         apply(&mut state, &bytes, tenant, 0, u64::MAX);
         cursor = next;
@@ -247,7 +249,9 @@ fn tenant_index_survives_clean_and_crash_restarts() {
 fn history_returns_the_tenants_matching_events_in_offset_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = open(dir.path());
-    engine.create_topic("t", small_topic(64 << 10)).expect("create");
+    engine
+        .create_topic("t", small_topic(64 << 10))
+        .expect("create");
     let p = partition0(&engine, "t");
     let mut expected = Vec::new();
     for i in 0..600u64 {
@@ -260,8 +264,14 @@ fn history_returns_the_tenants_matching_events_in_offset_order() {
             value: Some(vec![1]),
             headers: vec![(b"type".to_vec(), kind.as_bytes().to_vec())],
         };
-        let a = p.append(&build_batch(&[record], ProducerStamp::default())).expect("append");
-        if tenant == "acme" && kind == "share" && i % 4 == 0 && (1100..=1500).contains(&(1000 + i as i64)) {
+        let a = p
+            .append(&build_batch(&[record], ProducerStamp::default()))
+            .expect("append");
+        if tenant == "acme"
+            && kind == "share"
+            && i % 4 == 0
+            && (1100..=1500).contains(&(1000 + i as i64))
+        {
             expected.push(a.base_offset);
         }
     }

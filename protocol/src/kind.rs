@@ -21,7 +21,14 @@ pub const DATA: u16 = 0x0034;
 
 pub const OFFSETS: u16 = 0x0040;
 
-/// 0x0100..=0x01FF: extraction. 0x0200..=0x02FF: consumer groups.
+/// Bulk extraction of a tenant (state or history), fenced by a watermark.
+pub const EXTRACT: u16 = 0x0100;
+/// Server push: a chunk of an extraction (flags PUSH; correlation = extraction id).
+pub const EXTRACT_DATA: u16 = 0x0101;
+/// Server push: the extraction is complete (flags PUSH; correlation = extraction id).
+pub const EXTRACT_END: u16 = 0x0102;
+
+/// 0x0103..=0x01FF: more extraction. 0x0200..=0x02FF: consumer groups.
 /// 0x0300..=0x03FF: replication. 0x0400..=0x04FF: authentication.
 pub const RESERVED_RANGES: [(u16, u16); 4] = [
     (0x0100, 0x01FF),

@@ -30,7 +30,7 @@ pub mod varint;
 
 pub use error::{ErrorCode, ProtocolError};
 pub use frame::{FrameHeader, FRAME_BYTES_MAX_DEFAULT, HEADER_LEN, PROTOCOL_VERSION};
-pub use request::{Ack, Request, StartAt, TopicSettings};
+pub use request::{Ack, ExtractFilter, ExtractMode, Request, StartAt, TopicSettings};
 pub use response::{
     Batches, Data, PartitionDescription, PartitionOffsets, PublishedBatch, Response,
     TopicDescription,

@@ -139,6 +139,46 @@ pub enum Request<'a> {
     },
     /// `topic str`
     Offsets { topic: &'a str },
+    /// `extraction u32, topic str, partition u32, tenant, mode u8, since_ms i64,
+    /// until_ms i64, key_prefix str, headers u8 count × (name str, value str), credit_bytes u32`
+    Extract {
+        extraction: u32,
+        topic: &'a str,
+        partition: u32,
+        tenant: &'a [u8],
+        mode: ExtractMode,
+        filter: ExtractFilter<'a>,
+        credit_bytes: u32,
+    },
+}
+
+/// What an extraction returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtractMode {
+    /// The latest live record of every key of the tenant as of the watermark.
+    State = 0,
+    /// Every event of the tenant up to the watermark that meets the filter, in offset order.
+    History = 1,
+}
+
+/// Criteria of an extraction. `i64::MIN` / `i64::MAX` and empty prefix mean "no bound".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractFilter<'a> {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub key_prefix: &'a str,
+    pub headers: Vec<(&'a str, &'a str)>,
+}
+
+impl Default for ExtractFilter<'_> {
+    fn default() -> Self {
+        ExtractFilter {
+            since_ms: i64::MIN,
+            until_ms: i64::MAX,
+            key_prefix: "",
+            headers: Vec::new(),
+        }
+    }
 }
 
 impl<'a> Request<'a> {
@@ -157,6 +197,7 @@ impl<'a> Request<'a> {
             Request::Unsubscribe { .. } => kind::UNSUBSCRIBE,
             Request::GrantCredits { .. } => kind::GRANT_CREDITS,
             Request::Offsets { .. } => kind::OFFSETS,
+            Request::Extract { .. } => kind::EXTRACT,
         }
     }
 
@@ -263,6 +304,32 @@ impl<'a> Request<'a> {
                 out.put_u32(subscription);
                 out.put_u32(credit_bytes);
             }
+            Request::Extract {
+                extraction,
+                topic,
+                partition,
+                tenant,
+                mode,
+                ref filter,
+                credit_bytes,
+            } => {
+                out.put_u32(extraction);
+                out.put_str(topic);
+                out.put_u32(partition);
+                out.put_tenant(Some(tenant));
+                out.put_u8(mode as u8);
+                out.put_i64(filter.since_ms);
+                out.put_i64(filter.until_ms);
+                out.put_str(filter.key_prefix);
+                out.put_u8(
+                    u8::try_from(filter.headers.len()).expect("at most 255 header criteria"),
+                );
+                for (n, v) in &filter.headers {
+                    out.put_str(n);
+                    out.put_str(v);
+                }
+                out.put_u32(credit_bytes);
+            }
         }
     }
 
@@ -332,6 +399,45 @@ impl<'a> Request<'a> {
             kind::OFFSETS => Request::Offsets {
                 topic: r.str("topic")?,
             },
+            kind::EXTRACT => {
+                let extraction = r.u32("extraction")?;
+                let topic = r.str("topic")?;
+                let partition = r.u32("partition")?;
+                let tenant = r
+                    .tenant("tenant")?
+                    .ok_or_else(|| ProtocolError::invalid("an extraction names a tenant"))?;
+                let mode = match r.u8("mode")? {
+                    0 => ExtractMode::State,
+                    1 => ExtractMode::History,
+                    m => {
+                        return Err(ProtocolError::invalid(format!(
+                            "mode {m} is not 0 (state) or 1 (history)"
+                        )))
+                    }
+                };
+                let since_ms = r.i64("since_ms")?;
+                let until_ms = r.i64("until_ms")?;
+                let key_prefix = r.str("key_prefix")?;
+                let n = r.u8("headers")?;
+                let mut headers = Vec::with_capacity(usize::from(n));
+                for _ in 0..n {
+                    headers.push((r.str("header name")?, r.str("header value")?));
+                }
+                Request::Extract {
+                    extraction,
+                    topic,
+                    partition,
+                    tenant,
+                    mode,
+                    filter: ExtractFilter {
+                        since_ms,
+                        until_ms,
+                        key_prefix,
+                        headers,
+                    },
+                    credit_bytes: r.u32("credit_bytes")?,
+                }
+            }
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownKind,

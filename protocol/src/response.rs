@@ -79,6 +79,52 @@ pub enum Response<'a> {
     Subscribed { start_offset: u64 },
     /// OFFSETS: `count u32, count × (partition u32, earliest u64, next u64, durable u64)`
     Offsets(Vec<PartitionOffsets>),
+    /// EXTRACT: `watermark u64 (u64::MAX: the partition was empty), total u64` — the
+    /// records to come for a state extraction (u64::MAX: unknown, for history).
+    Extracting { watermark: u64, total: u64 },
+}
+
+/// An EXTRACT_DATA push: `cursor u64, batches bytes`. `cursor` is where a resumed
+/// extraction would continue after this chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtractData<'a> {
+    pub cursor: u64,
+    pub batches: &'a [u8],
+}
+
+/// Decodes an EXTRACT_DATA body.
+pub fn decode_extract_data(body: &[u8]) -> Result<ExtractData<'_>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let data = ExtractData {
+        cursor: r.u64("cursor")?,
+        batches: r.bytes("batches")?,
+    };
+    r.finish("the extract data body")?;
+    Ok(data)
+}
+
+/// Decodes an EXTRACT_END body: `(watermark, records)`.
+pub fn decode_extract_end(body: &[u8]) -> Result<(u64, u64), ProtocolError> {
+    let mut r = Reader::new(body);
+    let end = (r.u64("watermark")?, r.u64("records")?);
+    r.finish("the extract end body")?;
+    Ok(end)
+}
+
+/// The header and prefix of an EXTRACT_DATA push whose `batches_len` bytes follow.
+pub fn begin_extract_data(out: &mut Vec<u8>, extraction: u32, cursor: u64, batches_len: usize) {
+    let start = frame::begin_frame(out, kind::EXTRACT_DATA, FLAG_PUSH, u64::from(extraction));
+    out.put_u64(cursor);
+    out.put_u32(u32::try_from(batches_len).expect("batches larger than 4 GiB"));
+    frame::finish_frame(out, start, batches_len);
+}
+
+/// A whole EXTRACT_END push.
+pub fn encode_extract_end(out: &mut Vec<u8>, extraction: u32, watermark: u64, records: u64) {
+    let start = frame::begin_frame(out, kind::EXTRACT_END, FLAG_PUSH, u64::from(extraction));
+    out.put_u64(watermark);
+    out.put_u64(records);
+    frame::finish_frame(out, start, 0);
 }
 
 /// A DATA push: `partition u32, high_watermark u64, next_offset u64, batches bytes`,
@@ -184,6 +230,10 @@ impl<'a> Response<'a> {
                     put_offsets(out, o);
                 }
             }
+            Response::Extracting { watermark, total } => {
+                out.put_u64(*watermark);
+                out.put_u64(*total);
+            }
         }
     }
 
@@ -256,6 +306,10 @@ impl<'a> Response<'a> {
                 }
                 Response::Offsets(list)
             }
+            kind::EXTRACT => Response::Extracting {
+                watermark: r.u64("watermark")?,
+                total: r.u64("total")?,
+            },
             other => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownKind,
@@ -295,7 +349,18 @@ pub fn encode_response(out: &mut Vec<u8>, kind: u16, correlation: u64, response:
 
 /// A whole error frame. The message is cut to fit a `str` field.
 pub fn encode_error(out: &mut Vec<u8>, kind: u16, correlation: u64, error: &ProtocolError) {
-    let start = frame::begin_frame(out, kind, FLAG_RESPONSE | FLAG_ERROR, correlation);
+    put_error(out, kind, FLAG_RESPONSE | FLAG_ERROR, correlation, error);
+}
+
+/// An error that ends a subscription or extraction: flags `PUSH|ERROR`, correlation = its
+/// id, so it reaches the stream it concerns and can never be mistaken for the response
+/// to a request.
+pub fn encode_push_error(out: &mut Vec<u8>, kind: u16, id: u32, error: &ProtocolError) {
+    put_error(out, kind, FLAG_PUSH | FLAG_ERROR, u64::from(id), error);
+}
+
+fn put_error(out: &mut Vec<u8>, kind: u16, flags: u8, correlation: u64, error: &ProtocolError) {
+    let start = frame::begin_frame(out, kind, flags, correlation);
     out.put_u16(error.code as u16);
     let mut message = error.message.as_str();
     while message.len() > 4096 {

@@ -5,8 +5,9 @@ use proptest::prelude::*;
 use tidelog_protocol::frame::{self, FRAME_BYTES_MAX_DEFAULT};
 use tidelog_protocol::response::{decode_data, decode_error, encode_error, encode_response};
 use tidelog_protocol::{
-    encode_request, kind, Ack, Batches, ErrorCode, PartitionDescription, PartitionOffsets,
-    ProtocolError, PublishedBatch, Request, Response, StartAt, TopicDescription, TopicSettings,
+    encode_request, kind, Ack, Batches, ErrorCode, ExtractFilter, ExtractMode,
+    PartitionDescription, PartitionOffsets, ProtocolError, PublishedBatch, Request, Response,
+    StartAt, TopicDescription, TopicSettings,
 };
 
 /// Owned inputs from which every request variant is built (requests borrow).
@@ -106,6 +107,24 @@ fn all_requests(i: &Inputs) -> Vec<Request<'_>> {
             credit_bytes: b,
         },
         Request::Offsets { topic: t },
+        Request::Extract {
+            extraction: a,
+            topic: t,
+            partition: b,
+            tenant: i.tenant.as_deref().unwrap_or(b"x"),
+            mode: if e == 1 {
+                ExtractMode::History
+            } else {
+                ExtractMode::State
+            },
+            filter: ExtractFilter {
+                since_ms: c as i64,
+                until_ms: d as i64,
+                key_prefix: t,
+                headers: vec![(t, "v"), ("type", t)],
+            },
+            credit_bytes: a ^ b,
+        },
     ]
 }
 
@@ -163,6 +182,13 @@ fn all_responses(i: &Inputs) -> Vec<(u16, Response<'_>)> {
         (kind::FETCH, Response::Fetched(batches)),
         (kind::SUBSCRIBE, Response::Subscribed { start_offset: c }),
         (kind::OFFSETS, Response::Offsets(vec![offsets, offsets])),
+        (
+            kind::EXTRACT,
+            Response::Extracting {
+                watermark: c,
+                total: d,
+            },
+        ),
     ]
 }
 

@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 use tidelog_protocol::frame::{self, FrameHeader};
 use tidelog_protocol::ProtocolError;
 
+use crate::extraction::Extraction;
 use crate::outbox::Outbox;
 use crate::subscription::Subscription;
 
@@ -41,6 +42,8 @@ pub struct Connection {
     pub throttled: bool,
     pub last_active: Instant,
     pub subscriptions: HashMap<u32, Subscription>,
+    /// Extractions in progress, by id (ids are shared with subscriptions).
+    pub extractions: HashMap<u32, Extraction>,
 }
 
 /// The input buffer: unparsed bytes are `buf[start..filled]`.
@@ -74,6 +77,7 @@ impl Connection {
             throttled: false,
             last_active: Instant::now(),
             subscriptions: HashMap::new(),
+            extractions: HashMap::new(),
         }
     }
 

@@ -9,10 +9,13 @@
 use tidelog_engine::{EngineError, Fetched};
 use tidelog_protocol::batch;
 use tidelog_protocol::filter::{filter_batch, Filtered};
-use tidelog_protocol::response::{begin_data, begin_fetched, encode_error};
+use tidelog_protocol::response::{
+    begin_data, begin_extract_data, begin_fetched, encode_extract_end, encode_push_error,
+};
 use tidelog_protocol::{kind, ErrorCode, ProtocolError};
 
 use crate::connection::Connection;
+use crate::extraction::{count_records, Step};
 use crate::outbox::Outbox;
 use crate::state::{to_protocol, Limits};
 
@@ -121,9 +124,69 @@ pub enum Pumped {
 /// Bytes of log one pump may scan, so one filtered subscription cannot hold the loop.
 const PUMP_SCAN_BYTES_MAX: usize = 16 << 20;
 
+/// Pushes what subscription or extraction `id` may receive now.
+pub fn pump(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
+    if conn.subscriptions.contains_key(&id) {
+        pump_subscription(conn, id, limits)
+    } else {
+        pump_extraction(conn, id, limits)
+    }
+}
+
+/// Streams an extraction: EXTRACT_DATA chunks within its credit, then EXTRACT_END.
+fn pump_extraction(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
+    let mut scanned = 0usize;
+    loop {
+        if conn.outbox.bytes() >= limits.buffered_bytes_max {
+            conn.throttled = true;
+            return Pumped::Idle;
+        }
+        let Some(ex) = conn.extractions.get_mut(&id) else {
+            return Pumped::Ended;
+        };
+        if ex.credit_bytes == 0 {
+            return Pumped::Idle;
+        }
+        if scanned >= PUMP_SCAN_BYTES_MAX {
+            return Pumped::More;
+        }
+        let want = ex.credit_bytes.min(u64::from(limits.fetch_bytes_max)) as u32;
+        match ex.step(want) {
+            Ok(Step::Chunk(bytes, cursor)) => {
+                scanned += bytes.len().max(want as usize / 4);
+                if bytes.len() as u64 > ex.credit_bytes {
+                    ex.pending = Some((bytes, cursor));
+                    return Pumped::Idle; // wait for credit
+                }
+                if !bytes.is_empty() {
+                    ex.credit_bytes -= bytes.len() as u64;
+                    ex.records_sent += count_records(&bytes);
+                    conn.outbox
+                        .encode(|out| begin_extract_data(out, id, cursor, bytes.len()));
+                    conn.outbox.push_owned(bytes);
+                }
+            }
+            Ok(Step::Done) => {
+                let (watermark, records) = (ex.watermark.unwrap_or(u64::MAX), ex.records_sent);
+                conn.extractions.remove(&id);
+                conn.outbox
+                    .encode(|out| encode_extract_end(out, id, watermark, records));
+                return Pumped::Ended;
+            }
+            Err(e) => {
+                conn.extractions.remove(&id);
+                let error = to_protocol(&e);
+                conn.outbox
+                    .encode(|out| encode_push_error(out, kind::EXTRACT_DATA, id, &error));
+                return Pumped::Ended;
+            }
+        }
+    }
+}
+
 /// Pushes what subscription `id` may receive now: whole batches from its position, within
 /// its credit and the connection's buffered-bytes limit.
-pub fn pump(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
+fn pump_subscription(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
     let mut scanned = 0;
     loop {
         if conn.outbox.bytes() >= limits.buffered_bytes_max {
@@ -152,7 +215,7 @@ pub fn pump(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
                 };
                 conn.subscriptions.remove(&id);
                 conn.outbox
-                    .encode(|out| encode_error(out, kind::DATA, u64::from(id), &error));
+                    .encode(|out| encode_push_error(out, kind::DATA, id, &error));
                 return Pumped::Ended;
             }
         };

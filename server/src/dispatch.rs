@@ -6,16 +6,19 @@
 
 use std::time::{Duration, Instant};
 
+use tidelog_engine::extract::Criteria;
 use tidelog_engine::{SeekFrom, TopicConfig};
 use tidelog_protocol::frame::{FrameHeader, HEADER_LEN};
 use tidelog_protocol::response::{encode_error, encode_response};
 use tidelog_protocol::{
-    batch, kind, Ack, ErrorCode, PartitionDescription, PartitionOffsets, ProtocolError,
-    PublishedBatch, Request, Response, StartAt, TopicDescription, TopicSettings, PROTOCOL_VERSION,
+    batch, kind, Ack, ErrorCode, ExtractMode, PartitionDescription, PartitionOffsets,
+    ProtocolError, PublishedBatch, Request, Response, StartAt, TopicDescription, TopicSettings,
+    PROTOCOL_VERSION,
 };
 
 use crate::connection::Connection;
 use crate::deliver;
+use crate::extraction::{Extraction, Source};
 use crate::state::{key_of, to_protocol, LongPoll, PendingAck, State};
 use crate::subscription::Subscription;
 
@@ -306,12 +309,103 @@ fn execute<'a>(
             subscription,
             credit_bytes,
         } => {
-            let sub = conn
-                .subscriptions
-                .get_mut(&subscription)
-                .ok_or_else(|| unknown_subscription(subscription))?;
-            sub.credit_bytes = sub.credit_bytes.saturating_add(u64::from(credit_bytes));
+            let credit = if let Some(sub) = conn.subscriptions.get_mut(&subscription) {
+                &mut sub.credit_bytes
+            } else if let Some(ex) = conn.extractions.get_mut(&subscription) {
+                &mut ex.credit_bytes
+            } else {
+                return Err(unknown_subscription(subscription));
+            };
+            *credit = credit.saturating_add(u64::from(credit_bytes));
             state.to_pump.push((token, subscription));
+            Reply::Handled
+        }
+        Request::Extract {
+            extraction,
+            topic,
+            partition,
+            tenant,
+            mode,
+            filter,
+            credit_bytes,
+        } => {
+            if conn.subscriptions.contains_key(&extraction)
+                || conn.extractions.contains_key(&extraction)
+            {
+                return Err(ProtocolError::new(
+                    ErrorCode::SubscriptionExists,
+                    format!("id {extraction} is in use on this connection"),
+                ));
+            }
+            let p = state.partition(topic, partition)?;
+            let criteria = Criteria {
+                since_ms: (filter.since_ms != i64::MIN).then_some(filter.since_ms),
+                until_ms: (filter.until_ms != i64::MAX).then_some(filter.until_ms),
+                key_prefix: (!filter.key_prefix.is_empty())
+                    .then(|| filter.key_prefix.as_bytes().to_vec()),
+                headers: filter
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                    .collect(),
+            };
+            let (watermark, total, source) = match mode {
+                ExtractMode::State => {
+                    let snapshot = p.tenant_snapshot(tenant);
+                    let total = if criteria.is_empty() {
+                        snapshot.len() as u64
+                    } else {
+                        u64::MAX
+                    };
+                    (
+                        snapshot.watermark,
+                        total,
+                        Source::State {
+                            snapshot,
+                            cursor: 0,
+                        },
+                    )
+                }
+                ExtractMode::History => {
+                    // Records up to W are immutable: reading W is the whole fence.
+                    let watermark = p.next_offset().checked_sub(1);
+                    let next = criteria
+                        .since_ms
+                        .map_or(p.earliest_offset(), |t| p.offset_for_time(t));
+                    (
+                        watermark,
+                        u64::MAX,
+                        Source::History {
+                            tenant: tenant.to_vec(),
+                            next,
+                        },
+                    )
+                }
+            };
+            conn.extractions.insert(
+                extraction,
+                Extraction {
+                    partition: p,
+                    watermark,
+                    criteria,
+                    credit_bytes: u64::from(credit_bytes),
+                    records_sent: 0,
+                    source,
+                    pending: None,
+                },
+            );
+            conn.outbox.encode(|out| {
+                encode_response(
+                    out,
+                    kind::EXTRACT,
+                    correlation,
+                    &Response::Extracting {
+                        watermark: watermark.unwrap_or(u64::MAX),
+                        total,
+                    },
+                )
+            });
+            state.to_pump.push((token, extraction));
             Reply::Handled
         }
     })

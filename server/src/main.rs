@@ -18,6 +18,7 @@ mod connection;
 mod deliver;
 mod dispatch;
 mod event_loop;
+mod extraction;
 mod notices;
 mod outbox;
 mod serve;
@@ -55,6 +56,8 @@ enum Command {
     Publish(cli::publish::PublishArgs),
     /// Print records of a topic, optionally following new ones.
     Consume(cli::consume::ConsumeArgs),
+    /// A tenant's state (or history) at a watermark, then the live records after it.
+    Extract(cli::extract::ExtractArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Topic(command) => cli::topic::run(command),
         Command::Publish(args) => cli::publish::run(args),
         Command::Consume(args) => cli::consume::run(args),
+        Command::Extract(args) => cli::extract::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -157,3 +157,114 @@ fn consume_follow_stops_cleanly_on_sigterm() {
 fn consume_follow_stops_cleanly_on_sigint() {
     follow_stops_cleanly(libc::SIGINT);
 }
+
+#[test]
+fn extract_prints_the_snapshot_the_watermark_and_live_records() {
+    let server = Server::start();
+    ok(&tidelog(
+        &server,
+        &["topic", "create", "files", "--partitions", "2"],
+        "",
+    ));
+    let lines = [
+        r#"{"tenant":"acme","key":"a.pdf","value":"v1","headers":{"type":"upload"}}"#,
+        r#"{"tenant":"acme","key":"b.pdf","value":"v1","headers":{"type":"share"}}"#,
+        r#"{"tenant":"acme","key":"a.pdf","value":"v2","headers":{"type":"share"}}"#,
+        r#"{"tenant":"acme","key":"b.pdf","value":null}"#,
+        r#"{"tenant":"zeta","key":"c.pdf","value":"z"}"#,
+    ];
+    ok(&tidelog(
+        &server,
+        &["publish", "files", "--format", "json"],
+        &(lines.join("\n") + "\n"),
+    ));
+
+    // State: the latest live record per key, then the watermark.
+    let state = ok(&tidelog(
+        &server,
+        &["extract", "files", "--tenant", "acme", "--format", "json"],
+        "",
+    ));
+    let state: Vec<&str> = state.lines().collect();
+    assert_eq!(state.len(), 2, "{state:?}");
+    assert!(
+        state[0].contains("\"phase\":\"snapshot\"")
+            && state[0].contains("\"key\":\"a.pdf\"")
+            && state[0].contains("\"value\":\"v2\"")
+    );
+    assert!(state[1].contains("\"phase\":\"watermark\""), "{}", state[1]);
+    // W is the partition's last offset: acme's four records, and zeta's if it shares the partition.
+    let w = number_after(state[1], "\"offset\":");
+    assert!(w == 3 || w == 4, "{}", state[1]);
+
+    // History with criteria: every share event.
+    let history = ok(&tidelog(
+        &server,
+        &[
+            "extract",
+            "files",
+            "--tenant",
+            "acme",
+            "--mode",
+            "history",
+            "--header",
+            "type=share",
+            "--format",
+            "json",
+        ],
+        "",
+    ));
+    let history: Vec<&str> = history.lines().collect();
+    assert_eq!(history.len(), 3, "{history:?}");
+    // Every acme share event, in offset order (b.pdf's share came before a.pdf's v2).
+    assert!(
+        history[..2]
+            .iter()
+            .all(|l| l.contains("\"type\":\"share\"")),
+        "{history:?}"
+    );
+    assert!(history[0].contains("\"key\":\"b.pdf\"") && history[1].contains("\"key\":\"a.pdf\""));
+    assert!(number_after(history[0], "\"offset\":") < number_after(history[1], "\"offset\":"));
+
+    // Follow: live records after the watermark, then a clean stop.
+    let mut follower = Command::new(binary())
+        .args([
+            "extract", "files", "--tenant", "acme", "--follow", "--format", "json",
+        ])
+        .env("TIDELOG_SERVER", server.addr.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("extract --follow");
+    let mut out = BufReader::new(follower.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    for _ in 0..2 {
+        line.clear();
+        out.read_line(&mut line).expect("line");
+    }
+    assert!(line.contains("\"phase\":\"watermark\""), "{line}");
+    ok(&tidelog(
+        &server,
+        &["publish", "files", "--format", "json"],
+        "{\"tenant\":\"acme\",\"key\":\"c.pdf\",\"value\":\"new\"}\n",
+    ));
+    line.clear();
+    out.read_line(&mut line).expect("live line");
+    assert!(line.contains("\"phase\":\"live\""), "{line}");
+    assert!(
+        number_after(&line, "\"offset\":") > w,
+        "live after the watermark: {line}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGTERM) };
+    assert!(follower.wait().expect("wait").success());
+    server.stop();
+}
+
+fn number_after(line: &str, marker: &str) -> u64 {
+    let rest = &line[line.find(marker).expect("marker") + marker.len()..];
+    rest.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a number")
+}

@@ -1,0 +1,87 @@
+//! An extraction in progress on a connection: a tenant's state frozen at a watermark, or
+//! its history up to the watermark, streamed as EXTRACT_DATA pushes under credit and
+//! closed by EXTRACT_END. The client then subscribes from watermark + 1.
+
+use std::sync::Arc;
+
+use tidelog_engine::extract::{history_step, Criteria};
+use tidelog_engine::{Partition, TenantSnapshot};
+use tidelog_protocol::batch;
+
+#[derive(Debug)]
+pub enum Source {
+    /// The frozen snapshot and the position (index into it) of the next record to send.
+    State {
+        snapshot: TenantSnapshot,
+        cursor: usize,
+    },
+    /// The next offset to scan; the scan ends after the watermark.
+    History { tenant: Vec<u8>, next: u64 },
+}
+
+#[derive(Debug)]
+pub struct Extraction {
+    pub partition: Arc<Partition>,
+    /// The last offset the extraction covers (`None`: the partition was empty).
+    pub watermark: Option<u64>,
+    pub criteria: Criteria,
+    pub credit_bytes: u64,
+    pub records_sent: u64,
+    pub source: Source,
+    /// A chunk read but not yet sendable (over the remaining credit), with its cursor.
+    pub pending: Option<(Vec<u8>, u64)>,
+}
+
+/// What one read step produced.
+pub enum Step {
+    Chunk(Vec<u8>, u64),
+    Done,
+}
+
+impl Extraction {
+    /// Reads the next chunk of about `max_bytes`.
+    pub fn step(&mut self, max_bytes: u32) -> Result<Step, tidelog_engine::EngineError> {
+        if let Some((bytes, cursor)) = self.pending.take() {
+            return Ok(Step::Chunk(bytes, cursor));
+        }
+        match &mut self.source {
+            Source::State { snapshot, cursor } => {
+                if *cursor >= snapshot.len() {
+                    return Ok(Step::Done);
+                }
+                let (bytes, next) = snapshot.read(*cursor, max_bytes as usize, &self.criteria)?;
+                *cursor = next;
+                Ok(Step::Chunk(bytes, next as u64))
+            }
+            Source::History { tenant, next } => {
+                let Some(upto) = self.watermark.filter(|w| *next <= *w) else {
+                    return Ok(Step::Done);
+                };
+                let (bytes, after) = history_step(
+                    &self.partition,
+                    tenant,
+                    &self.criteria,
+                    *next,
+                    upto,
+                    max_bytes,
+                )?;
+                *next = if after > *next { after } else { upto + 1 };
+                Ok(Step::Chunk(bytes, *next))
+            }
+        }
+    }
+}
+
+/// Records in a run of whole batches (from their headers).
+pub fn count_records(bytes: &[u8]) -> u64 {
+    let mut pos = 0;
+    let mut n = 0;
+    while let Some(h) = bytes.get(pos..).and_then(batch::BatchHeader::parse) {
+        if h.batch_len == 0 {
+            break;
+        }
+        n += u64::from(h.record_count);
+        pos += h.batch_len as usize;
+    }
+    n
+}
