@@ -275,11 +275,13 @@ impl Partition {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tells the watcher, then wakes blocking waiters: a caller woken by a change can rely
+    /// on the watcher having seen it.
     fn emit(&self, change: Change) {
-        self.wait.notify();
         if let Some(w) = self.watcher.get() {
             w.on_change(&self.topic, self.id, change);
         }
+        self.wait.notify();
     }
 
     fn poison(&self, err: &EngineError) {

@@ -31,7 +31,7 @@ fn connections_over_the_limit_are_refused_with_an_error() {
     drop(a);
     // A slot frees up once a client leaves.
     let mut retry = None;
-    for _ in 0..50 {
+    for _ in 0..250 {
         if let Ok(c) = tidelog_client::Client::connect(server.addr, Default::default()) {
             retry = Some(c);
             break;
