@@ -65,7 +65,8 @@ enum Phase {
         rx: Receiver<Frame>,
         consumed: u64,
     },
-    Live(Box<Subscription>),
+    /// `None` between a dropped connection and the resubscription.
+    Live(Option<Box<Subscription>>),
 }
 
 /// See the module documentation.
@@ -74,10 +75,19 @@ pub struct ExtractThenFollow {
     topic: String,
     tenant: Vec<u8>,
     partition: u32,
+    mode: ExtractMode,
     criteria: ExtractCriteria,
     window_bytes: u32,
     phase: Phase,
     buffered: VecDeque<ExtractEvent>,
+    /// Names the extraction on the server, for a resume after a reconnect.
+    token: u64,
+    /// Where a resumed extraction continues: after the last chunk received.
+    cursor: u64,
+    /// The next live offset to receive (a resumed subscription starts there).
+    live_next: u64,
+    /// Transparent reconnects so far.
+    reconnects: u32,
 }
 
 impl std::fmt::Debug for ExtractThenFollow {
@@ -98,14 +108,69 @@ impl Client {
         mode: ExtractMode,
         criteria: ExtractCriteria,
     ) -> Result<ExtractThenFollow> {
+        self.extract_then_follow_with_window(topic, tenant, mode, criteria, WINDOW_BYTES_DEFAULT)
+    }
+
+    /// As [`Client::extract_then_follow`], with the credit window (the most bytes of
+    /// extraction or live data buffered unread here; at least one maximum batch).
+    pub fn extract_then_follow_with_window(
+        &self,
+        topic: &str,
+        tenant: &[u8],
+        mode: ExtractMode,
+        criteria: ExtractCriteria,
+        window_bytes: u32,
+    ) -> Result<ExtractThenFollow> {
         let partitions = self.describe_topic(topic)?.partitions.len() as u32;
         let partition = partitioner::partition_for(Some(tenant), None, partitions).unwrap_or(0);
-        let (id, rx) = self.register_subscription();
+        let mut stream = ExtractThenFollow {
+            client: self.clone(),
+            topic: topic.to_string(),
+            tenant: tenant.to_vec(),
+            partition,
+            mode,
+            criteria,
+            window_bytes,
+            phase: Phase::Live(None),
+            buffered: VecDeque::new(),
+            token: 0,
+            cursor: 0,
+            live_next: 0,
+            reconnects: 0,
+        };
+        stream.start_extraction()?;
+        Ok(stream)
+    }
+}
+
+/// Reconnect attempts after the connection drops, `RECONNECT_PAUSE` apart.
+const RECONNECT_ATTEMPTS: u32 = 40;
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
+impl ExtractThenFollow {
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// How many times the stream reconnected and resumed transparently.
+    pub fn reconnects(&self) -> u32 {
+        self.reconnects
+    }
+
+    /// The connection in use (it changes after a transparent reconnect).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Sends EXTRACT: a new extraction, or (with a token) a resume at the cursor.
+    fn start_extraction(&mut self) -> Result<()> {
+        let (id, rx) = self.client.register_subscription();
         let filter = ExtractFilter {
-            since_ms: criteria.since_ms.unwrap_or(i64::MIN),
-            until_ms: criteria.until_ms.unwrap_or(i64::MAX),
-            key_prefix: criteria.key_prefix.as_deref().unwrap_or(""),
-            headers: criteria
+            since_ms: self.criteria.since_ms.unwrap_or(i64::MIN),
+            until_ms: self.criteria.until_ms.unwrap_or(i64::MAX),
+            key_prefix: self.criteria.key_prefix.as_deref().unwrap_or(""),
+            headers: self
+                .criteria
                 .headers
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -113,43 +178,75 @@ impl Client {
         };
         let request = Request::Extract {
             extraction: id,
-            topic,
-            partition,
-            tenant,
-            mode,
+            topic: &self.topic,
+            partition: self.partition,
+            tenant: &self.tenant,
+            mode: self.mode,
             filter,
-            credit_bytes: WINDOW_BYTES_DEFAULT,
+            credit_bytes: self.window_bytes,
+            resume_token: self.token,
+            resume_cursor: self.cursor,
         };
-        let started = self.request(&request).and_then(|f| match f.response()? {
-            Response::Extracting { .. } => Ok(()),
-            other => Err(ClientError::Protocol(format!(
-                "unexpected EXTRACT response {other:?}"
-            ))),
-        });
-        if let Err(e) = started {
-            self.forget_subscription(id);
-            return Err(e);
+        let started = self
+            .client
+            .request(&request)
+            .and_then(|f| match f.response()? {
+                Response::Extracting { token, .. } => Ok(token),
+                other => Err(ClientError::Protocol(format!(
+                    "unexpected EXTRACT response {other:?}"
+                ))),
+            });
+        match started {
+            Ok(token) => {
+                self.token = token;
+                self.phase = Phase::Extracting {
+                    id,
+                    rx,
+                    consumed: 0,
+                };
+                Ok(())
+            }
+            Err(e) => {
+                self.client.forget_subscription(id);
+                Err(e)
+            }
         }
-        Ok(ExtractThenFollow {
-            client: self.clone(),
-            topic: topic.to_string(),
-            tenant: tenant.to_vec(),
-            partition,
-            criteria,
-            window_bytes: WINDOW_BYTES_DEFAULT,
-            phase: Phase::Extracting {
-                id,
-                rx,
-                consumed: 0,
-            },
-            buffered: VecDeque::new(),
-        })
     }
-}
 
-impl ExtractThenFollow {
-    pub fn partition(&self) -> u32 {
-        self.partition
+    fn subscribe_live(&mut self) -> Result<()> {
+        let sub = self.client.subscribe(
+            &self.topic,
+            self.partition,
+            StartAt::Offset(self.live_next),
+            Some(&self.tenant),
+            self.window_bytes,
+        )?;
+        self.phase = Phase::Live(Some(Box::new(sub)));
+        Ok(())
+    }
+
+    /// After the connection dropped: connect again to the same server and continue where
+    /// this stream was — the extraction from its cursor (within the server's resume
+    /// window), or the live stream from the next offset. Nothing is repeated or skipped.
+    fn reconnect(&mut self) -> Result<()> {
+        let address = self.client.server().address;
+        let options = self.client.options().clone();
+        let mut last = ClientError::Disconnected;
+        for _ in 0..RECONNECT_ATTEMPTS {
+            match Client::connect(address, options.clone()) {
+                Ok(c) => {
+                    self.client = c;
+                    self.reconnects += 1;
+                    return match self.phase {
+                        Phase::Extracting { .. } => self.start_extraction(),
+                        Phase::Live(_) => self.subscribe_live(),
+                    };
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(RECONNECT_PAUSE);
+        }
+        Err(last)
     }
 
     /// The next event, waiting up to `timeout`; `Ok(None)` if none came in time.
@@ -158,73 +255,91 @@ impl ExtractThenFollow {
             if let Some(e) = self.buffered.pop_front() {
                 return Ok(Some(e));
             }
-            match &mut self.phase {
-                Phase::Live(sub) => {
-                    let Some(r) = sub.next_timeout(timeout)? else {
-                        return Ok(None);
-                    };
-                    if self.criteria.matches(&r) {
-                        return Ok(Some(ExtractEvent::Live(r)));
-                    }
+            let frame = match &mut self.phase {
+                Phase::Live(None) => {
+                    self.reconnect()?;
+                    continue;
                 }
-                Phase::Extracting { id, rx, consumed } => {
-                    let frame = match rx.recv_timeout(timeout) {
-                        Ok(f) => f,
-                        Err(RecvTimeoutError::Timeout) => return Ok(None),
-                        Err(RecvTimeoutError::Disconnected) => {
-                            return Err(ClientError::Disconnected)
+                Phase::Live(Some(sub)) => match sub.next_timeout(timeout) {
+                    Ok(None) => return Ok(None),
+                    Ok(Some(r)) => {
+                        self.live_next = r.offset + 1;
+                        if self.criteria.matches(&r) {
+                            return Ok(Some(ExtractEvent::Live(r)));
                         }
-                    };
-                    if let Some(e) = frame.error() {
-                        return Err(e);
+                        continue;
                     }
-                    let id = *id;
-                    match frame.header.kind {
-                        kind::EXTRACT_DATA => {
-                            let data = decode_extract_data(frame.body())
-                                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                            let mut records = Vec::new();
-                            decode_batches(self.partition, data.batches, 0, &mut records)?;
-                            self.buffered
-                                .extend(records.into_iter().map(ExtractEvent::Snapshot));
-                            *consumed += data.batches.len() as u64;
-                            if *consumed >= u64::from(self.window_bytes / 2) {
-                                let credit_bytes = u32::try_from(*consumed).unwrap_or(u32::MAX);
-                                self.client.send(&Request::GrantCredits {
-                                    subscription: id,
-                                    credit_bytes,
-                                })?;
-                                *consumed -= u64::from(credit_bytes);
-                            }
-                        }
-                        kind::EXTRACT_END => {
-                            let (w, records) = decode_extract_end(frame.body())
-                                .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                            let watermark = (w != u64::MAX).then_some(w);
-                            self.client.forget_subscription(id);
-                            let from = watermark.map_or(0, |w| w + 1);
-                            let sub = self.client.subscribe(
-                                &self.topic,
-                                self.partition,
-                                StartAt::Offset(from),
-                                Some(&self.tenant),
-                                self.window_bytes,
-                            )?;
-                            self.phase = Phase::Live(Box::new(sub));
-                            return Ok(Some(ExtractEvent::Watermark {
-                                partition: self.partition,
-                                offset: watermark,
-                                records,
-                            }));
-                        }
-                        other => {
-                            return Err(ClientError::Protocol(format!(
-                                "unexpected push kind {other:#06x}"
-                            )))
-                        }
+                    Err(ClientError::Disconnected) => {
+                        self.phase = Phase::Live(None);
+                        continue;
                     }
-                }
+                    Err(e) => return Err(e),
+                },
+                Phase::Extracting { rx, .. } => match rx.recv_timeout(timeout) {
+                    Ok(f) => f,
+                    Err(RecvTimeoutError::Timeout) => return Ok(None),
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.reconnect()?;
+                        continue;
+                    }
+                },
+            };
+            if let Some(event) = self.accept(frame)? {
+                return Ok(Some(event));
             }
+        }
+    }
+
+    /// Handles one extraction frame; returns the watermark event at the end.
+    fn accept(&mut self, frame: Frame) -> Result<Option<ExtractEvent>> {
+        if let Some(e) = frame.error() {
+            return Err(e);
+        }
+        let Phase::Extracting { id, consumed, .. } = &mut self.phase else {
+            return Ok(None);
+        };
+        let id = *id;
+        match frame.header.kind {
+            kind::EXTRACT_DATA => {
+                let data = decode_extract_data(frame.body())
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let mut records = Vec::new();
+                decode_batches(self.partition, data.batches, 0, &mut records)?;
+                self.buffered
+                    .extend(records.into_iter().map(ExtractEvent::Snapshot));
+                self.cursor = data.cursor;
+                *consumed += data.batches.len() as u64;
+                if *consumed >= u64::from(self.window_bytes / 2) {
+                    let credit_bytes = u32::try_from(*consumed).unwrap_or(u32::MAX);
+                    *consumed -= u64::from(credit_bytes);
+                    // A lost grant is harmless: a reconnect resumes with a fresh credit.
+                    let _ = self.client.send(&Request::GrantCredits {
+                        subscription: id,
+                        credit_bytes,
+                    });
+                }
+                Ok(None)
+            }
+            kind::EXTRACT_END => {
+                let (w, records) = decode_extract_end(frame.body())
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let watermark = (w != u64::MAX).then_some(w);
+                self.client.forget_subscription(id);
+                self.live_next = watermark.map_or(0, |w| w + 1);
+                self.phase = Phase::Live(None);
+                match self.subscribe_live() {
+                    Ok(()) | Err(ClientError::Disconnected | ClientError::Io(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                Ok(Some(ExtractEvent::Watermark {
+                    partition: self.partition,
+                    offset: watermark,
+                    records,
+                }))
+            }
+            other => Err(ClientError::Protocol(format!(
+                "unexpected push kind {other:#06x}"
+            ))),
         }
     }
 }

@@ -29,6 +29,9 @@ pub enum ErrorCode {
     StaleSequence = 24,
     UnknownSubscription = 30,
     SubscriptionExists = 31,
+    /// The extraction to resume is unknown: its resume window passed, or the server
+    /// restarted. Start a new extraction.
+    ExtractionExpired = 32,
     /// The caller is not permitted to do this.
     NotAllowed = 40,
     /// A limit of the server was reached (connections, buffered bytes, subscriptions).
@@ -42,7 +45,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidRequest,
         ErrorCode::BadFrame,
         ErrorCode::UnsupportedVersion,
@@ -59,6 +62,7 @@ impl ErrorCode {
         ErrorCode::StaleSequence,
         ErrorCode::UnknownSubscription,
         ErrorCode::SubscriptionExists,
+        ErrorCode::ExtractionExpired,
         ErrorCode::NotAllowed,
         ErrorCode::ServerOverloaded,
         ErrorCode::StorageFailed,

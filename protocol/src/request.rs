@@ -140,7 +140,8 @@ pub enum Request<'a> {
     /// `topic str`
     Offsets { topic: &'a str },
     /// `extraction u32, topic str, partition u32, tenant, mode u8, since_ms i64,
-    /// until_ms i64, key_prefix str, headers u8 count × (name str, value str), credit_bytes u32`
+    /// until_ms i64, key_prefix str, headers u8 count × (name str, value str), credit_bytes u32,
+    /// resume_token u64, resume_cursor u64`
     Extract {
         extraction: u32,
         topic: &'a str,
@@ -149,6 +150,9 @@ pub enum Request<'a> {
         mode: ExtractMode,
         filter: ExtractFilter<'a>,
         credit_bytes: u32,
+        /// 0 for a new extraction; else the token of one to resume at `resume_cursor`.
+        resume_token: u64,
+        resume_cursor: u64,
     },
 }
 
@@ -312,6 +316,8 @@ impl<'a> Request<'a> {
                 mode,
                 ref filter,
                 credit_bytes,
+                resume_token,
+                resume_cursor,
             } => {
                 out.put_u32(extraction);
                 out.put_str(topic);
@@ -329,6 +335,8 @@ impl<'a> Request<'a> {
                     out.put_str(v);
                 }
                 out.put_u32(credit_bytes);
+                out.put_u64(resume_token);
+                out.put_u64(resume_cursor);
             }
         }
     }
@@ -436,6 +444,8 @@ impl<'a> Request<'a> {
                         headers,
                     },
                     credit_bytes: r.u32("credit_bytes")?,
+                    resume_token: r.u64("resume_token")?,
+                    resume_cursor: r.u64("resume_cursor")?,
                 }
             }
             other => {

@@ -79,9 +79,14 @@ pub enum Response<'a> {
     Subscribed { start_offset: u64 },
     /// OFFSETS: `count u32, count × (partition u32, earliest u64, next u64, durable u64)`
     Offsets(Vec<PartitionOffsets>),
-    /// EXTRACT: `watermark u64 (u64::MAX: the partition was empty), total u64` — the
+    /// EXTRACT: `watermark u64 (u64::MAX: the partition was empty), total u64, token u64` — the
     /// records to come for a state extraction (u64::MAX: unknown, for history).
-    Extracting { watermark: u64, total: u64 },
+    /// `token u64` names the extraction for a resume after a reconnect.
+    Extracting {
+        watermark: u64,
+        total: u64,
+        token: u64,
+    },
 }
 
 /// An EXTRACT_DATA push: `cursor u64, batches bytes`. `cursor` is where a resumed
@@ -230,9 +235,14 @@ impl<'a> Response<'a> {
                     put_offsets(out, o);
                 }
             }
-            Response::Extracting { watermark, total } => {
+            Response::Extracting {
+                watermark,
+                total,
+                token,
+            } => {
                 out.put_u64(*watermark);
                 out.put_u64(*total);
+                out.put_u64(*token);
             }
         }
     }
@@ -309,6 +319,7 @@ impl<'a> Response<'a> {
             kind::EXTRACT => Response::Extracting {
                 watermark: r.u64("watermark")?,
                 total: r.u64("total")?,
+                token: r.u64("token")?,
             },
             other => {
                 return Err(ProtocolError::new(

@@ -124,6 +124,8 @@ fn all_requests(i: &Inputs) -> Vec<Request<'_>> {
                 headers: vec![(t, "v"), ("type", t)],
             },
             credit_bytes: a ^ b,
+            resume_token: c,
+            resume_cursor: d,
         },
     ]
 }
@@ -187,6 +189,7 @@ fn all_responses(i: &Inputs) -> Vec<(u16, Response<'_>)> {
             Response::Extracting {
                 watermark: c,
                 total: d,
+                token: c ^ d,
             },
         ),
     ]

@@ -18,7 +18,7 @@ use tidelog_protocol::{
 
 use crate::connection::Connection;
 use crate::deliver;
-use crate::extraction::{Extraction, Source};
+use crate::extraction::{Resumable, ResumeSpec};
 use crate::state::{key_of, to_protocol, LongPoll, PendingAck, State};
 use crate::subscription::Subscription;
 
@@ -328,6 +328,8 @@ fn execute<'a>(
             mode,
             filter,
             credit_bytes,
+            resume_token,
+            resume_cursor,
         } => {
             if conn.subscriptions.contains_key(&extraction)
                 || conn.extractions.contains_key(&extraction)
@@ -337,71 +339,80 @@ fn execute<'a>(
                     format!("id {extraction} is in use on this connection"),
                 ));
             }
-            let p = state.partition(topic, partition)?;
-            let criteria = Criteria {
-                since_ms: (filter.since_ms != i64::MIN).then_some(filter.since_ms),
-                until_ms: (filter.until_ms != i64::MAX).then_some(filter.until_ms),
-                key_prefix: (!filter.key_prefix.is_empty())
-                    .then(|| filter.key_prefix.as_bytes().to_vec()),
-                headers: filter
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                    .collect(),
-            };
-            let (watermark, total, source) = match mode {
-                ExtractMode::State => {
-                    let snapshot = p.tenant_snapshot(tenant);
-                    let total = if criteria.is_empty() {
-                        snapshot.len() as u64
-                    } else {
-                        u64::MAX
-                    };
-                    (
-                        snapshot.watermark,
-                        total,
-                        Source::State {
-                            snapshot,
-                            cursor: 0,
-                        },
+            let window = state.limits.extract_resume_window;
+            let (ex, total) = if resume_token != 0 {
+                let r = state.resumable.get_mut(&resume_token).ok_or_else(|| {
+                    ProtocolError::new(
+                        ErrorCode::ExtractionExpired,
+                        format!("extraction {resume_token:#x} cannot be resumed (older than {window:?}, or the server restarted); start a new one"),
                     )
-                }
-                ExtractMode::History => {
-                    // Records up to W are immutable: reading W is the whole fence.
-                    let watermark = p.next_offset().checked_sub(1);
-                    let next = criteria
-                        .since_ms
-                        .map_or(p.earliest_offset(), |t| p.offset_for_time(t));
-                    (
-                        watermark,
-                        u64::MAX,
-                        Source::History {
-                            tenant: tenant.to_vec(),
+                })?;
+                r.expires = Instant::now() + window;
+                (
+                    r.at(resume_cursor, u64::from(credit_bytes), resume_token),
+                    u64::MAX,
+                )
+            } else {
+                let p = state.partition(topic, partition)?;
+                let criteria = Criteria {
+                    since_ms: (filter.since_ms != i64::MIN).then_some(filter.since_ms),
+                    until_ms: (filter.until_ms != i64::MAX).then_some(filter.until_ms),
+                    key_prefix: (!filter.key_prefix.is_empty())
+                        .then(|| filter.key_prefix.as_bytes().to_vec()),
+                    headers: filter
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                        .collect(),
+                };
+                let (watermark, total, spec, start) = match mode {
+                    ExtractMode::State => {
+                        let snapshot = p.tenant_snapshot(tenant);
+                        let total = if criteria.is_empty() {
+                            snapshot.len() as u64
+                        } else {
+                            u64::MAX
+                        };
+                        (snapshot.watermark, total, ResumeSpec::State(snapshot), 0)
+                    }
+                    ExtractMode::History => {
+                        // Records up to W are immutable: reading W is the whole fence.
+                        let watermark = p.next_offset().checked_sub(1);
+                        let next = criteria
+                            .since_ms
+                            .map_or(p.earliest_offset(), |t| p.offset_for_time(t));
+                        (
+                            watermark,
+                            u64::MAX,
+                            ResumeSpec::History(tenant.to_vec()),
                             next,
-                        },
-                    )
-                }
-            };
-            conn.extractions.insert(
-                extraction,
-                Extraction {
+                        )
+                    }
+                };
+                let ex_token = state.next_token;
+                state.next_token = state.next_token.wrapping_add(2);
+                let resumable = Resumable {
                     partition: p,
                     watermark,
                     criteria,
-                    credit_bytes: u64::from(credit_bytes),
-                    records_sent: 0,
-                    source,
-                    pending: None,
-                },
-            );
+                    spec,
+                    expires: Instant::now() + window,
+                };
+                let ex = resumable.at(start, u64::from(credit_bytes), ex_token);
+                state.resumable.insert(ex_token, resumable);
+                (ex, total)
+            };
+            let (watermark, ex_token) = (ex.watermark.unwrap_or(u64::MAX), ex.token);
+            conn.extractions.insert(extraction, ex);
             conn.outbox.encode(|out| {
                 encode_response(
                     out,
                     kind::EXTRACT,
                     correlation,
                     &Response::Extracting {
-                        watermark: watermark.unwrap_or(u64::MAX),
+                        watermark,
                         total,
+                        token: ex_token,
                     },
                 )
             });

@@ -197,6 +197,8 @@ impl EventLoop {
         let notices = self.state.notices.take();
         self.apply_notices(notices);
         self.expire_long_polls();
+        let now = Instant::now();
+        self.state.resumable.retain(|_, r| r.expires > now);
         self.pump_scheduled();
         let now = Instant::now();
         for index in 0..self.conns.len() {

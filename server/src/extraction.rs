@@ -30,6 +30,54 @@ pub struct Extraction {
     pub source: Source,
     /// A chunk read but not yet sendable (over the remaining credit), with its cursor.
     pub pending: Option<(Vec<u8>, u64)>,
+    /// Names the extraction for a resume.
+    pub token: u64,
+}
+
+/// What is kept so an extraction can be resumed from a cursor by a later request.
+#[derive(Debug)]
+pub struct Resumable {
+    pub partition: Arc<Partition>,
+    pub watermark: Option<u64>,
+    pub criteria: Criteria,
+    pub spec: ResumeSpec,
+    pub expires: std::time::Instant,
+}
+
+#[derive(Debug, Clone)]
+pub enum ResumeSpec {
+    /// The frozen snapshot itself (cheap to clone: shared offsets and pinned segments).
+    State(TenantSnapshot),
+    History(Vec<u8>),
+}
+
+impl Resumable {
+    /// A fresh extraction positioned at `cursor` (state: records already received;
+    /// history: the next offset to scan).
+    pub fn at(&self, cursor: u64, credit_bytes: u64, token: u64) -> Extraction {
+        let source = match &self.spec {
+            ResumeSpec::State(snapshot) => Source::State {
+                snapshot: snapshot.clone(),
+                cursor: usize::try_from(cursor)
+                    .unwrap_or(usize::MAX)
+                    .min(snapshot.len()),
+            },
+            ResumeSpec::History(tenant) => Source::History {
+                tenant: tenant.clone(),
+                next: cursor,
+            },
+        };
+        Extraction {
+            partition: self.partition.clone(),
+            watermark: self.watermark,
+            criteria: self.criteria.clone(),
+            credit_bytes,
+            records_sent: 0,
+            source,
+            pending: None,
+            token,
+        }
+    }
 }
 
 /// What one read step produced.

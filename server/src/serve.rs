@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// Close connections silent in both directions for this long, in seconds [default: 600].
     #[arg(long, env = "TIDELOG_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+
+    /// An extraction can be resumed from a cursor for this long after it started or was
+    /// last resumed, in seconds [default: 600].
+    #[arg(long, env = "TIDELOG_EXTRACT_RESUME_WINDOW_SECS")]
+    pub extract_resume_window_secs: Option<u64>,
 }
 
 /// The same settings, from a TOML file.
@@ -74,6 +79,7 @@ struct FileConfig {
     connections_max: Option<usize>,
     buffered_bytes_max: Option<usize>,
     idle_timeout_secs: Option<u64>,
+    extract_resume_window_secs: Option<u64>,
 }
 
 /// Resolved settings.
@@ -112,6 +118,10 @@ pub fn settings(args: &ServeArgs) -> Result<Settings, String> {
             .idle_timeout_secs
             .or(file.idle_timeout_secs)
             .map_or(defaults.idle_timeout, Duration::from_secs),
+        extract_resume_window: args
+            .extract_resume_window_secs
+            .or(file.extract_resume_window_secs)
+            .map_or(defaults.extract_resume_window, Duration::from_secs),
         ..defaults
     };
     if limits.frame_bytes_max < 1024 || limits.fetch_bytes_max == 0 || limits.connections_max == 0 {
@@ -192,6 +202,12 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         subscribers: Default::default(),
         to_pump: Vec::new(),
         server_name: format!("tidelog {}", env!("CARGO_PKG_VERSION")),
+        resumable: Default::default(),
+        // Tokens differ across server runs, so a stale token is never mistaken for a new one.
+        next_token: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1,
     };
     let mut event_loop = EventLoop::new(poll, listener, state, stop).map_err(|e| e.to_string())?;
     tracing::info!(

@@ -28,6 +28,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Bytes read from one connection per poll tick (fairness between clients).
     pub read_budget_bytes: usize,
+    /// How long an extraction can be resumed (from a cursor, on any connection) after it
+    /// started or was last resumed. Its snapshot and segments stay pinned that long.
+    pub extract_resume_window: Duration,
 }
 
 impl Default for Limits {
@@ -41,6 +44,7 @@ impl Default for Limits {
             max_wait: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(600),
             read_budget_bytes: 8 << 20,
+            extract_resume_window: Duration::from_secs(600),
         }
     }
 }
@@ -86,6 +90,9 @@ pub struct State {
     /// Subscriptions to pump before the tick ends.
     pub to_pump: Vec<(usize, u32)>,
     pub server_name: String,
+    /// Extractions that can be resumed, by token.
+    pub resumable: HashMap<u64, crate::extraction::Resumable>,
+    pub next_token: u64,
 }
 
 impl State {

@@ -204,3 +204,170 @@ fn extract_then_follow_has_no_gap_and_no_duplicate_under_concurrent_writes() {
     }
     server.stop();
 }
+
+/// A tenant with `keys` live keys in a fresh topic; returns its partition.
+fn seed_tenant(admin: &tidelog_client::Client, keys: u64) -> u32 {
+    admin
+        .create_topic(
+            "t",
+            TopicSettings {
+                partitions: 1,
+                ..TopicSettings::default()
+            },
+        )
+        .expect("create");
+    let partition = partitioner::partition_for(Some(b"acme"), None, 1).expect("partition");
+    for chunk in 0..keys / 100 {
+        let records: Vec<Record> = (chunk * 100..chunk * 100 + 100)
+            .map(|i| Record {
+                tenant: Some(b"acme".to_vec()),
+                key: Some(format!("key-{i:05}").into_bytes()),
+                value: Some(vec![b'x'; 200]),
+                ..Record::default()
+            })
+            .collect();
+        admin
+            .publish(
+                "t",
+                partition,
+                Ack::Written,
+                &build_batch(&records, ProducerStamp::default()),
+            )
+            .expect("publish");
+    }
+    partition
+}
+
+#[test]
+fn an_interrupted_extraction_resumes_from_its_cursor_and_the_live_stream_too() {
+    // Small fetch chunks: the snapshot arrives in many EXTRACT_DATA frames.
+    let server = Server::start_with(&["--fetch-bytes-max", "4096"]);
+    let admin = server.client();
+    let partition = seed_tenant(&admin, 2000);
+    // A 64 KiB credit window: most of the ~460 KB snapshot is still on the server when the
+    // connection drops, so finishing it takes a resume from the cursor.
+    let mut stream = server
+        .client()
+        .extract_then_follow_with_window(
+            "t",
+            b"acme",
+            ExtractMode::State,
+            ExtractCriteria::default(),
+            64 << 10,
+        )
+        .expect("extract");
+    let mut keys = BTreeMap::new();
+    let mut n = 0;
+    let watermark = loop {
+        match stream
+            .next_timeout(Duration::from_secs(30))
+            .expect("stream")
+            .expect("in time")
+        {
+            ExtractEvent::Snapshot(r) => {
+                assert!(
+                    keys.insert(r.key.clone().expect("key"), r.offset).is_none(),
+                    "no record twice"
+                );
+                n += 1;
+                if n == 300 || n == 1500 {
+                    stream.client().close(); // the connection drops mid-extraction
+                }
+            }
+            ExtractEvent::Watermark {
+                offset, records, ..
+            } => break (offset.expect("w"), records),
+            ExtractEvent::Live(_) => panic!("live before the watermark"),
+        }
+    };
+    assert_eq!(
+        keys.len(),
+        2000,
+        "every key exactly once across two reconnects"
+    );
+    assert_eq!(watermark.0, 1999);
+    // The live stream also survives a dropped connection, without loss or repeat.
+    let publish = |first: u64| {
+        let records: Vec<Record> = (first..first + 10)
+            .map(|i| Record {
+                tenant: Some(b"acme".to_vec()),
+                key: Some(format!("new-{i}").into_bytes()),
+                value: Some(vec![1]),
+                ..Record::default()
+            })
+            .collect();
+        admin
+            .publish(
+                "t",
+                partition,
+                Ack::Written,
+                &build_batch(&records, ProducerStamp::default()),
+            )
+            .expect("publish");
+    };
+    publish(0);
+    let mut live = Vec::new();
+    while live.len() < 30 {
+        match stream
+            .next_timeout(Duration::from_secs(30))
+            .expect("stream")
+            .expect("in time")
+        {
+            ExtractEvent::Live(r) => {
+                live.push(r.offset);
+                if live.len() == 5 {
+                    stream.client().close();
+                    publish(10);
+                    publish(20);
+                }
+            }
+            other => panic!("only live records now: {other:?}"),
+        }
+    }
+    assert_eq!(live, (2000..2030).collect::<Vec<_>>());
+    assert_eq!(stream.reconnects(), 3);
+    server.stop();
+}
+
+#[test]
+fn a_resume_after_the_window_is_a_clear_error() {
+    let server = Server::start_with(&[
+        "--fetch-bytes-max",
+        "4096",
+        "--extract-resume-window-secs",
+        "1",
+    ]);
+    let admin = server.client();
+    seed_tenant(&admin, 500);
+    // A 64 KiB credit window: the server cannot send the whole ~115 KB snapshot before the
+    // connection drops, so finishing it needs a resume.
+    let mut stream = server
+        .client()
+        .extract_then_follow_with_window(
+            "t",
+            b"acme",
+            ExtractMode::State,
+            ExtractCriteria::default(),
+            64 << 10,
+        )
+        .expect("extract");
+    let first = stream
+        .next_timeout(Duration::from_secs(30))
+        .expect("stream");
+    assert!(matches!(first, Some(ExtractEvent::Snapshot(_))));
+    stream.client().close();
+    std::thread::sleep(Duration::from_millis(3500)); // past the window and a sweep
+    let err = loop {
+        match stream.next_timeout(Duration::from_secs(30)) {
+            Ok(Some(ExtractEvent::Snapshot(_))) => continue, // already-received records drain first
+            Ok(other) => panic!("expected the expiry error, got {other:?}"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        err.code(),
+        Some(tidelog_client::ErrorCode::ExtractionExpired),
+        "{err}"
+    );
+    server.stop();
+}
