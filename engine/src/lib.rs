@@ -64,6 +64,7 @@ mod prefault;
 pub mod producer;
 pub mod recovery;
 pub mod segment;
+mod snapshot_file;
 pub mod tenant_index;
 pub mod topic;
 

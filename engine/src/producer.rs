@@ -19,6 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::error::{EngineError, Result};
+use crate::snapshot_file;
 
 /// Retried batches recognised per producer (as Kafka's max in-flight of 5).
 pub const RECENT_BATCHES: usize = 5;
@@ -115,9 +116,7 @@ impl ProducerState {
     }
 
     pub fn encode(&self, next_offset: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20 + self.producers.len() * 33);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[0; 4]);
+        let mut out = snapshot_file::begin(MAGIC, 12 + self.producers.len() * 33);
         out.extend_from_slice(&next_offset.to_le_bytes());
         out.extend_from_slice(&(self.producers.len() as u32).to_le_bytes());
         let mut ids: Vec<_> = self.producers.keys().copied().collect();
@@ -132,28 +131,20 @@ impl ProducerState {
                 out.extend_from_slice(&b.last_offset.to_le_bytes());
             }
         }
-        let crc = crc32fast::hash(&out[8..]);
-        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        snapshot_file::seal(&mut out);
         out
     }
 
     /// Decodes a snapshot; returns the state and the offset it is valid up to (exclusive),
     /// or a reason it cannot be used.
     pub fn decode(bytes: &[u8]) -> std::result::Result<(ProducerState, u64), String> {
-        let mut r = Reader { buf: bytes };
-        if r.take(4)? != MAGIC {
-            return Err("bad magic".into());
-        }
-        let crc = r.u32()?;
-        if crc32fast::hash(r.buf) != crc {
-            return Err("crc mismatch".into());
-        }
+        let mut r = snapshot_file::open(bytes, MAGIC)?;
         let next_offset = r.u64()?;
         let count = r.u32()? as usize;
         let mut state = ProducerState::default();
         for _ in 0..count {
             let id = r.u64()?;
-            let n = usize::from(*r.take(1)?.first().ok_or("short")?);
+            let n = usize::from(r.u8()?);
             if n == 0 || n > RECENT_BATCHES {
                 return Err(format!("{n} batches for one producer"));
             }
@@ -167,33 +158,8 @@ impl ProducerState {
             }
             state.producers.insert(id, recent);
         }
-        if !r.buf.is_empty() {
-            return Err("trailing bytes".into());
-        }
+        r.finish()?;
         Ok((state, next_offset))
-    }
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        if self.buf.len() < n {
-            return Err("snapshot ends early".into());
-        }
-        let (a, b) = self.buf.split_at(n);
-        self.buf = b;
-        Ok(a)
-    }
-    fn u32(&mut self) -> std::result::Result<u32, String> {
-        let b: [u8; 4] = self.take(4)?.try_into().map_err(|_| "short")?;
-        Ok(u32::from_le_bytes(b))
-    }
-    fn u64(&mut self) -> std::result::Result<u64, String> {
-        let b: [u8; 8] = self.take(8)?.try_into().map_err(|_| "short")?;
-        Ok(u64::from_le_bytes(b))
     }
 }
 

@@ -25,6 +25,8 @@ use std::sync::Arc;
 use imbl::HashMap as PersistentMap;
 use tidelog_protocol::batch::BatchView;
 
+use crate::snapshot_file;
+
 /// A tenant record of a batch being appended, as the index needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexUpdate<'a> {
@@ -144,9 +146,7 @@ impl TenantIndex {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[0; 4]);
+        let mut out = snapshot_file::begin(MAGIC, 64);
         out.extend_from_slice(&self.next_offset.to_le_bytes());
         out.extend_from_slice(&(self.tenants.len() as u32).to_le_bytes());
         for (tenant, t) in &self.tenants {
@@ -161,25 +161,17 @@ impl TenantIndex {
                 out.extend_from_slice(&offset.to_le_bytes());
             }
         }
-        let crc = crc32fast::hash(&out[8..]);
-        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        snapshot_file::seal(&mut out);
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<TenantIndex, String> {
-        let mut r = Reader { buf: bytes };
-        if r.take(4)? != MAGIC {
-            return Err("bad magic".into());
-        }
-        let crc = r.u32()?;
-        if crc32fast::hash(r.buf) != crc {
-            return Err("crc mismatch".into());
-        }
+        let mut r = snapshot_file::open(bytes, MAGIC)?;
         let next_offset = r.u64()?;
         let count = r.u32()?;
         let mut tenants = PersistentMap::new();
         for _ in 0..count {
-            let len = usize::from(*r.take(1)?.first().ok_or("short")?);
+            let len = usize::from(r.u8()?);
             let tenant: Arc<[u8]> = Arc::from(r.take(len)?);
             let latest = r.u64()?;
             let events = r.u64()?;
@@ -206,31 +198,6 @@ impl TenantIndex {
             tenants,
             next_offset,
         })
-    }
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.buf.len() < n {
-            return Err("snapshot ends early".into());
-        }
-        let (a, b) = self.buf.split_at(n);
-        self.buf = b;
-        Ok(a)
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().map_err(|_| "short")?,
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().map_err(|_| "short")?,
-        ))
     }
 }
 

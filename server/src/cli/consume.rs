@@ -8,16 +8,10 @@
 use std::io::{BufWriter, Write};
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
-use tidelog_client::{Client, ConsumedRecord, StartAt, Subscription, WINDOW_BYTES_DEFAULT};
+use clap::Args;
+use tidelog_client::{Client, StartAt, Subscription, WINDOW_BYTES_DEFAULT};
 
-use super::{stop_flag, stopped, text, ServerArg};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum OutputFormat {
-    Text,
-    Json,
-}
+use super::{print_record, stop_flag, stopped, OutputFormat, ServerArg};
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
@@ -148,7 +142,7 @@ fn drain(
                 .filter(|r| r.offset < end)
                 .take((limit - *printed) as usize)
             {
-                print_record(out, r, args.format)?;
+                print_record(out, None, r, args.format)?;
                 *printed += 1;
             }
             if position == StartAt::Offset(f.next_offset) {
@@ -185,7 +179,7 @@ fn follow(
             match sub.next_timeout(wait).map_err(|e| e.to_string())? {
                 Some(r) => {
                     idle = false;
-                    print_record(out, &r, args.format)?;
+                    print_record(out, None, &r, args.format)?;
                     *printed += 1;
                     if *printed >= limit {
                         break;
@@ -199,39 +193,4 @@ fn follow(
         }
     }
     Ok(())
-}
-
-fn print_record(
-    out: &mut impl Write,
-    r: &ConsumedRecord,
-    format: OutputFormat,
-) -> Result<(), String> {
-    let written = match format {
-        OutputFormat::Text => match &r.value {
-            Some(v) => out.write_all(v).and_then(|()| out.write_all(b"\n")),
-            None => writeln!(
-                out,
-                "(tombstone {})",
-                r.key.as_deref().map(text).unwrap_or_default()
-            ),
-        },
-        OutputFormat::Json => {
-            let headers: serde_json::Map<String, serde_json::Value> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (text(k), serde_json::Value::String(text(v))))
-                .collect();
-            let line = serde_json::json!({
-                "partition": r.partition,
-                "offset": r.offset,
-                "timestamp": r.timestamp_ms,
-                "tenant": r.tenant.as_deref().map(text),
-                "key": r.key.as_deref().map(text),
-                "value": r.value.as_deref().map(text),
-                "headers": headers,
-            });
-            writeln!(out, "{line}")
-        }
-    };
-    written.map_err(|e| format!("writing output: {e}"))
 }

@@ -10,10 +10,9 @@ use std::io::{BufWriter, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use tidelog_client::{ConsumedRecord, ExtractCriteria, ExtractEvent, ExtractMode};
+use tidelog_client::{ExtractCriteria, ExtractEvent, ExtractMode};
 
-use super::consume::OutputFormat;
-use super::{stop_flag, stopped, text, ServerArg};
+use super::{print_record, stop_flag, stopped, OutputFormat, ServerArg};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Mode {
@@ -101,7 +100,7 @@ pub fn run(args: ExtractArgs) -> Result<(), String> {
             ExtractEvent::Snapshot(r) => {
                 records += 1;
                 bytes += r.value.as_ref().map_or(0, Vec::len) as u64;
-                print_record(&mut out, "snapshot", &r, args.format)?;
+                print_record(&mut out, Some("snapshot"), &r, args.format)?;
                 if progress && last_progress.elapsed() > Duration::from_secs(1) {
                     let secs = started.elapsed().as_secs_f64();
                     eprint!(
@@ -130,7 +129,7 @@ pub fn run(args: ExtractArgs) -> Result<(), String> {
                     break;
                 }
             }
-            ExtractEvent::Live(r) => print_record(&mut out, "live", &r, args.format)?,
+            ExtractEvent::Live(r) => print_record(&mut out, Some("live"), &r, args.format)?,
         }
     }
     out.flush().map_err(|e| e.to_string())?;
@@ -138,41 +137,4 @@ pub fn run(args: ExtractArgs) -> Result<(), String> {
         return Err("the extraction ended before its watermark".into());
     }
     Ok(())
-}
-
-fn print_record(
-    out: &mut impl Write,
-    phase: &str,
-    r: &ConsumedRecord,
-    format: OutputFormat,
-) -> Result<(), String> {
-    let written = match format {
-        OutputFormat::Text => match &r.value {
-            Some(v) => out.write_all(v).and_then(|()| out.write_all(b"\n")),
-            None => writeln!(
-                out,
-                "(tombstone {})",
-                r.key.as_deref().map(text).unwrap_or_default()
-            ),
-        },
-        OutputFormat::Json => {
-            let headers: serde_json::Map<String, serde_json::Value> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (text(k), serde_json::Value::String(text(v))))
-                .collect();
-            let line = serde_json::json!({
-                "phase": phase,
-                "partition": r.partition,
-                "offset": r.offset,
-                "timestamp": r.timestamp_ms,
-                "tenant": r.tenant.as_deref().map(text),
-                "key": r.key.as_deref().map(text),
-                "value": r.value.as_deref().map(text),
-                "headers": headers,
-            });
-            writeln!(out, "{line}")
-        }
-    };
-    written.map_err(|e| format!("writing output: {e}"))
 }

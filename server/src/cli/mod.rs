@@ -54,3 +54,53 @@ pub fn stopped(flag: &AtomicBool) -> bool {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// Output format of the commands that print records.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// The value, one per line (tombstones shown as such).
+    Text,
+    /// One json object per line: partition, offset, timestamp, tenant, key, value
+    /// (null = tombstone), headers, and `phase` when given.
+    Json,
+}
+
+/// Prints one record in `format`, tagged with `phase` in json (extract's phases).
+pub fn print_record(
+    out: &mut impl std::io::Write,
+    phase: Option<&str>,
+    r: &tidelog_client::ConsumedRecord,
+    format: OutputFormat,
+) -> Result<(), String> {
+    let written = match format {
+        OutputFormat::Text => match &r.value {
+            Some(v) => out.write_all(v).and_then(|()| out.write_all(b"\n")),
+            None => writeln!(
+                out,
+                "(tombstone {})",
+                r.key.as_deref().map(text).unwrap_or_default()
+            ),
+        },
+        OutputFormat::Json => {
+            let headers: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (text(k), serde_json::Value::String(text(v))))
+                .collect();
+            let mut line = serde_json::json!({
+                "partition": r.partition,
+                "offset": r.offset,
+                "timestamp": r.timestamp_ms,
+                "tenant": r.tenant.as_deref().map(text),
+                "key": r.key.as_deref().map(text),
+                "value": r.value.as_deref().map(text),
+                "headers": headers,
+            });
+            if let Some(phase) = phase {
+                line["phase"] = phase.into();
+            }
+            writeln!(out, "{line}")
+        }
+    };
+    written.map_err(|e| format!("writing output: {e}"))
+}
