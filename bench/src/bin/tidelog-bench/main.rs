@@ -7,6 +7,9 @@
 //!   consume   the topic is filled (untimed), then C consumers fetch it from earliest
 //!   e2e       subscribers first, then producers (flat out, or --rate records/s);
 //!             latency = publish call → delivery, from timestamps in the payload
+//!   extract   a tenant with --keys live keys, writers updating it throughout: snapshot
+//!             rate and time to first record, the live catch-up, and a plain fetch of
+//!             the same partition for comparison; verified against a full replay
 //! ```
 //!
 //! Output: a table, or with `--json` one object per scenario (`scenario`, `records`,
@@ -100,6 +103,14 @@ enum Scenario {
     Publish(Options),
     /// Consumers fetch data already in the log from earliest.
     Consume(Options),
+    /// A tenant's state extraction under concurrent writers, then the live catch-up.
+    Extract {
+        #[command(flatten)]
+        options: Options,
+        /// Live keys of the tenant.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+    },
     /// Producers and subscribers at once: throughput and delivery latency.
     E2e {
         #[command(flatten)]
@@ -260,6 +271,7 @@ fn main() -> ExitCode {
         Scenario::Publish(o) => ("publish", o),
         Scenario::Consume(o) => ("consume", o),
         Scenario::E2e { options, .. } => ("e2e", options),
+        Scenario::Extract { options, .. } => ("extract", options),
     };
     let common = Common::from(options, name);
     let bar = progress_bar(common.count, counter.clone(), done.clone());
@@ -267,6 +279,7 @@ fn main() -> ExitCode {
         Scenario::Publish(_) => scenarios::publish(&target, &common, &counter),
         Scenario::Consume(_) => scenarios::consume(&target, &common, &counter),
         Scenario::E2e { rate, .. } => scenarios::e2e(&target, &common, *rate, &counter),
+        Scenario::Extract { keys, .. } => scenarios::extract(&target, &common, *keys, &counter),
     };
     done.store(true, Ordering::Relaxed);
     let _ = bar.join();

@@ -413,3 +413,212 @@ pub fn e2e(
         settings: c.settings(),
     })
 }
+
+/// `extract`: a tenant with `keys` live keys, writers updating them throughout; the
+/// extraction's time to first record and snapshot rate, then the live catch-up after the
+/// writers stop. Verified: the snapshot holds every key exactly once, and snapshot ∪ live
+/// equals the tenant's state replayed from the whole partition. Also measures a plain
+/// fetch of the partition in the same run, for the ratio extraction / fetch.
+pub fn extract(
+    target: &Target,
+    c: &Common,
+    keys: u64,
+    progress: &Arc<AtomicU64>,
+) -> Result<Report, String> {
+    use std::collections::BTreeMap;
+    use tidelog_client::{ExtractCriteria, ExtractEvent, ExtractMode};
+    const TENANT: &[u8] = b"bench-tenant";
+    let admin = target.connect()?;
+    create_topic(&admin, c)?;
+    let partition =
+        tidelog_protocol::partitioner::partition_for(Some(TENANT), None, c.partitions).unwrap_or(0);
+    let record = |i: u64, version: u64| {
+        let mut value = vec![0xA5u8; c.record_size.max(16)];
+        value[..8].copy_from_slice(&version.to_le_bytes());
+        Record {
+            timestamp_ms: (payload::now_ns() / 1_000_000) as i64,
+            tenant: Some(TENANT.to_vec()),
+            key: Some(format!("key-{i:012}").into_bytes()),
+            value: Some(value),
+            headers: Vec::new(),
+        }
+    };
+    // Seed every key once (untimed).
+    let mut i = 0;
+    while i < keys {
+        let n = (c.batch as u64).min(keys - i);
+        let batch: Vec<Record> = (i..i + n).map(|k| record(k, 0)).collect();
+        admin
+            .publish(
+                &c.topic,
+                partition,
+                Ack::Written,
+                &build_batch(&batch, ProducerStamp::default()),
+            )
+            .map_err(|e| format!("seed: {e}"))?;
+        i += n;
+    }
+    // Writers keep updating random keys during the extraction.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..c.producers)
+        .map(|w| {
+            let (target, c, stop) = (target.clone(), c.clone(), stop.clone());
+            std::thread::spawn(move || -> Result<u64, String> {
+                let client = target.connect()?;
+                let mut x = u64::from(w) * 7919 + 1;
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let batch: Vec<Record> = (0..10)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            let mut value = vec![0x5Au8; c.record_size.max(16)];
+                            value[..8].copy_from_slice(&x.to_le_bytes());
+                            Record {
+                                timestamp_ms: 1,
+                                tenant: Some(TENANT.to_vec()),
+                                key: Some(format!("key-{:012}", x % keys.max(1)).into_bytes()),
+                                value: Some(value),
+                                headers: Vec::new(),
+                            }
+                        })
+                        .collect();
+                    client
+                        .publish(
+                            &c.topic,
+                            partition,
+                            Ack::Written,
+                            &build_batch(&batch, ProducerStamp::default()),
+                        )
+                        .map_err(|e| format!("writer: {e}"))?;
+                    sent += 10;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(sent)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let client = target.connect()?;
+    let started = Instant::now();
+    let mut stream = client
+        .extract_then_follow(
+            &c.topic,
+            TENANT,
+            ExtractMode::State,
+            ExtractCriteria::default(),
+        )
+        .map_err(|e| format!("extract: {e}"))?;
+    let mut state: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
+    let mut first_record = None;
+    let mut duplicate = 0u64;
+    let mut bytes = 0u64;
+    let watermark = loop {
+        match stream.next_timeout(c.timeout).map_err(|e| e.to_string())? {
+            Some(ExtractEvent::Snapshot(r)) => {
+                first_record.get_or_insert_with(|| started.elapsed());
+                let value = r.value.unwrap_or_default();
+                bytes += value.len() as u64;
+                if state
+                    .insert(r.key.unwrap_or_default(), (r.offset, value))
+                    .is_some()
+                {
+                    duplicate += 1;
+                }
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(ExtractEvent::Watermark { offset, .. }) => break offset.unwrap_or(0),
+            Some(ExtractEvent::Live(_)) => return Err("live record before the watermark".into()),
+            None => return Err("extraction timed out".into()),
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let snapshot_records = state.len() as u64 + duplicate;
+    // Live catch-up: stop the writers; follow up to the tenant's last record.
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.join().map_err(|_| "a writer panicked".to_string())??;
+    }
+    let end = admin.offsets(&c.topic).map_err(|e| e.to_string())?[partition as usize].next;
+    let catch_up = Instant::now();
+    let mut live = 0u64;
+    let mut out_of_order = 0u64;
+    let mut last = watermark;
+    while last + 1 < end {
+        match stream.next_timeout(c.timeout).map_err(|e| e.to_string())? {
+            Some(ExtractEvent::Live(r)) => {
+                if r.offset <= last {
+                    out_of_order += 1;
+                }
+                last = r.offset;
+                live += 1;
+                state.insert(
+                    r.key.unwrap_or_default(),
+                    (r.offset, r.value.unwrap_or_default()),
+                );
+            }
+            Some(_) => return Err("unexpected event after the watermark".into()),
+            None => break,
+        }
+    }
+    let catch_up_seconds = catch_up.elapsed().as_secs_f64();
+    // The reference, and a plain fetch of the same partition for the speed ratio.
+    let fetch_started = Instant::now();
+    let mut reference: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
+    let mut at = 0;
+    let mut fetched_bytes = 0u64;
+    while at < end {
+        let f = admin
+            .fetch(
+                &c.topic,
+                partition,
+                StartAt::Offset(at),
+                8 << 20,
+                Duration::ZERO,
+                None,
+            )
+            .map_err(|e| e.to_string())?;
+        for r in f.records {
+            fetched_bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
+            reference.insert(
+                r.key.unwrap_or_default(),
+                (r.offset, r.value.unwrap_or_default()),
+            );
+        }
+        at = f.next_offset;
+    }
+    let fetch_seconds = fetch_started.elapsed().as_secs_f64();
+    let missing = reference.keys().filter(|k| !state.contains_key(*k)).count() as u64
+        + state
+            .iter()
+            .filter(|(k, v)| reference.get(*k) != Some(v))
+            .count() as u64;
+    let verdict = crate::verify::Verdict {
+        expected: keys,
+        missing: missing + keys.saturating_sub(snapshot_records.min(keys)),
+        duplicate,
+        out_of_order,
+        foreign: 0,
+    };
+    let mb_per_sec = bytes as f64 / 1e6 / seconds.max(1e-9);
+    let fetch_mb_per_sec = fetched_bytes as f64 / 1e6 / fetch_seconds.max(1e-9);
+    let mut settings = c.settings();
+    settings["keys"] = keys.into();
+    settings["writers_records_during_run"] = written.into();
+    settings["time_to_first_record_us"] = first_record.map_or(0, |d| d.as_micros() as u64).into();
+    settings["live_catch_up_records"] = live.into();
+    settings["live_catch_up_seconds"] = catch_up_seconds.into();
+    settings["fetch_same_partition_mb_per_sec"] = fetch_mb_per_sec.into();
+    settings["extract_vs_fetch"] = (mb_per_sec / fetch_mb_per_sec.max(1e-9)).into();
+    Ok(Report {
+        scenario: "extract".into(),
+        records: snapshot_records,
+        bytes,
+        seconds,
+        latency: None,
+        verdict: Some(verdict),
+        settings,
+    })
+}
