@@ -51,8 +51,19 @@ impl Criteria {
     }
 }
 
-/// Re-encodes `kept` records (offsets preserved) as one batch appended to `out`.
-fn push_batch(out: &mut Vec<u8>, scratch: &mut Vec<u8>, kept: &[RecordView<'_>]) {
+/// Appends the `kept` records of `source` to `out`: the stored batch as it is when every
+/// record of it is kept (no re-encoding, its CRC still valid), else a re-encoded batch of
+/// just those records (offsets preserved).
+fn push_batch(
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    source: &BatchView<'_>,
+    kept: &[RecordView<'_>],
+) {
+    if !kept.is_empty() && kept.len() == source.header.record_count as usize {
+        out.extend_from_slice(source.bytes());
+        return;
+    }
     if let Some(first) = kept.first() {
         let base = first.offset;
         encode_batch(
@@ -139,7 +150,7 @@ impl TenantSnapshot {
         max_bytes: usize,
         criteria: &Criteria,
     ) -> Result<(Vec<u8>, usize)> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max_bytes as usize + (64 << 10));
         let mut i = cursor;
         let mut batch_buf = Vec::new();
         while i < self.offsets.len() && (out.is_empty() || out.len() < max_bytes) {
@@ -223,7 +234,7 @@ pub fn history_step(
             let view =
                 view_stored(&bytes[pos..]).map_err(|e| EngineError::InvalidBatch(e.to_string()))?;
             let kept = select(&view, tenant, criteria, at, upto);
-            push_batch(&mut out, &mut scratch, &kept);
+            push_batch(&mut out, &mut scratch, &view, &kept);
             pos += view.bytes().len();
         }
         scanned += bytes.len();
