@@ -150,7 +150,7 @@ impl TenantSnapshot {
         max_bytes: usize,
         criteria: &Criteria,
     ) -> Result<(Vec<u8>, usize)> {
-        let mut out = Vec::with_capacity(max_bytes as usize + (64 << 10));
+        let mut out = Vec::with_capacity(max_bytes + (64 << 10));
         let mut i = cursor;
         let mut batch_buf = Vec::new();
         while i < self.offsets.len() && (out.is_empty() || out.len() < max_bytes) {
