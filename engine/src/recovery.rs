@@ -514,7 +514,6 @@ fn verify_clean_tail(seg: &Segment, base: u64, len: u32) -> Option<ScanOutcome> 
                 end: 0,
                 next_offset: base,
                 max_timestamp_ms: i64::MIN,
-                batches: 0,
                 stopped: None,
             })
         }

@@ -84,7 +84,6 @@ pub struct ScanOutcome {
     pub end: u32,
     pub next_offset: u64,
     pub max_timestamp_ms: i64,
-    pub batches: u64,
     /// Why the scan stopped before the end of the bytes, if it did (zeros are a clean end).
     pub stopped: Option<String>,
 }
@@ -501,7 +500,6 @@ impl Segment {
             end: from,
             next_offset: expected_offset,
             max_timestamp_ms: self.max_timestamp_ms.load(Ordering::Relaxed),
-            batches: 0,
             stopped: None,
         };
         if reindex {
@@ -548,7 +546,6 @@ impl Segment {
             }
             out.end += h.batch_len;
             out.next_offset = h.next_offset();
-            out.batches += 1;
         }
         out
     }

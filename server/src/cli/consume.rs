@@ -6,6 +6,8 @@
 //! partition, offset, timestamp, tenant, key, value (null = tombstone) and headers.
 
 use std::io::{BufWriter, Write};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -66,131 +68,123 @@ pub fn run(args: ConsumeArgs) -> Result<(), String> {
             .collect(),
     };
     let tenant = args.tenant.as_ref().map(|t| t.as_bytes().to_vec());
+    let mut run = Run {
+        client,
+        args: &args,
+        partitions,
+        start,
+        tenant,
+        printed: 0,
+        limit: args.max.unwrap_or(u64::MAX),
+        stop,
+    };
     let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut printed = 0u64;
-    let limit = args.max.unwrap_or(u64::MAX);
     let result = if args.follow {
-        follow(
-            &client,
-            &args,
-            &partitions,
-            start,
-            tenant.as_deref(),
-            &mut out,
-            &mut printed,
-            limit,
-            &stop,
-        )
+        run.follow(&mut out)
     } else {
-        drain(
-            &client,
-            &args,
-            &partitions,
-            start,
-            tenant.as_deref(),
-            &mut out,
-            &mut printed,
-            limit,
-            &stop,
-        )
+        run.drain(&mut out)
     };
     out.flush().map_err(|e| e.to_string())?;
     result
 }
 
-/// Reads every partition up to its high watermark at the start.
-#[allow(clippy::too_many_arguments)]
-fn drain(
-    client: &Client,
-    args: &ConsumeArgs,
-    partitions: &[u32],
+/// One `consume` invocation: what to read and how much has been printed.
+struct Run<'a> {
+    client: Client,
+    args: &'a ConsumeArgs,
+    partitions: Vec<u32>,
     start: StartAt,
-    tenant: Option<&[u8]>,
-    out: &mut impl Write,
-    printed: &mut u64,
+    tenant: Option<Vec<u8>>,
+    printed: u64,
     limit: u64,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<(), String> {
-    let offsets = client.offsets(&args.topic).map_err(|e| e.to_string())?;
-    for &partition in partitions {
-        let Some(o) = offsets.iter().find(|o| o.partition == partition) else {
-            return Err(format!("topic {} has no partition {partition}", args.topic));
-        };
-        let end = o.next;
-        let mut position = match start {
-            StartAt::Earliest => StartAt::Offset(o.earliest),
-            StartAt::Latest => StartAt::Offset(end),
-            other => other,
-        };
-        while *printed < limit && !stopped(stop) {
-            if matches!(position, StartAt::Offset(p) if p >= end) {
-                break;
-            }
-            let f = client
-                .fetch(
-                    &args.topic,
-                    partition,
-                    position,
-                    1 << 20,
-                    Duration::ZERO,
-                    tenant,
-                )
-                .map_err(|e| e.to_string())?;
-            for r in f
-                .records
-                .iter()
-                .filter(|r| r.offset < end)
-                .take((limit - *printed) as usize)
-            {
-                print_record(out, None, r, args.format)?;
-                *printed += 1;
-            }
-            if position == StartAt::Offset(f.next_offset) {
-                break; // no progress: nothing more to read
-            }
-            position = StartAt::Offset(f.next_offset);
-        }
-    }
-    Ok(())
+    stop: Arc<AtomicBool>,
 }
 
-/// Subscribes to every partition and prints records as they arrive.
-#[allow(clippy::too_many_arguments)]
-fn follow(
-    client: &Client,
-    args: &ConsumeArgs,
-    partitions: &[u32],
-    start: StartAt,
-    tenant: Option<&[u8]>,
-    out: &mut impl Write,
-    printed: &mut u64,
-    limit: u64,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<(), String> {
-    let mut subs: Vec<Subscription> = partitions
-        .iter()
-        .map(|&p| client.subscribe(&args.topic, p, start, tenant, WINDOW_BYTES_DEFAULT))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let wait = Duration::from_millis(if subs.len() > 1 { 10 } else { 100 });
-    while *printed < limit && !stopped(stop) {
-        let mut idle = true;
-        for sub in &mut subs {
-            match sub.next_timeout(wait).map_err(|e| e.to_string())? {
-                Some(r) => {
+impl Run<'_> {
+    fn done(&self) -> bool {
+        self.printed >= self.limit || stopped(&self.stop)
+    }
+
+    /// Reads every partition up to its high watermark at the start.
+    fn drain(&mut self, out: &mut impl Write) -> Result<(), String> {
+        let topic = &self.args.topic;
+        let offsets = self.client.offsets(topic).map_err(|e| e.to_string())?;
+        for &partition in &self.partitions {
+            let Some(o) = offsets.iter().find(|o| o.partition == partition) else {
+                return Err(format!("topic {topic} has no partition {partition}"));
+            };
+            let end = o.next;
+            let mut position = match self.start {
+                StartAt::Earliest => StartAt::Offset(o.earliest),
+                StartAt::Latest => StartAt::Offset(end),
+                other => other,
+            };
+            while !self.done() {
+                if matches!(position, StartAt::Offset(p) if p >= end) {
+                    break;
+                }
+                let f = self
+                    .client
+                    .fetch(
+                        topic,
+                        partition,
+                        position,
+                        1 << 20,
+                        Duration::ZERO,
+                        self.tenant.as_deref(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                for r in f
+                    .records
+                    .iter()
+                    .filter(|r| r.offset < end)
+                    .take((self.limit - self.printed) as usize)
+                {
+                    print_record(out, None, r, self.args.format)?;
+                    self.printed += 1;
+                }
+                if position == StartAt::Offset(f.next_offset) {
+                    break; // no progress: nothing more to read
+                }
+                position = StartAt::Offset(f.next_offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes to every partition and prints records as they arrive.
+    fn follow(&mut self, out: &mut impl Write) -> Result<(), String> {
+        let mut subs: Vec<Subscription> = self
+            .partitions
+            .iter()
+            .map(|&p| {
+                self.client.subscribe(
+                    &self.args.topic,
+                    p,
+                    self.start,
+                    self.tenant.as_deref(),
+                    WINDOW_BYTES_DEFAULT,
+                )
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let wait = Duration::from_millis(if subs.len() > 1 { 10 } else { 100 });
+        while !self.done() {
+            let mut idle = true;
+            for sub in &mut subs {
+                if let Some(r) = sub.next_timeout(wait).map_err(|e| e.to_string())? {
                     idle = false;
-                    print_record(out, None, &r, args.format)?;
-                    *printed += 1;
-                    if *printed >= limit {
+                    print_record(out, None, &r, self.args.format)?;
+                    self.printed += 1;
+                    if self.done() {
                         break;
                     }
                 }
-                None => continue,
+            }
+            if idle {
+                out.flush().map_err(|e| e.to_string())?;
             }
         }
-        if idle {
-            out.flush().map_err(|e| e.to_string())?;
-        }
+        Ok(())
     }
-    Ok(())
 }
