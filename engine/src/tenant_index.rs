@@ -22,7 +22,10 @@
 
 use std::sync::Arc;
 
-use imbl::HashMap as PersistentMap;
+/// Persistent maps with a fast, per-process-seeded hasher: the index is updated for every
+/// tenant record appended, and SipHash was half of that cost.
+type PersistentMap<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 use tidelog_protocol::batch::BatchView;
 
 use crate::snapshot_file;
@@ -169,14 +172,14 @@ impl TenantIndex {
         let mut r = snapshot_file::open(bytes, MAGIC)?;
         let next_offset = r.u64()?;
         let count = r.u32()?;
-        let mut tenants = PersistentMap::new();
+        let mut tenants = PersistentMap::default();
         for _ in 0..count {
             let len = usize::from(r.u8()?);
             let tenant: Arc<[u8]> = Arc::from(r.take(len)?);
             let latest = r.u64()?;
             let events = r.u64()?;
             let n = r.u32()?;
-            let mut keys = PersistentMap::new();
+            let mut keys = PersistentMap::default();
             for _ in 0..n {
                 let klen = r.u32()? as usize;
                 let key: Arc<[u8]> = Arc::from(r.take(klen)?);
