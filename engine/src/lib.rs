@@ -13,7 +13,8 @@
 //! - `flusher.rs` — the background thread: group commit, periodic sync, retention;
 //!   `prefault.rs` — the thread that faults pages in ahead of each writer.
 //! - `checkpoint.rs` — how far the active segment is durable; `recovery.rs` — opening a
-//!   partition after a clean or unclean stop; `producer.rs` — idempotent producer state.
+//!   partition after a clean or unclean stop; `producer.rs` — idempotent producer state;
+//!   `snapshot_file.rs` — the magic + CRC framing of the snapshot files.
 //! - `tenant_index.rs` — tenant → key → latest offset, maintained on append and
 //!   checkpointed; `extract.rs` — the frozen tenant snapshot a state extraction reads.
 //! - `topic.rs` — topic metadata; `engine.rs` — the data directory, topics, clean shutdown.
