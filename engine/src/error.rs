@@ -91,11 +91,7 @@ impl EngineError {
         }
     }
 
-    pub(crate) fn corrupt(
-        segment: impl Into<PathBuf>,
-        position: u64,
-        reason: impl Into<String>,
-    ) -> Self {
+    pub fn corrupt(segment: impl Into<PathBuf>, position: u64, reason: impl Into<String>) -> Self {
         EngineError::Corrupt {
             segment: segment.into(),
             position,

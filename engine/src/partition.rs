@@ -677,6 +677,11 @@ impl Partition {
         TenantSnapshot::new(tenant.to_vec(), watermark, offsets, segments)
     }
 
+    /// Every tenant with at least one record in the index (any order).
+    pub fn tenant_names(&self) -> Vec<Vec<u8>> {
+        self.lock_writer().tenants.names()
+    }
+
     /// A tenant's latest event id and live key count.
     pub fn tenant_info(&self, tenant: &[u8]) -> Option<TenantInfo> {
         let w = self.lock_writer();

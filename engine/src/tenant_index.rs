@@ -69,6 +69,10 @@ impl TenantIndex {
         self.tenants.get(tenant)
     }
 
+    pub fn names(&self) -> Vec<Vec<u8>> {
+        self.tenants.keys().map(|t| t.to_vec()).collect()
+    }
+
     pub fn tenant_count(&self) -> usize {
         self.tenants.len()
     }

@@ -32,19 +32,23 @@ pub const TOPIC_NAME_LEN_MAX: usize = 249;
 /// Topic names: 1..=249 of `[A-Za-z0-9._-]`, not `.` or `..`, not starting with `.`
 /// (reserved for the engine's own directories).
 pub fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= TOPIC_NAME_LEN_MAX
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(EngineError::InvalidConfig(format!(
             "topic name {name:?}: use 1 to {TOPIC_NAME_LEN_MAX} of A-Z a-z 0-9 . _ -, not starting with '.'"
         )))
     }
+}
+
+/// The rule of [`validate_name`], also used for consumer-group names.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= TOPIC_NAME_LEN_MAX
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

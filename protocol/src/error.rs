@@ -32,6 +32,18 @@ pub enum ErrorCode {
     /// The extraction to resume is unknown: its resume window passed, or the server
     /// restarted. Start a new extraction.
     ExtractionExpired = 32,
+    /// No group of that name (no member and no committed offset).
+    UnknownGroup = 70,
+    /// The member id is not (or no longer) in the group: its session expired, it left,
+    /// or the server restarted. Join again with an empty member id.
+    UnknownMember = 71,
+    /// The generation is older than the one the partition was granted in (or newer than
+    /// the member's): the request comes from a stale view of the group.
+    StaleGeneration = 72,
+    /// The member does not hold that partition.
+    NotPartitionOwner = 73,
+    /// The group exists for another topic.
+    GroupTopicMismatch = 74,
     /// The caller is not permitted to do this.
     NotAllowed = 40,
     /// A limit of the server was reached (connections, buffered bytes, subscriptions).
@@ -45,7 +57,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::InvalidRequest,
         ErrorCode::BadFrame,
         ErrorCode::UnsupportedVersion,
@@ -63,6 +75,11 @@ impl ErrorCode {
         ErrorCode::UnknownSubscription,
         ErrorCode::SubscriptionExists,
         ErrorCode::ExtractionExpired,
+        ErrorCode::UnknownGroup,
+        ErrorCode::UnknownMember,
+        ErrorCode::StaleGeneration,
+        ErrorCode::NotPartitionOwner,
+        ErrorCode::GroupTopicMismatch,
         ErrorCode::NotAllowed,
         ErrorCode::ServerOverloaded,
         ErrorCode::StorageFailed,

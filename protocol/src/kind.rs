@@ -28,6 +28,17 @@ pub const EXTRACT_DATA: u16 = 0x0101;
 /// Server push: the extraction is complete (flags PUSH; correlation = extraction id).
 pub const EXTRACT_END: u16 = 0x0102;
 
+/// Stream groups (docs/PROTOCOL.md, "Consumer groups").
+pub const GROUP_HEARTBEAT: u16 = 0x0200;
+pub const GROUP_LEAVE: u16 = 0x0201;
+pub const GROUP_COMMIT: u16 = 0x0202;
+pub const GROUP_OFFSETS: u16 = 0x0203;
+pub const GROUP_LIST: u16 = 0x0204;
+pub const GROUP_DESCRIBE: u16 = 0x0205;
+/// Server push: heartbeat now, the member's assignment changed (flags PUSH; correlation =
+/// the heartbeat's `notify` id).
+pub const GROUP_NOTICE: u16 = 0x0206;
+
 /// 0x0103..=0x01FF: more extraction. 0x0200..=0x02FF: consumer groups.
 /// 0x0300..=0x03FF: replication. 0x0400..=0x04FF: authentication.
 pub const RESERVED_RANGES: [(u16, u16); 4] = [

@@ -8,6 +8,7 @@
 //! - `kind.rs` — frame kinds and reserved ranges.
 //! - `request.rs` — client → server messages; `response.rs` — server → client messages,
 //!   pushes and error bodies.
+//! - `group.rs` — consumer-group requests, responses and the notice push.
 //! - `error.rs` — numbered error codes.
 //! - `filter.rs` — tenant filtering of stored batches (whole batches by header when possible).
 //! - `partitioner.rs` — which partition a record goes to (shared by every client).
@@ -21,6 +22,7 @@ pub mod codec;
 pub mod error;
 pub mod filter;
 pub mod frame;
+pub mod group;
 pub mod kind;
 pub mod partitioner;
 pub mod record;

@@ -4,6 +4,7 @@
 
 use crate::codec::{Reader, Writer};
 use crate::error::{ErrorCode, ProtocolError};
+use crate::group::GroupRequest;
 use crate::kind;
 
 /// Where a read starts.
@@ -154,6 +155,8 @@ pub enum Request<'a> {
         resume_token: u64,
         resume_cursor: u64,
     },
+    /// Consumer groups (kinds 0x0200..): see [`crate::group`].
+    Group(GroupRequest<'a>),
 }
 
 /// What an extraction returns.
@@ -202,6 +205,7 @@ impl<'a> Request<'a> {
             Request::GrantCredits { .. } => kind::GRANT_CREDITS,
             Request::Offsets { .. } => kind::OFFSETS,
             Request::Extract { .. } => kind::EXTRACT,
+            Request::Group(g) => g.kind(),
         }
     }
 
@@ -338,6 +342,7 @@ impl<'a> Request<'a> {
                 out.put_u64(resume_token);
                 out.put_u64(resume_cursor);
             }
+            Request::Group(ref g) => g.encode_body(out),
         }
     }
 
@@ -449,10 +454,13 @@ impl<'a> Request<'a> {
                 }
             }
             other => {
+                if let Some(group) = GroupRequest::decode(other, body) {
+                    return group.map(Request::Group);
+                }
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownKind,
                     format!("unknown request kind {other:#06x}"),
-                ))
+                ));
             }
         };
         r.finish("the request body")?;

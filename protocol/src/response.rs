@@ -7,6 +7,7 @@
 use crate::codec::{Reader, Writer};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::frame::{self, FLAG_ERROR, FLAG_PUSH, FLAG_RESPONSE};
+use crate::group::GroupResponse;
 use crate::kind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +88,8 @@ pub enum Response<'a> {
         total: u64,
         token: u64,
     },
+    /// Consumer groups: see [`crate::group`]. GROUP_LEAVE answers [`Response::Done`].
+    Group(GroupResponse<'a>),
 }
 
 /// An EXTRACT_DATA push: `cursor u64, batches bytes`. `cursor` is where a resumed
@@ -244,6 +247,7 @@ impl<'a> Response<'a> {
                 out.put_u64(*total);
                 out.put_u64(*token);
             }
+            Response::Group(g) => g.encode_body(out),
         }
     }
 
@@ -261,7 +265,8 @@ impl<'a> Response<'a> {
             | kind::CREATE_TOPIC
             | kind::DELETE_TOPIC
             | kind::ADD_PARTITIONS
-            | kind::UNSUBSCRIBE => Response::Done,
+            | kind::UNSUBSCRIBE
+            | kind::GROUP_LEAVE => Response::Done,
             kind::LIST_TOPICS => {
                 let n = r.count("count", 6)?;
                 let mut topics = Vec::with_capacity(n);
@@ -322,10 +327,13 @@ impl<'a> Response<'a> {
                 token: r.u64("token")?,
             },
             other => {
+                if let Some(group) = GroupResponse::decode(other, body) {
+                    return group.map(Response::Group);
+                }
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownKind,
                     format!("no response is defined for kind {other:#06x}"),
-                ))
+                ));
             }
         };
         r.finish("the response body")?;

@@ -32,6 +32,8 @@ pub struct Connection {
     pub outbox: Outbox,
     /// HELLO has been accepted.
     pub handshaken: bool,
+    /// The client's name from HELLO (shown in group descriptions).
+    pub client_name: String,
     /// Close once the outbox is flushed (after a framing error).
     pub closing: bool,
     /// The socket can be read (edge-triggered: stays set until a read would block).
@@ -71,6 +73,7 @@ impl Connection {
             input: Input::default(),
             outbox: Outbox::default(),
             handshaken: false,
+            client_name: String::new(),
             closing: false,
             read_ready: true,
             eof: false,

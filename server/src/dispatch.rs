@@ -19,7 +19,7 @@ use tidelog_protocol::{
 use crate::connection::Connection;
 use crate::deliver;
 use crate::extraction::{Resumable, ResumeSpec};
-use crate::state::{key_of, to_protocol, LongPoll, PendingAck, State};
+use crate::state::{key_of, to_protocol, LongPoll, State};
 use crate::subscription::Subscription;
 
 /// Handles one whole request frame from connection `token`.
@@ -112,6 +112,7 @@ fn execute<'a>(
                 ));
             }
             conn.handshaken = true;
+            conn.client_name = client.chars().take(128).collect();
             tracing::debug!(peer = %conn.peer, client, "handshake");
             conn.outbox.encode(|out| {
                 encode_response(
@@ -130,16 +131,19 @@ fn execute<'a>(
         }
         Request::Ping => Reply::Now(Response::Done),
         Request::CreateTopic { name, settings } => {
+            refuse_internal(name)?;
             engine
                 .create_topic(name, topic_config(&state.topic_defaults, &settings))
                 .map_err(e)?;
             Reply::Now(Response::Done)
         }
         Request::DeleteTopic { name } => {
+            refuse_internal(name)?;
             engine.delete_topic(name).map_err(e)?;
             Reply::Now(Response::Done)
         }
         Request::AddPartitions { name, partitions } => {
+            refuse_internal(name)?;
             engine.add_partitions(name, partitions).map_err(e)?;
             Reply::Now(Response::Done)
         }
@@ -320,6 +324,10 @@ fn execute<'a>(
             state.to_pump.push((token, subscription));
             Reply::Handled
         }
+        Request::Group(group) => {
+            crate::groups::handle(state, token, conn, correlation, group)?;
+            Reply::Handled
+        }
         Request::Extract {
             extraction,
             topic,
@@ -433,6 +441,7 @@ fn publish<'a>(
     ack: Ack,
     batches: &[u8],
 ) -> Result<Reply<'a>, ProtocolError> {
+    refuse_internal(topic)?;
     let p = state.partition(topic, partition)?;
     let mut published = Vec::new();
     let mut rest = batches;
@@ -486,23 +495,33 @@ fn publish<'a>(
                 correlation,
                 &Response::Published(published),
             );
-            if p.durable_offset() > last_offset {
-                conn.outbox.push_owned(response);
-            } else {
-                state.want_flush(&p);
-                state.pending_acks.push(PendingAck {
-                    token,
-                    key: key_of(&p),
-                    last_offset,
-                    response,
-                    kind: kind::PUBLISH,
-                    correlation,
-                });
-            }
+            state.reply_when_durable(
+                token,
+                conn,
+                &p,
+                last_offset,
+                response,
+                kind::PUBLISH,
+                correlation,
+            );
             Ok(Reply::Handled)
         }
     }
 }
+
+/// Topics named `__tidelog*` hold the server's own state (committed offsets): clients may
+/// read them, never write, create or delete them.
+fn refuse_internal(topic: &str) -> Result<(), ProtocolError> {
+    if topic.starts_with(INTERNAL_TOPIC_PREFIX) {
+        return Err(ProtocolError::new(
+            ErrorCode::NotAllowed,
+            format!("topic {topic} is internal to the server (prefix {INTERNAL_TOPIC_PREFIX}): read-only"),
+        ));
+    }
+    Ok(())
+}
+
+pub const INTERNAL_TOPIC_PREFIX: &str = "__tidelog";
 
 fn unknown_subscription(id: u32) -> ProtocolError {
     ProtocolError::new(

@@ -123,6 +123,11 @@ impl EventLoop {
         for lp in &self.state.long_polls {
             timeout = timeout.min(lp.deadline.saturating_duration_since(now));
         }
+        if let Some(deadline) = self.state.groups.next_deadline() {
+            // Just past it: a session ends only once strictly older than its timeout.
+            let after = deadline.saturating_duration_since(now) + Duration::from_millis(1);
+            timeout = timeout.min(after);
+        }
         if self.stop.load(Ordering::Relaxed) {
             timeout = timeout.min(Duration::from_millis(10));
         }
@@ -199,6 +204,13 @@ impl EventLoop {
         self.expire_long_polls();
         let now = Instant::now();
         self.state.resumable.retain(|_, r| r.expires > now);
+        self.state.groups.expire(now);
+        for (token, notify, generation) in self.state.groups.take_notices() {
+            if let Some(conn) = self.conn_mut(token) {
+                conn.outbox
+                    .encode(|out| tidelog_protocol::group::encode_notice(out, notify, generation));
+            }
+        }
         self.pump_scheduled();
         let now = Instant::now();
         for index in 0..self.conns.len() {
@@ -343,6 +355,7 @@ impl EventLoop {
         self.state.long_polls.retain(|lp| lp.token != token);
         self.state.pending_acks.retain(|a| a.token != token);
         self.state.to_pump.retain(|&(t, _)| t != token);
+        self.state.groups.connection_closed(token);
         self.free.push(index);
         self.live -= 1;
         tracing::debug!(peer = %conn.peer, "connection closed");

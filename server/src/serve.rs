@@ -191,6 +191,14 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())?;
     }
+    // Tokens and member ids differ across server runs, so a stale one is never mistaken
+    // for a new one.
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    let groups =
+        crate::groups::Coordinator::open(&engine, boot >> 20).map_err(|e| e.to_string())?;
     let state = State {
         topic_defaults: EngineConfig::default().topic_defaults,
         engine: engine.clone(),
@@ -203,11 +211,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         to_pump: Vec::new(),
         server_name: format!("tidelog {}", env!("CARGO_PKG_VERSION")),
         resumable: Default::default(),
-        // Tokens differ across server runs, so a stale token is never mistaken for a new one.
-        next_token: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            | 1,
+        next_token: boot,
+        groups,
     };
     let mut event_loop = EventLoop::new(poll, listener, state, stop).map_err(|e| e.to_string())?;
     tracing::info!(

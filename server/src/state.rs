@@ -93,6 +93,8 @@ pub struct State {
     /// Extractions that can be resumed, by token.
     pub resumable: HashMap<u64, crate::extraction::Resumable>,
     pub next_token: u64,
+    /// Consumer groups.
+    pub groups: crate::groups::Coordinator,
 }
 
 impl State {
@@ -106,6 +108,35 @@ impl State {
         if !self.flush_wanted.iter().any(|p| Arc::ptr_eq(p, partition)) {
             self.flush_wanted.push(partition.clone());
         }
+    }
+
+    /// Sends `response` once `partition` is durable past `last_offset` (now, if it is
+    /// already): the acknowledgement of a durable write, batched into the tick's group
+    /// commit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reply_when_durable(
+        &mut self,
+        token: usize,
+        conn: &mut crate::connection::Connection,
+        partition: &Arc<Partition>,
+        last_offset: u64,
+        response: Vec<u8>,
+        kind: u16,
+        correlation: u64,
+    ) {
+        if partition.durable_offset() > last_offset {
+            conn.outbox.push_owned(response);
+            return;
+        }
+        self.want_flush(partition);
+        self.pending_acks.push(PendingAck {
+            token,
+            key: key_of(partition),
+            last_offset,
+            response,
+            kind,
+            correlation,
+        });
     }
 
     pub fn unsubscribe(&mut self, token: usize, key: &PartitionKey, id: u32) {
