@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,10 +70,14 @@ impl Frame {
     }
 }
 
+/// Receives the frames pushed to one id, on the reader thread: it must not block.
+type PushSink = Arc<dyn Fn(Frame) + Send + Sync>;
+
 struct Shared {
     writer: Mutex<TcpStream>,
     pending: Mutex<HashMap<u64, SyncSender<Frame>>>,
-    subscriptions: Mutex<HashMap<u32, Sender<Frame>>>,
+    /// Where pushed frames go, by id (subscriptions, extractions, group notices).
+    subscriptions: Mutex<HashMap<u32, PushSink>>,
     next_correlation: AtomicU64,
     next_subscription: AtomicU32,
     closed: AtomicBool,
@@ -281,13 +285,22 @@ impl Client {
 
     /// Reserves a subscription id and the channel its DATA frames arrive on.
     pub(crate) fn register_subscription(&self) -> (u32, Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel::<Frame>();
+        let id = self.register_push(move |frame| {
+            let _ = tx.send(frame);
+        });
+        (id, rx)
+    }
+
+    /// Reserves a push id whose frames are handed to `sink` on the reader thread. The sink
+    /// is dropped when the id is forgotten or the connection ends.
+    pub(crate) fn register_push(&self, sink: impl Fn(Frame) + Send + Sync + 'static) -> u32 {
         let id = self
             .shared
             .next_subscription
             .fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel();
-        lock(&self.shared.subscriptions).insert(id, tx);
-        (id, rx)
+        lock(&self.shared.subscriptions).insert(id, Arc::new(sink));
+        id
     }
 
     pub(crate) fn forget_subscription(&self, id: u32) {
@@ -328,9 +341,9 @@ fn read_loop(stream: TcpStream, shared: &Shared) {
     while let Ok(frame) = read_frame(&mut reader) {
         if frame.header.is_push() {
             let id = frame.header.correlation as u32;
-            let tx = lock(&shared.subscriptions).get(&id).cloned();
-            if let Some(tx) = tx {
-                let _ = tx.send(frame);
+            let sink = lock(&shared.subscriptions).get(&id).cloned();
+            if let Some(sink) = sink {
+                sink(frame);
             }
         } else if let Some(tx) = lock(&shared.pending).remove(&frame.header.correlation) {
             let _ = tx.send(frame);

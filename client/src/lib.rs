@@ -10,6 +10,7 @@
 //! - `subscription.rs` — pushed records under credit, granted back as consumed.
 //! - `extract.rs` — extract-then-follow: a tenant's state or history at a watermark, then
 //!   the live records after it.
+//! - `group.rs` — stream-group members (heartbeats, rebalances, commits) and group info.
 //! - `records.rs` — CRC-checked decoding of received batches.
 //!
 //! # Example
@@ -40,6 +41,7 @@ mod admin;
 mod connection;
 mod error;
 mod extract;
+mod group;
 mod producer;
 mod records;
 mod subscription;
@@ -48,6 +50,10 @@ pub use admin::{parse_ack, published, Fetched};
 pub use connection::{Client, ConnectOptions, Frame, PendingReply, ServerInfo};
 pub use error::{ClientError, Result};
 pub use extract::{ExtractCriteria, ExtractEvent, ExtractThenFollow};
+pub use group::{
+    GroupConfig, GroupConsumer, GroupInfo, GroupListing, GroupMemberInfo, GroupOffset,
+    GroupPartitionInfo, PendingCommit, Rebalance,
+};
 pub use producer::{Producer, ProducerConfig, Receipt};
 pub use records::{decode_batches, ConsumedRecord};
 pub use subscription::{Subscription, WINDOW_BYTES_DEFAULT};
