@@ -302,6 +302,20 @@ impl GroupConsumer {
         Ok(pending)
     }
 
+    /// Commits exactly these positions (partition, next offset to consume) — e.g. when
+    /// only part of what `poll` returned was processed — and waits for them to be durable.
+    pub fn commit_positions(&mut self, positions: &[(u32, u64)]) -> Result<()> {
+        if let Some(pending) = self.send_commit(positions)? {
+            pending.wait()?;
+        }
+        for (p, offset) in positions {
+            if let Some(s) = self.streams.get_mut(p) {
+                s.committed = *offset;
+            }
+        }
+        Ok(())
+    }
+
     /// Leaves the group (its partitions go to the others at once). Commit first.
     pub fn close(mut self) -> Result<()> {
         self.leave()

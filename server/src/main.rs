@@ -59,6 +59,9 @@ enum Command {
     Consume(cli::consume::ConsumeArgs),
     /// A tenant's state (or history) at a watermark, then the live records after it.
     Extract(cli::extract::ExtractArgs),
+    /// List and describe consumer groups (members, partitions, committed offsets, lag).
+    #[command(subcommand)]
+    Group(cli::group::GroupCommand),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => cli::publish::run(args),
         Command::Consume(args) => cli::consume::run(args),
         Command::Extract(args) => cli::extract::run(args),
+        Command::Group(command) => cli::group::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

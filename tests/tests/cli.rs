@@ -268,3 +268,140 @@ fn number_after(line: &str, marker: &str) -> u64 {
         .parse()
         .expect("a number")
 }
+
+/// Follows `consume --group` output into a shared list of values.
+fn group_member(
+    server: &Server,
+    values: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> std::process::Child {
+    let mut child = Command::new(binary())
+        .args([
+            "consume",
+            "jobs",
+            "--group",
+            "g",
+            "--follow",
+            "--format",
+            "json",
+            "--session-timeout-ms",
+            "1000",
+        ])
+        .env("TIDELOG_SERVER", server.addr.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("consume --group");
+    let lines = BufReader::new(child.stdout.take().expect("stdout"));
+    let values = values.clone();
+    std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("torn or invalid json line {line:?}: {e}"));
+            values
+                .lock()
+                .expect("lock")
+                .push(v["value"].as_str().expect("value").to_string());
+        }
+    });
+    child
+}
+
+fn wait_for_values(values: &std::sync::Mutex<Vec<String>>, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let distinct: std::collections::BTreeSet<String> =
+            values.lock().expect("lock").iter().cloned().collect();
+        if (1..=n).all(|i| distinct.contains(&format!("v{i}"))) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {n} values printed",
+            distinct.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn consume_group_members_share_the_work_survive_a_kill_and_stop_cleanly() {
+    let server = Server::start();
+    ok(&tidelog(
+        &server,
+        &["topic", "create", "jobs", "--partitions", "4"],
+        "",
+    ));
+    let lines: String = (1..=400).map(|i| format!("v{i}\n")).collect();
+    ok(&tidelog(&server, &["publish", "jobs"], &lines));
+    let (a_values, b_values) = Default::default();
+    let mut a = group_member(&server, &a_values);
+    let mut b = group_member(&server, &b_values);
+    let both = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let union = || {
+        let mut all = a_values.lock().expect("lock").clone();
+        all.extend(b_values.lock().expect("lock").iter().cloned());
+        *both.lock().expect("lock") = all;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        union();
+        let described = ok(&tidelog(
+            &server,
+            &["group", "describe", "g", "--format", "json"],
+            "",
+        ));
+        let d: serde_json::Value = serde_json::from_str(&described).expect("json");
+        let members = d["members"].as_array().expect("members").len();
+        if members == 2 && both.lock().expect("lock").len() >= 400 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{described}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    wait_for_values(&both, 400);
+    // kill -9 one member; the other takes its partitions after its session times out.
+    a.kill().expect("kill");
+    a.wait().expect("wait");
+    let lines: String = (401..=800).map(|i| format!("v{i}\n")).collect();
+    ok(&tidelog(&server, &["publish", "jobs"], &lines));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        union();
+        let distinct: std::collections::BTreeSet<String> =
+            both.lock().expect("lock").iter().cloned().collect();
+        if distinct.len() >= 800 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 800",
+            distinct.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    wait_for_values(&both, 800);
+    // SIGTERM: the survivor commits what it printed, leaves, exits 0.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
+    let status = b.wait().expect("wait");
+    assert!(status.success(), "exit {status:?}");
+    let described = ok(&tidelog(
+        &server,
+        &["group", "describe", "g", "--format", "json"],
+        "",
+    ));
+    let d: serde_json::Value = serde_json::from_str(&described).expect("json");
+    assert_eq!(
+        d["members"].as_array().expect("members").len(),
+        0,
+        "{described}"
+    );
+    assert_eq!(d["lag"], 0, "everything printed was committed: {described}");
+    let listed = ok(&tidelog(&server, &["group", "list"], ""));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("g\tstream\tjobs\t0\t")),
+        "{listed}"
+    );
+    server.stop();
+}

@@ -4,14 +4,23 @@
 //! partition's high watermark as of the start and exits; with `--follow` it subscribes
 //! and prints new records until Ctrl-C/SIGTERM (exit 0, output flushed). json lines carry
 //! partition, offset, timestamp, tenant, key, value (null = tombstone) and headers.
+//!
+//! `--group G` consumes as a member of stream group G: the server shares the topic's
+//! partitions among the group's members, each starts at the group's committed offset
+//! (`--from earliest|latest` where there is none), and the command commits what it has
+//! printed (after flushing it) as it goes, and when it stops. Without `--follow` it stops
+//! once nothing has arrived for `--idle-ms`.
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use tidelog_client::{Client, StartAt, Subscription, WINDOW_BYTES_DEFAULT};
+use tidelog_client::{
+    Client, ClientError, GroupConfig, GroupConsumer, StartAt, Subscription, WINDOW_BYTES_DEFAULT,
+};
 
 use super::{print_record, stop_flag, stopped, OutputFormat, ServerArg};
 
@@ -35,6 +44,15 @@ pub struct ConsumeArgs {
     pub max: Option<u64>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
+    /// Consume as a member of this stream group (committing as it goes).
+    #[arg(long, conflicts_with_all = ["partition", "tenant"])]
+    pub group: Option<String>,
+    /// With --group: the member's session timeout.
+    #[arg(long, default_value_t = 10_000, requires = "group")]
+    pub session_timeout_ms: u64,
+    /// With --group and without --follow: stop after this long without a record.
+    #[arg(long, default_value_t = 2_000, requires = "group")]
+    pub idle_ms: u64,
     #[command(flatten)]
     pub server: ServerArg,
 }
@@ -58,6 +76,9 @@ pub fn run(args: ConsumeArgs) -> Result<(), String> {
     let stop = stop_flag()?;
     let start = parse_start(&args.from)?;
     let client = args.server.connect()?;
+    if let Some(group) = &args.group {
+        return consume_group(&args, group, client, start, &stop);
+    }
     let partitions: Vec<u32> = match args.partition {
         Some(p) => vec![p],
         None => (0..client
@@ -85,6 +106,67 @@ pub fn run(args: ConsumeArgs) -> Result<(), String> {
         run.drain(&mut out)
     };
     out.flush().map_err(|e| e.to_string())?;
+    result
+}
+
+/// `consume --group`: poll, print, flush, commit what was printed; on stop, commit and
+/// leave.
+fn consume_group(
+    args: &ConsumeArgs,
+    group: &str,
+    client: Client,
+    start: StartAt,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    if !matches!(start, StartAt::Earliest | StartAt::Latest) {
+        return Err(
+            "with --group, --from is earliest or latest (where the group has no committed offset)"
+                .into(),
+        );
+    }
+    let config = GroupConfig {
+        session_timeout: Duration::from_millis(args.session_timeout_ms),
+        start,
+        ..GroupConfig::default()
+    };
+    let mut consumer =
+        GroupConsumer::join(&client, group, &args.topic, config).map_err(|e| e.to_string())?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let (limit, mut printed) = (args.max.unwrap_or(u64::MAX), 0u64);
+    let mut last_record = Instant::now();
+    let result = (|| {
+        while printed < limit && !stopped(stop) {
+            let records = consumer
+                .poll(Duration::from_millis(100))
+                .map_err(|e| e.to_string())?;
+            if records.is_empty() {
+                if !args.follow && last_record.elapsed() >= Duration::from_millis(args.idle_ms) {
+                    break;
+                }
+                continue;
+            }
+            last_record = Instant::now();
+            let mut positions: BTreeMap<u32, u64> = BTreeMap::new();
+            for r in records.iter().take((limit - printed) as usize) {
+                print_record(&mut out, None, r, args.format)?;
+                positions.insert(r.partition, r.offset + 1);
+                printed += 1;
+            }
+            // Committed only once it is out: a crash never commits what was not printed.
+            out.flush().map_err(|e| format!("writing output: {e}"))?;
+            let positions: Vec<(u32, u64)> = positions.into_iter().collect();
+            match consumer.commit_positions(&positions) {
+                Ok(()) => {}
+                // A partition taken away meanwhile: its new owner continues from the last
+                // accepted commit (these records may be printed again there).
+                Err(ClientError::Server(e)) => tracing::warn!(error = %e, "commit refused"),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    })();
+    out.flush().map_err(|e| format!("writing output: {e}"))?;
+    consumer.close().map_err(|e| e.to_string())?;
     result
 }
 

@@ -1,9 +1,11 @@
-//! Client commands of the `tidelog` binary: `topic`, `publish`, `consume`, `extract`. They talk to a
+//! Client commands of the `tidelog` binary: `topic`, `publish`, `consume`, `extract`,
+//! `group`. They talk to a
 //! server with the native client library. Exit codes: 0 success, 1 failure (connection,
 //! server error), 2 usage error.
 
 pub mod consume;
 pub mod extract;
+pub mod group;
 pub mod publish;
 pub mod topic;
 
