@@ -91,4 +91,26 @@ fn every_scenario_runs_and_verifies() {
         "publish",
         3000,
     );
+    let group = run(&[
+        "group",
+        "--count",
+        "20000",
+        "--record-size",
+        "100",
+        "--partitions",
+        "12",
+        "--consumers",
+        "3",
+        "--rebalances",
+        "2",
+    ]);
+    check(&group, "group", 20000);
+    for field in ["rebalance_join_ms", "rebalance_leave_ms"] {
+        assert!(
+            group["settings"][field]["p50"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{field} in {group}"
+        );
+    }
 }

@@ -7,6 +7,9 @@
 //!   consume   the topic is filled (untimed), then C consumers fetch it from earliest
 //!   e2e       subscribers first, then producers (flat out, or --rate records/s);
 //!             latency = publish call → delivery, from timestamps in the payload
+//!   group     a stream group of C members consumes a filled topic (verified exactly once
+//!             across the handovers), then a member joins and leaves --rebalances times:
+//!             time until every member's new assignment is active
 //!   extract   a tenant with --keys live keys, writers updating it throughout: snapshot
 //!             rate and time to first record, the live catch-up, and a plain fetch of
 //!             the same partition for comparison; verified against a full replay
@@ -18,6 +21,7 @@
 //! when verification fails. Every run is bounded: `--count` records, optionally
 //! `--duration-secs`, and `--timeout-secs`.
 
+mod group;
 mod payload;
 mod report;
 mod scenarios;
@@ -110,6 +114,14 @@ enum Scenario {
         /// Live keys of the tenant.
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
+    },
+    /// A stream group consumes a filled topic; then rebalance times (a member joins/leaves).
+    Group {
+        #[command(flatten)]
+        options: Options,
+        /// Times a member joins and then leaves after the consumption.
+        #[arg(long, default_value_t = 5)]
+        rebalances: u32,
     },
     /// Producers and subscribers at once: throughput and delivery latency.
     E2e {
@@ -272,6 +284,7 @@ fn main() -> ExitCode {
         Scenario::Consume(o) => ("consume", o),
         Scenario::E2e { options, .. } => ("e2e", options),
         Scenario::Extract { options, .. } => ("extract", options),
+        Scenario::Group { options, .. } => ("group", options),
     };
     let common = Common::from(options, name);
     let bar = progress_bar(common.count, counter.clone(), done.clone());
@@ -280,6 +293,7 @@ fn main() -> ExitCode {
         Scenario::Consume(_) => scenarios::consume(&target, &common, &counter),
         Scenario::E2e { rate, .. } => scenarios::e2e(&target, &common, *rate, &counter),
         Scenario::Extract { keys, .. } => scenarios::extract(&target, &common, *keys, &counter),
+        Scenario::Group { rebalances, .. } => group::group(&target, &common, *rebalances, &counter),
     };
     done.store(true, Ordering::Relaxed);
     let _ = bar.join();

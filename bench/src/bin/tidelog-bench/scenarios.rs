@@ -167,7 +167,7 @@ fn finish(
 }
 
 /// Runs the producers; returns (records, bytes, seconds, latency).
-fn run_producers(
+pub fn run_producers(
     target: &Target,
     c: &Common,
     rate: Option<f64>,
