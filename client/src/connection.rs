@@ -129,6 +129,15 @@ pub struct PendingReply {
 }
 
 impl PendingReply {
+    /// The response if it has arrived, without waiting.
+    pub fn try_wait(&self) -> Option<Result<Frame>> {
+        match self.rx.try_recv() {
+            Ok(frame) => Some(Ok(frame)),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Err(ClientError::Disconnected)),
+        }
+    }
+
     pub fn wait(self) -> Result<Frame> {
         match self.rx.recv_timeout(self.timeout) {
             Ok(frame) => Ok(frame),

@@ -770,6 +770,11 @@ pub struct GroupPartitionInfo {
     pub committed: Option<u64>,
     pub next: u64,
     pub lag: u64,
+    /// Queue groups: records leased now, unsettled records past the settled prefix, and
+    /// records written to the dead-letter topic so far.
+    pub leased: u64,
+    pub in_flight: u64,
+    pub dead_lettered: u64,
 }
 
 /// A group described: members, what they hold, committed offsets and lag.
@@ -879,6 +884,9 @@ impl Client {
                             committed: (p.committed != NO_OFFSET).then_some(p.committed),
                             next: p.next,
                             lag: p.lag,
+                            leased: p.leased,
+                            in_flight: p.in_flight,
+                            dead_lettered: p.dead_lettered,
                         })
                         .collect(),
                 }),
@@ -891,5 +899,6 @@ impl Client {
 fn kind_name(kind: tidelog_protocol::group::GroupKind) -> &'static str {
     match kind {
         tidelog_protocol::group::GroupKind::Stream => "stream",
+        tidelog_protocol::group::GroupKind::Queue => "queue",
     }
 }

@@ -11,6 +11,7 @@
 //! - `extract.rs` — extract-then-follow: a tenant's state or history at a watermark, then
 //!   the live records after it.
 //! - `group.rs` — stream-group members (heartbeats, rebalances, commits) and group info.
+//! - `queue.rs` — queue-group members: leased records, ack/nack/defer, batched settlements.
 //! - `records.rs` — CRC-checked decoding of received batches.
 //!
 //! # Example
@@ -43,6 +44,7 @@ mod error;
 mod extract;
 mod group;
 mod producer;
+mod queue;
 mod records;
 mod subscription;
 
@@ -55,6 +57,7 @@ pub use group::{
     GroupPartitionInfo, PendingCommit, Rebalance,
 };
 pub use producer::{Producer, ProducerConfig, Receipt};
+pub use queue::{QueueConfig, QueueConsumer, QueuedRecord};
 pub use records::{decode_batches, ConsumedRecord};
 pub use subscription::{Subscription, WINDOW_BYTES_DEFAULT};
 pub use tidelog_protocol::builder::{build_batch, ProducerStamp, Record};

@@ -54,7 +54,7 @@ impl Criteria {
 /// Appends the `kept` records of `source` to `out`: the stored batch as it is when every
 /// record of it is kept (no re-encoding, its CRC still valid), else a re-encoded batch of
 /// just those records (offsets preserved).
-fn push_batch(
+pub fn push_batch(
     out: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
     source: &BatchView<'_>,

@@ -44,6 +44,11 @@ pub enum ErrorCode {
     NotPartitionOwner = 73,
     /// The group exists for another topic.
     GroupTopicMismatch = 74,
+    /// The group exists as the other kind (stream vs queue).
+    GroupKindMismatch = 75,
+    /// The record is not leased to this member: never delivered to it, its lease
+    /// expired, or it is already settled.
+    NotLeased = 76,
     /// The caller is not permitted to do this.
     NotAllowed = 40,
     /// A limit of the server was reached (connections, buffered bytes, subscriptions).
@@ -57,7 +62,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::InvalidRequest,
         ErrorCode::BadFrame,
         ErrorCode::UnsupportedVersion,
@@ -80,6 +85,8 @@ impl ErrorCode {
         ErrorCode::StaleGeneration,
         ErrorCode::NotPartitionOwner,
         ErrorCode::GroupTopicMismatch,
+        ErrorCode::GroupKindMismatch,
+        ErrorCode::NotLeased,
         ErrorCode::NotAllowed,
         ErrorCode::ServerOverloaded,
         ErrorCode::StorageFailed,

@@ -1,5 +1,6 @@
 //! Consumer-group messages (kinds 0x0200..=0x02FF), version 1: stream groups, whose
-//! members own whole partitions and commit offsets. Body layouts are listed on each
+//! members own whole partitions and commit offsets, and queue groups, whose members lease
+//! individual records and ack, nack or defer each. Body layouts are listed on each
 //! variant and in docs/PROTOCOL.md ("Consumer groups").
 //!
 //! The membership protocol is one request, GROUP_HEARTBEAT (after Kafka's KIP-848): a
@@ -20,15 +21,97 @@ pub const NO_OFFSET: u64 = u64::MAX;
 pub enum GroupKind {
     /// Members own partitions and commit offsets.
     Stream = 0,
+    /// Members lease records; each is acked, nacked, deferred or dead-lettered.
+    Queue = 1,
 }
 
 impl GroupKind {
     fn get(r: &mut Reader<'_>) -> Result<GroupKind, ProtocolError> {
         match r.u8("group kind")? {
             0 => Ok(GroupKind::Stream),
-            k => Err(ProtocolError::invalid(format!("group kind {k} is not 0"))),
+            1 => Ok(GroupKind::Queue),
+            k => Err(ProtocolError::invalid(format!(
+                "group kind {k} is not 0 or 1"
+            ))),
         }
     }
+}
+
+/// How a queue group leases and retries; fixed by the member that creates the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings<'a> {
+    /// How long a delivered record stays leased to its member.
+    pub visibility_timeout_ms: u32,
+    /// Deliveries after which a failing record is dead-lettered.
+    pub max_deliveries: u32,
+    /// A record waits while an earlier record with its key is unsettled.
+    pub per_key_ordering: bool,
+    /// Records tracked per partition past the settled prefix (leased, waiting, settled
+    /// out of order); delivery pauses on a partition at the limit.
+    pub max_in_flight: u32,
+    /// Where dead letters go (empty: `<topic>.dlq`).
+    pub dead_letter_topic: &'a str,
+    /// Delay before redelivery after the n-th failed delivery (nack without a delay, or
+    /// lease expiry); the last entry repeats.
+    pub backoff_ms: Vec<u32>,
+}
+
+impl QueueSettings<'_> {
+    /// The settings' encoding (also how the server stores them).
+    pub fn put(&self, out: &mut Vec<u8>) {
+        out.put_u32(self.visibility_timeout_ms);
+        out.put_u32(self.max_deliveries);
+        out.put_bool(self.per_key_ordering);
+        out.put_u32(self.max_in_flight);
+        out.put_str(self.dead_letter_topic);
+        put_u32s(out, &self.backoff_ms);
+    }
+
+    pub fn get<'a>(r: &mut Reader<'a>) -> Result<QueueSettings<'a>, ProtocolError> {
+        Ok(QueueSettings {
+            visibility_timeout_ms: r.u32("visibility_timeout_ms")?,
+            max_deliveries: r.u32("max_deliveries")?,
+            per_key_ordering: r.bool("per_key_ordering")?,
+            max_in_flight: r.u32("max_in_flight")?,
+            dead_letter_topic: r.str("dead_letter_topic")?,
+            backoff_ms: get_u32s(r, "backoff_ms")?,
+        })
+    }
+}
+
+/// What a queue member does with a leased record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Done: never delivered again.
+    Ack,
+    /// Failed: deliver again after `delay_ms` (0: the group's backoff), or dead-letter it
+    /// if it has had its deliveries.
+    Nack { delay_ms: i64 },
+    /// Not now: deliver again at `until_ms` (ms since the epoch), not before; never
+    /// dead-lettered for it.
+    Defer { until_ms: i64 },
+    /// Give the lease back: available again at once (leaving, shutting down).
+    Release,
+}
+
+/// One settlement of a leased record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettleEntry<'a> {
+    pub partition: u32,
+    pub offset: u64,
+    pub action: Settle,
+    /// Why (nack): stored in the dead letter's headers.
+    pub reason: &'a str,
+}
+
+/// Records leased from one partition, as a QUEUE_POLL delivers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased<'a> {
+    pub partition: u32,
+    /// (offset, delivery count) of each record, in offset order.
+    pub records: Vec<(u64, u32)>,
+    /// Whole batches holding exactly those records (offsets preserved).
+    pub batches: &'a [u8],
 }
 
 /// One offset to commit.
@@ -71,6 +154,34 @@ pub enum GroupRequest<'a> {
     List,
     /// `group str`
     Describe { group: &'a str },
+    /// `group str, topic str, member_id str (empty: the server names it), settings`
+    /// (settings: `visibility_timeout_ms u32, max_deliveries u32, per_key_ordering u8,
+    /// max_in_flight u32, dead_letter_topic str, count u32 × backoff_ms u32`; zeros and
+    /// empties take the server's defaults; they apply when this join creates the group)
+    QueueJoin {
+        group: &'a str,
+        topic: &'a str,
+        member_id: &'a str,
+        settings: QueueSettings<'a>,
+    },
+    /// `group str, member_id str, max_records u32, max_bytes u32, max_wait_ms u32`
+    QueuePoll {
+        group: &'a str,
+        member_id: &'a str,
+        max_records: u32,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    },
+    /// `group str, member_id str, count u32 × (partition u32, offset u64, action u8
+    /// (0 ack, 1 nack, 2 defer, 3 release), time_ms i64 (nack: delay; defer: until),
+    /// reason str)`
+    QueueSettle {
+        group: &'a str,
+        member_id: &'a str,
+        entries: Vec<SettleEntry<'a>>,
+    },
+    /// `group str, member_id str`: its leases are released.
+    QueueLeave { group: &'a str, member_id: &'a str },
 }
 
 /// The answer to a heartbeat.
@@ -130,6 +241,13 @@ pub struct PartitionLag<'a> {
     pub next: u64,
     /// Records after the committed offset (after the earliest one when none).
     pub lag: u64,
+    /// Queue groups: records leased now.
+    pub leased: u64,
+    /// Queue groups: records past the settled prefix not yet settled (leased, waiting
+    /// for a retry or a deferral, or never delivered but inside the window).
+    pub in_flight: u64,
+    /// Queue groups: records written to the dead-letter topic so far.
+    pub dead_lettered: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,8 +280,19 @@ pub enum GroupResponse<'a> {
     /// GROUP_DESCRIBE: `name str, kind u8, topic str, generation u32,
     /// members u32 × (member_id str, client str, generation u32, owned u32 + u32s,
     /// target u32 + u32s, last_heartbeat_ms_ago u32),
-    /// partitions u32 × (partition u32, owner str, committed u64, next u64, lag u64)`
+    /// partitions u32 × (partition u32, owner str, committed u64, next u64, lag u64,
+    /// leased u64, in_flight u64, dead_lettered u64)`
     Described(GroupDescription<'a>),
+    /// QUEUE_JOIN: `member_id str, settings` (the group's, in effect)
+    QueueJoined {
+        member_id: &'a str,
+        settings: QueueSettings<'a>,
+    },
+    /// QUEUE_POLL: `count u32 × (partition u32, count u32 × (offset u64, deliveries u32),
+    /// batches bytes)`
+    Leased(Vec<Leased<'a>>),
+    /// QUEUE_SETTLE: `count u32 × code u16` (0 = done), one per entry.
+    Settled(Vec<u16>),
 }
 
 impl<'a> GroupRequest<'a> {
@@ -175,6 +304,10 @@ impl<'a> GroupRequest<'a> {
             GroupRequest::Offsets { .. } => kind::GROUP_OFFSETS,
             GroupRequest::List => kind::GROUP_LIST,
             GroupRequest::Describe { .. } => kind::GROUP_DESCRIBE,
+            GroupRequest::QueueJoin { .. } => kind::QUEUE_JOIN,
+            GroupRequest::QueuePoll { .. } => kind::QUEUE_POLL,
+            GroupRequest::QueueSettle { .. } => kind::QUEUE_SETTLE,
+            GroupRequest::QueueLeave { .. } => kind::QUEUE_LEAVE,
         }
     }
 
@@ -221,6 +354,56 @@ impl<'a> GroupRequest<'a> {
                 out.put_str(group)
             }
             GroupRequest::List => {}
+            GroupRequest::QueueJoin {
+                group,
+                topic,
+                member_id,
+                settings,
+            } => {
+                out.put_str(group);
+                out.put_str(topic);
+                out.put_str(member_id);
+                settings.put(out);
+            }
+            GroupRequest::QueuePoll {
+                group,
+                member_id,
+                max_records,
+                max_bytes,
+                max_wait_ms,
+            } => {
+                out.put_str(group);
+                out.put_str(member_id);
+                out.put_u32(*max_records);
+                out.put_u32(*max_bytes);
+                out.put_u32(*max_wait_ms);
+            }
+            GroupRequest::QueueSettle {
+                group,
+                member_id,
+                entries,
+            } => {
+                out.put_str(group);
+                out.put_str(member_id);
+                out.put_u32(entries.len() as u32);
+                for e in entries {
+                    out.put_u32(e.partition);
+                    out.put_u64(e.offset);
+                    let (action, time) = match e.action {
+                        Settle::Ack => (0, 0),
+                        Settle::Nack { delay_ms } => (1, delay_ms),
+                        Settle::Defer { until_ms } => (2, until_ms),
+                        Settle::Release => (3, 0),
+                    };
+                    out.put_u8(action);
+                    out.put_i64(time);
+                    out.put_str(e.reason);
+                }
+            }
+            GroupRequest::QueueLeave { group, member_id } => {
+                out.put_str(group);
+                out.put_str(member_id);
+            }
         }
     }
 
@@ -268,6 +451,68 @@ impl<'a> GroupRequest<'a> {
             kind::GROUP_OFFSETS => r.str("group").map(|group| GroupRequest::Offsets { group }),
             kind::GROUP_LIST => Ok(GroupRequest::List),
             kind::GROUP_DESCRIBE => r.str("group").map(|group| GroupRequest::Describe { group }),
+            kind::QUEUE_JOIN => (|| {
+                Ok(GroupRequest::QueueJoin {
+                    group: r.str("group")?,
+                    topic: r.str("topic")?,
+                    member_id: r.str("member_id")?,
+                    settings: QueueSettings::get(&mut r)?,
+                })
+            })(),
+            kind::QUEUE_POLL => (|| {
+                Ok(GroupRequest::QueuePoll {
+                    group: r.str("group")?,
+                    member_id: r.str("member_id")?,
+                    max_records: r.u32("max_records")?,
+                    max_bytes: r.u32("max_bytes")?,
+                    max_wait_ms: r.u32("max_wait_ms")?,
+                })
+            })(),
+            kind::QUEUE_SETTLE => (|| {
+                let group = r.str("group")?;
+                let member_id = r.str("member_id")?;
+                let n = r.count("entries", 23)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let partition = r.u32("partition")?;
+                    let offset = r.u64("offset")?;
+                    let action = r.u8("action")?;
+                    let time = r.i64("time_ms")?;
+                    let action = match action {
+                        0 | 3 if time != 0 => {
+                            return Err(ProtocolError::invalid(format!(
+                                "time_ms must be 0 for action {action}"
+                            )))
+                        }
+                        0 => Settle::Ack,
+                        1 => Settle::Nack { delay_ms: time },
+                        2 => Settle::Defer { until_ms: time },
+                        3 => Settle::Release,
+                        a => {
+                            return Err(ProtocolError::invalid(format!(
+                                "action {a} is not 0..=3 (ack, nack, defer, release)"
+                            )))
+                        }
+                    };
+                    entries.push(SettleEntry {
+                        partition,
+                        offset,
+                        action,
+                        reason: r.str("reason")?,
+                    });
+                }
+                Ok(GroupRequest::QueueSettle {
+                    group,
+                    member_id,
+                    entries,
+                })
+            })(),
+            kind::QUEUE_LEAVE => (|| {
+                Ok(GroupRequest::QueueLeave {
+                    group: r.str("group")?,
+                    member_id: r.str("member_id")?,
+                })
+            })(),
             _ => return None,
         };
         Some(request.and_then(|req| r.finish("the request body").map(|()| req)))
@@ -333,6 +578,34 @@ impl<'a> GroupResponse<'a> {
                     out.put_u64(p.committed);
                     out.put_u64(p.next);
                     out.put_u64(p.lag);
+                    out.put_u64(p.leased);
+                    out.put_u64(p.in_flight);
+                    out.put_u64(p.dead_lettered);
+                }
+            }
+            GroupResponse::QueueJoined {
+                member_id,
+                settings,
+            } => {
+                out.put_str(member_id);
+                settings.put(out);
+            }
+            GroupResponse::Leased(parts) => {
+                out.put_u32(parts.len() as u32);
+                for l in parts {
+                    out.put_u32(l.partition);
+                    out.put_u32(l.records.len() as u32);
+                    for (offset, deliveries) in &l.records {
+                        out.put_u64(*offset);
+                        out.put_u32(*deliveries);
+                    }
+                    out.put_bytes(l.batches);
+                }
+            }
+            GroupResponse::Settled(codes) => {
+                out.put_u32(codes.len() as u32);
+                for c in codes {
+                    out.put_u16(*c);
                 }
             }
         }
@@ -406,7 +679,7 @@ impl<'a> GroupResponse<'a> {
                         last_heartbeat_ms_ago: r.u32("last_heartbeat_ms_ago")?,
                     });
                 }
-                let n = r.count("partitions", 30)?;
+                let n = r.count("partitions", 54)?;
                 let mut partitions = Vec::with_capacity(n);
                 for _ in 0..n {
                     partitions.push(PartitionLag {
@@ -415,6 +688,9 @@ impl<'a> GroupResponse<'a> {
                         committed: r.u64("committed")?,
                         next: r.u64("next")?,
                         lag: r.u64("lag")?,
+                        leased: r.u64("leased")?,
+                        in_flight: r.u64("in_flight")?,
+                        dead_lettered: r.u64("dead_lettered")?,
                     });
                 }
                 Ok(GroupResponse::Described(GroupDescription {
@@ -425,6 +701,38 @@ impl<'a> GroupResponse<'a> {
                     members,
                     partitions,
                 }))
+            })(),
+            kind::QUEUE_JOIN => (|| {
+                Ok(GroupResponse::QueueJoined {
+                    member_id: r.str("member_id")?,
+                    settings: QueueSettings::get(&mut r)?,
+                })
+            })(),
+            kind::QUEUE_POLL => (|| {
+                let n = r.count("partitions", 12)?;
+                let mut parts = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let partition = r.u32("partition")?;
+                    let k = r.count("records", 12)?;
+                    let mut records = Vec::with_capacity(k);
+                    for _ in 0..k {
+                        records.push((r.u64("offset")?, r.u32("deliveries")?));
+                    }
+                    parts.push(Leased {
+                        partition,
+                        records,
+                        batches: r.bytes("batches")?,
+                    });
+                }
+                Ok(GroupResponse::Leased(parts))
+            })(),
+            kind::QUEUE_SETTLE => (|| {
+                let n = r.count("codes", 2)?;
+                let mut codes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    codes.push(r.u16("code")?);
+                }
+                Ok(GroupResponse::Settled(codes))
             })(),
             _ => return None,
         };
@@ -514,6 +822,62 @@ mod tests {
             ],
         });
         round_trip_request(GroupRequest::Offsets { group: "g" });
+        round_trip_request(GroupRequest::QueueJoin {
+            group: "q",
+            topic: "t",
+            member_id: "",
+            settings: QueueSettings {
+                visibility_timeout_ms: 30_000,
+                max_deliveries: 5,
+                per_key_ordering: true,
+                max_in_flight: 1000,
+                dead_letter_topic: "t.dlq",
+                backoff_ms: vec![100, 1000],
+            },
+        });
+        round_trip_request(GroupRequest::QueuePoll {
+            group: "q",
+            member_id: "m",
+            max_records: 100,
+            max_bytes: 1 << 20,
+            max_wait_ms: 500,
+        });
+        round_trip_request(GroupRequest::QueueSettle {
+            group: "q",
+            member_id: "m",
+            entries: vec![
+                SettleEntry {
+                    partition: 0,
+                    offset: 1,
+                    action: Settle::Ack,
+                    reason: "",
+                },
+                SettleEntry {
+                    partition: 1,
+                    offset: 2,
+                    action: Settle::Nack { delay_ms: 250 },
+                    reason: "timeout",
+                },
+                SettleEntry {
+                    partition: 1,
+                    offset: 3,
+                    action: Settle::Defer {
+                        until_ms: 1_800_000_000_000,
+                    },
+                    reason: "",
+                },
+                SettleEntry {
+                    partition: 2,
+                    offset: 4,
+                    action: Settle::Release,
+                    reason: "",
+                },
+            ],
+        });
+        round_trip_request(GroupRequest::QueueLeave {
+            group: "q",
+            member_id: "m",
+        });
         round_trip_request(GroupRequest::Describe { group: "g" });
         let mut body = Vec::new();
         GroupRequest::List.encode_body(&mut body);
@@ -580,9 +944,35 @@ mod tests {
                     committed: NO_OFFSET,
                     next: 7,
                     lag: 7,
+                    leased: 1,
+                    in_flight: 2,
+                    dead_lettered: 3,
                 }],
             }),
         );
+        round_trip_response(
+            kind::QUEUE_JOIN,
+            GroupResponse::QueueJoined {
+                member_id: "m-1",
+                settings: QueueSettings {
+                    visibility_timeout_ms: 1,
+                    max_deliveries: 2,
+                    per_key_ordering: false,
+                    max_in_flight: 3,
+                    dead_letter_topic: "d",
+                    backoff_ms: vec![],
+                },
+            },
+        );
+        round_trip_response(
+            kind::QUEUE_POLL,
+            GroupResponse::Leased(vec![Leased {
+                partition: 3,
+                records: vec![(10, 1), (12, 4)],
+                batches: b"not really batches",
+            }]),
+        );
+        round_trip_response(kind::QUEUE_SETTLE, GroupResponse::Settled(vec![0, 76]));
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub const GROUP_DESCRIBE: u16 = 0x0205;
 /// Server push: heartbeat now, the member's assignment changed (flags PUSH; correlation =
 /// the heartbeat's `notify` id).
 pub const GROUP_NOTICE: u16 = 0x0206;
+/// Queue groups.
+pub const QUEUE_JOIN: u16 = 0x0210;
+pub const QUEUE_POLL: u16 = 0x0211;
+pub const QUEUE_SETTLE: u16 = 0x0212;
+pub const QUEUE_LEAVE: u16 = 0x0213;
 
 /// 0x0103..=0x01FF: more extraction. 0x0200..=0x02FF: consumer groups.
 /// 0x0300..=0x03FF: replication. 0x0400..=0x04FF: authentication.

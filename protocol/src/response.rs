@@ -266,7 +266,8 @@ impl<'a> Response<'a> {
             | kind::DELETE_TOPIC
             | kind::ADD_PARTITIONS
             | kind::UNSUBSCRIBE
-            | kind::GROUP_LEAVE => Response::Done,
+            | kind::GROUP_LEAVE
+            | kind::QUEUE_LEAVE => Response::Done,
             kind::LIST_TOPICS => {
                 let n = r.count("count", 6)?;
                 let mut topics = Vec::with_capacity(n);

@@ -123,6 +123,9 @@ impl EventLoop {
         for lp in &self.state.long_polls {
             timeout = timeout.min(lp.deadline.saturating_duration_since(now));
         }
+        if let Some(deadline) = self.state.groups.next_queue_deadline(now) {
+            timeout = timeout.min(deadline.saturating_duration_since(now));
+        }
         if let Some(deadline) = self.state.groups.next_deadline() {
             // Just past it: a session ends only once strictly older than its timeout.
             let after = deadline.saturating_duration_since(now) + Duration::from_millis(1);
@@ -200,11 +203,24 @@ impl EventLoop {
             self.state.engine.request_flush(&partition);
         }
         let notices = self.state.notices.take();
+        let appended: std::collections::HashSet<String> = notices
+            .appended
+            .iter()
+            .map(|(topic, _)| topic.clone())
+            .collect();
         self.apply_notices(notices);
         self.expire_long_polls();
         let now = Instant::now();
         self.state.resumable.retain(|_, r| r.expires > now);
         self.state.groups.expire(now);
+        let engine = self.state.engine.clone();
+        let queue = self.state.groups.queue_tick(&engine, now, &appended);
+        self.state.pending_acks.extend(queue.acks);
+        for (token, frame) in queue.frames {
+            if let Some(conn) = self.conn_mut(token) {
+                conn.outbox.push_owned(frame);
+            }
+        }
         for (token, notify, generation) in self.state.groups.take_notices() {
             if let Some(conn) = self.conn_mut(token) {
                 conn.outbox
