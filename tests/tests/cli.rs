@@ -274,8 +274,9 @@ fn group_member(
     server: &Server,
     values: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) -> std::process::Child {
-    let mut child = Command::new(binary())
-        .args([
+    follower(
+        server,
+        &[
             "consume",
             "jobs",
             "--group",
@@ -285,11 +286,23 @@ fn group_member(
             "json",
             "--session-timeout-ms",
             "1000",
-        ])
+        ],
+        values,
+    )
+}
+
+/// Runs a following `consume` and collects the values it prints.
+fn follower(
+    server: &Server,
+    args: &[&str],
+    values: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> std::process::Child {
+    let mut child = Command::new(binary())
+        .args(args)
         .env("TIDELOG_SERVER", server.addr.to_string())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("consume --group");
+        .expect("consume");
     let lines = BufReader::new(child.stdout.take().expect("stdout"));
     let values = values.clone();
     std::thread::spawn(move || {
@@ -403,5 +416,88 @@ fn consume_group_members_share_the_work_survive_a_kill_and_stop_cleanly() {
             .any(|l| l.starts_with("g\tstream\tjobs\t0\t")),
         "{listed}"
     );
+    server.stop();
+}
+
+#[test]
+fn consume_queue_members_share_records_and_ack_each_once() {
+    let server = Server::start();
+    ok(&tidelog(
+        &server,
+        &["topic", "create", "jobs", "--partitions", "3"],
+        "",
+    ));
+    let (a_values, b_values): (
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) = Default::default();
+    let args = [
+        "consume", "jobs", "--queue", "q", "--follow", "--format", "json", "--ack",
+    ];
+    let mut a = follower(&server, &args, &a_values);
+    let mut b = follower(&server, &args, &b_values);
+    let lines: String = (1..=600).map(|i| format!("v{i}\n")).collect();
+    ok(&tidelog(&server, &["publish", "jobs"], &lines));
+    let both = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut all = a_values.lock().expect("lock").clone();
+        all.extend(b_values.lock().expect("lock").iter().cloned());
+        let n = all.len();
+        *both.lock().expect("lock") = all;
+        if n >= 600 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} of 600");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    wait_for_values(&both, 600);
+    for child in [&mut a, &mut b] {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().expect("wait").success());
+    }
+    let all = both.lock().expect("lock").clone();
+    assert_eq!(
+        all.len(),
+        600,
+        "each record printed exactly once across the two members"
+    );
+    assert!(
+        !a_values.lock().expect("lock").is_empty() && !b_values.lock().expect("lock").is_empty(),
+        "both members got work"
+    );
+    let described = ok(&tidelog(
+        &server,
+        &["group", "describe", "q", "--format", "json"],
+        "",
+    ));
+    let d: serde_json::Value = serde_json::from_str(&described).expect("json");
+    assert_eq!(d["kind"], "queue");
+    assert_eq!(d["lag"], 0, "every printed record was acked: {described}");
+    // --nack-delay: printed, not consumed: the records are still there afterwards.
+    ok(&tidelog(&server, &["publish", "jobs"], "again\n"));
+    let out = ok(&tidelog(
+        &server,
+        &[
+            "consume",
+            "jobs",
+            "--queue",
+            "q",
+            "--nack-delay",
+            "60000",
+            "--idle-ms",
+            "300",
+        ],
+        "",
+    ));
+    assert_eq!(out, "again\n");
+    let described = ok(&tidelog(
+        &server,
+        &["group", "describe", "q", "--format", "json"],
+        "",
+    ));
+    let d: serde_json::Value = serde_json::from_str(&described).expect("json");
+    assert_eq!(d["in_flight"], 1, "{described}");
     server.stop();
 }

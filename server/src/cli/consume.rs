@@ -10,6 +10,12 @@
 //! (`--from earliest|latest` where there is none), and the command commits what it has
 //! printed (after flushing it) as it goes, and when it stops. Without `--follow` it stops
 //! once nothing has arrived for `--idle-ms`.
+//!
+//! `--queue G` consumes as a member of queue group G: records are leased to this member
+//! one by one; each printed record is acked (`--ack`, the default) or nacked with
+//! `--nack-delay MS` (it comes back after that delay, e.g. to inspect a queue without
+//! draining it). Settlements go out after the output is flushed; on Ctrl-C/SIGTERM the
+//! command settles what it printed and leaves (its other leases are released).
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -19,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use tidelog_client::{
-    Client, ClientError, GroupConfig, GroupConsumer, StartAt, Subscription, WINDOW_BYTES_DEFAULT,
+    Client, ClientError, GroupConfig, GroupConsumer, QueueConfig, QueueConsumer, StartAt,
+    Subscription, WINDOW_BYTES_DEFAULT,
 };
 
 use super::{print_record, stop_flag, stopped, OutputFormat, ServerArg};
@@ -45,13 +52,22 @@ pub struct ConsumeArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
     /// Consume as a member of this stream group (committing as it goes).
-    #[arg(long, conflicts_with_all = ["partition", "tenant"])]
+    #[arg(long, conflicts_with_all = ["partition", "tenant", "queue"])]
     pub group: Option<String>,
+    /// Consume as a member of this queue group (records leased one by one).
+    #[arg(long, conflicts_with_all = ["partition", "tenant"])]
+    pub queue: Option<String>,
+    /// With --queue: ack every printed record (the default).
+    #[arg(long, requires = "queue", conflicts_with = "nack_delay")]
+    pub ack: bool,
+    /// With --queue: nack every printed record; it is delivered again after this many ms.
+    #[arg(long, requires = "queue")]
+    pub nack_delay: Option<u64>,
     /// With --group: the member's session timeout.
     #[arg(long, default_value_t = 10_000, requires = "group")]
     pub session_timeout_ms: u64,
-    /// With --group and without --follow: stop after this long without a record.
-    #[arg(long, default_value_t = 2_000, requires = "group")]
+    /// With --group or --queue, without --follow: stop after this long without a record.
+    #[arg(long, default_value_t = 2_000)]
     pub idle_ms: u64,
     #[command(flatten)]
     pub server: ServerArg,
@@ -78,6 +94,9 @@ pub fn run(args: ConsumeArgs) -> Result<(), String> {
     let client = args.server.connect()?;
     if let Some(group) = &args.group {
         return consume_group(&args, group, client, start, &stop);
+    }
+    if let Some(queue) = &args.queue {
+        return consume_queue(&args, queue, &client, &stop);
     }
     let partitions: Vec<u32> = match args.partition {
         Some(p) => vec![p],
@@ -161,6 +180,56 @@ fn consume_group(
                 // accepted commit (these records may be printed again there).
                 Err(ClientError::Server(e)) => tracing::warn!(error = %e, "commit refused"),
                 Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    })();
+    out.flush().map_err(|e| format!("writing output: {e}"))?;
+    consumer.close().map_err(|e| e.to_string())?;
+    result
+}
+
+/// `consume --queue`: poll leased records, print, flush, settle (ack or nack) what was
+/// printed; on stop, settle and leave.
+fn consume_queue(
+    args: &ConsumeArgs,
+    queue: &str,
+    client: &Client,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let mut consumer = QueueConsumer::join(client, queue, &args.topic, &QueueConfig::default())
+        .map_err(|e| e.to_string())?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let (limit, mut printed) = (args.max.unwrap_or(u64::MAX), 0u64);
+    let mut last_record = Instant::now();
+    let result = (|| {
+        while printed < limit && !stopped(stop) {
+            let want = u32::try_from((limit - printed).min(500)).unwrap_or(500);
+            let records = consumer
+                .poll(want, Duration::from_millis(100))
+                .map_err(|e| e.to_string())?;
+            if records.is_empty() {
+                if !args.follow && last_record.elapsed() >= Duration::from_millis(args.idle_ms) {
+                    break;
+                }
+                continue;
+            }
+            last_record = Instant::now();
+            for r in &records {
+                print_record(&mut out, None, &r.record, args.format)?;
+                printed += 1;
+            }
+            // Settled only once it is out: a crash never acks what was not printed.
+            out.flush().map_err(|e| format!("writing output: {e}"))?;
+            for r in &records {
+                match args.nack_delay {
+                    Some(ms) => consumer.nack(
+                        r,
+                        Some(Duration::from_millis(ms)),
+                        "tidelog consume --nack-delay",
+                    ),
+                    None => consumer.ack(r),
+                }
             }
         }
         Ok(())

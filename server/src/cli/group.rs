@@ -86,6 +86,8 @@ pub fn run(command: GroupCommand) -> Result<(), String> {
                             serde_json::json!({
                                 "partition": p.partition, "owner": p.owner,
                                 "committed": p.committed, "latest": p.next, "lag": p.lag,
+                                "leased": p.leased, "in_flight": p.in_flight,
+                                "dead_lettered": p.dead_lettered,
                             })
                         })
                         .collect();
@@ -96,6 +98,8 @@ pub fn run(command: GroupCommand) -> Result<(), String> {
                             "generation": d.generation, "members": members,
                             "partitions": partitions,
                             "lag": d.partitions.iter().map(|p| p.lag).sum::<u64>(),
+                            "in_flight": d.partitions.iter().map(|p| p.in_flight).sum::<u64>(),
+                            "dead_lettered": d.partitions.iter().map(|p| p.dead_lettered).sum::<u64>(),
                         })
                     );
                 }
@@ -109,7 +113,19 @@ pub fn run(command: GroupCommand) -> Result<(), String> {
                         d.members.len(),
                         d.partitions.iter().map(|p| p.lag).sum::<u64>()
                     );
-                    println!("member\tclient\tpartitions\tlast_heartbeat_ms_ago");
+                    println!(
+                        "member\tclient\t{}\tlast_{}_ms_ago",
+                        if d.kind == "queue" {
+                            "leases_on"
+                        } else {
+                            "partitions"
+                        },
+                        if d.kind == "queue" {
+                            "poll"
+                        } else {
+                            "heartbeat"
+                        }
+                    );
                     for m in &d.members {
                         let moving = if m.owned == m.target {
                             String::new()
@@ -124,16 +140,34 @@ pub fn run(command: GroupCommand) -> Result<(), String> {
                             m.last_heartbeat_ms_ago
                         );
                     }
-                    println!("partition\towner\tcommitted\tlatest\tlag");
-                    for p in &d.partitions {
-                        println!(
-                            "{}\t{}\t{}\t{}\t{}",
-                            p.partition,
-                            p.owner.as_deref().unwrap_or("-"),
-                            p.committed.map_or("-".to_string(), |c| c.to_string()),
-                            p.next,
-                            p.lag
-                        );
+                    if d.kind == "queue" {
+                        // Queue groups: "committed" is the settled prefix (everything below
+                        // is acked or dead-lettered).
+                        println!("partition\tsettled_below\tlatest\tlag\tleased\tin_flight\tdead_lettered");
+                        for p in &d.partitions {
+                            println!(
+                                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                                p.partition,
+                                p.committed.unwrap_or(0),
+                                p.next,
+                                p.lag,
+                                p.leased,
+                                p.in_flight,
+                                p.dead_lettered
+                            );
+                        }
+                    } else {
+                        println!("partition\towner\tcommitted\tlatest\tlag");
+                        for p in &d.partitions {
+                            println!(
+                                "{}\t{}\t{}\t{}\t{}",
+                                p.partition,
+                                p.owner.as_deref().unwrap_or("-"),
+                                p.committed.map_or("-".to_string(), |c| c.to_string()),
+                                p.next,
+                                p.lag
+                            );
+                        }
                     }
                 }
             }
