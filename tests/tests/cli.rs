@@ -291,6 +291,8 @@ fn group_member(
     )
 }
 
+type Values = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Runs a following `consume` and collects the values it prints.
 fn follower(
     server: &Server,
@@ -427,10 +429,8 @@ fn consume_queue_members_share_records_and_ack_each_once() {
         &["topic", "create", "jobs", "--partitions", "3"],
         "",
     ));
-    let (a_values, b_values): (
-        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-        std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    ) = Default::default();
+    let a_values: Values = Default::default();
+    let b_values: Values = Default::default();
     let args = [
         "consume", "jobs", "--queue", "q", "--follow", "--format", "json", "--ack",
     ];
