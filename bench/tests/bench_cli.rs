@@ -91,6 +91,21 @@ fn every_scenario_runs_and_verifies() {
         "publish",
         3000,
     );
+    check(
+        &run(&[
+            "queue",
+            "--count",
+            "20000",
+            "--record-size",
+            "100",
+            "--partitions",
+            "4",
+            "--consumers",
+            "3",
+        ]),
+        "queue",
+        20000,
+    );
     let group = run(&[
         "group",
         "--count",

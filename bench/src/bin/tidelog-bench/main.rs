@@ -10,6 +10,8 @@
 //!   group     a stream group of C members consumes a filled topic (verified exactly once
 //!             across the handovers), then a member joins and leaves --rebalances times:
 //!             time until every member's new assignment is active
+//!   queue     a queue group of C members drains a filled topic, acking every record
+//!             (settlements batched with the next poll); verified exactly once
 //!   extract   a tenant with --keys live keys, writers updating it throughout: snapshot
 //!             rate and time to first record, the live catch-up, and a plain fetch of
 //!             the same partition for comparison; verified against a full replay
@@ -23,6 +25,7 @@
 
 mod group;
 mod payload;
+mod queue;
 mod report;
 mod scenarios;
 mod verify;
@@ -122,6 +125,14 @@ enum Scenario {
         /// Times a member joins and then leaves after the consumption.
         #[arg(long, default_value_t = 5)]
         rebalances: u32,
+    },
+    /// A queue group drains a filled topic, acking every record.
+    Queue {
+        #[command(flatten)]
+        options: Options,
+        /// Records asked for per poll.
+        #[arg(long, default_value_t = 1000)]
+        poll_records: u32,
     },
     /// Producers and subscribers at once: throughput and delivery latency.
     E2e {
@@ -285,6 +296,7 @@ fn main() -> ExitCode {
         Scenario::E2e { options, .. } => ("e2e", options),
         Scenario::Extract { options, .. } => ("extract", options),
         Scenario::Group { options, .. } => ("group", options),
+        Scenario::Queue { options, .. } => ("queue", options),
     };
     let common = Common::from(options, name);
     let bar = progress_bar(common.count, counter.clone(), done.clone());
@@ -294,6 +306,9 @@ fn main() -> ExitCode {
         Scenario::E2e { rate, .. } => scenarios::e2e(&target, &common, *rate, &counter),
         Scenario::Extract { keys, .. } => scenarios::extract(&target, &common, *keys, &counter),
         Scenario::Group { rebalances, .. } => group::group(&target, &common, *rebalances, &counter),
+        Scenario::Queue { poll_records, .. } => {
+            queue::queue(&target, &common, *poll_records, &counter)
+        }
     };
     done.store(true, Ordering::Relaxed);
     let _ = bar.join();
