@@ -143,6 +143,7 @@ impl Coordinator {
             if g.expire(now_ms) > 0 {
                 self.touched.insert(name.clone());
             }
+            g.prune_members(now);
             for (i, sp) in g.partitions.iter_mut().enumerate() {
                 let pending = sp.pending_dead_letters();
                 if pending.is_empty() {
@@ -758,6 +759,12 @@ pub fn handle(
             let max_bytes = max_bytes.clamp(1, state.limits.fetch_bytes_max);
             let co = &mut state.groups;
             let g = co.queue(group)?;
+            if !g.members.contains_key(member_id) && g.members.len() >= MEMBERS_MAX {
+                return Err(ProtocolError::new(
+                    ErrorCode::ServerOverloaded,
+                    format!("at most {MEMBERS_MAX} members per group"),
+                ));
+            }
             let client = format!("{} {}", conn.peer, conn.client_name);
             let member = g.member(member_id, &client, now);
             let now_ms = tidelog_engine::fsio::now_ms();
@@ -881,11 +888,11 @@ fn deliver(
             queue_io::read_selected(p, &offsets, max_bytes as usize - bytes).map_err(e)?;
         let records: Vec<(u64, u32)> = included
             .iter()
-            .map(|&o| {
-                g.expiries.push(std::cmp::Reverse((until_ms, i as u32, o)));
-                (o, sp.lease(o, member, until_ms))
-            })
+            .map(|&o| (o, sp.lease(o, member, until_ms)))
             .collect();
+        for &(o, _) in &records {
+            g.lease_deadline(until_ms, i as u32, o);
+        }
         left -= records.len();
         bytes += batches.len();
         if !records.is_empty() {

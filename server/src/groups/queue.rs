@@ -38,6 +38,8 @@ pub const MAX_DELIVERIES_DEFAULT: u32 = 5;
 pub const MAX_IN_FLIGHT_DEFAULT: u32 = 10_000;
 pub const MAX_IN_FLIGHT_MAX: u32 = 1_000_000;
 pub const BACKOFF_DEFAULT_MS: [u32; 4] = [100, 1_000, 5_000, 30_000];
+/// A member that has not polled for this long past the visibility timeout is forgotten.
+pub const MEMBER_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A queue group's settings, with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -619,6 +621,42 @@ impl QueueGroup {
         n
     }
 
+    /// Remembers when the lease of `offset` ends. Entries of leases settled early stay in
+    /// the heap until their time (checked lazily), so the heap is rebuilt from the
+    /// leased slots whenever it grows past twice the records in the windows: its size
+    /// stays bounded by the windows, whatever the delivery rate.
+    pub fn lease_deadline(&mut self, until_ms: i64, partition: u32, offset: u64) {
+        self.expiries.push(Reverse((until_ms, partition, offset)));
+        let tracked: usize = self.partitions.iter().map(|p| p.slots.len()).sum();
+        if self.expiries.len() > 2 * tracked + 1024 {
+            self.expiries = self
+                .partitions
+                .iter()
+                .enumerate()
+                .flat_map(|(i, p)| {
+                    p.slots
+                        .iter()
+                        .enumerate()
+                        .filter_map(move |(k, s)| match s.state {
+                            SlotState::Leased { until_ms, .. } => {
+                                Some(Reverse((until_ms, i as u32, p.start + k as u64)))
+                            }
+                            _ => None,
+                        })
+                })
+                .collect();
+        }
+    }
+
+    /// Forgets members that have not polled for a long time and can hold no lease (a
+    /// lease never outlives the poll that took it by more than the visibility timeout).
+    pub fn prune_members(&mut self, now: std::time::Instant) {
+        let idle = std::time::Duration::from_millis(u64::from(self.config.visibility_timeout_ms))
+            + MEMBER_IDLE;
+        self.members
+            .retain(|_, m| now.saturating_duration_since(m.last_seen) <= idle);
+    }
+
     /// When the group next has a lease to end or a waiting record to offer.
     pub fn next_wake_ms(&self) -> Option<i64> {
         let lease = self.expiries.peek().map(|Reverse((u, _, _))| *u);
@@ -764,6 +802,25 @@ mod tests {
             p.deliverable(0, true, 10),
             vec![2],
             "key 1 still waits for offset 1"
+        );
+    }
+
+    #[test]
+    fn the_lease_heap_stays_bounded_by_the_windows() {
+        let mut g = QueueGroup::new("t", config());
+        g.partitions.push(window(10));
+        for round in 0..10_000i64 {
+            let o = (round % 10) as u64;
+            g.partitions[0].lease(o, 1, round + 1000);
+            g.lease_deadline(round + 1000, 0, o);
+            g.partitions[0]
+                .settle(o, 1, Settle::Release, "", round, &config())
+                .unwrap();
+        }
+        assert!(
+            g.expiries.len() <= 2 * 10 + 1024 + 1,
+            "{}",
+            g.expiries.len()
         );
     }
 
