@@ -571,3 +571,46 @@ fn committed_offsets_survive_clean_and_crash_restarts() {
     assert_eq!(committed, vec![Some(110); 3]);
     drop(dir_guard);
 }
+
+#[test]
+fn the_rebalance_listener_hears_assignments_and_revocations() {
+    let server = Server::start();
+    let admin = server.client();
+    create(&admin, "jobs", 4);
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let client_a = server.client();
+    let mut a = GroupConsumer::join(&client_a, "listened", "jobs", config()).expect("join a");
+    {
+        let events = events.clone();
+        a.on_rebalance(move |r| events.lock().expect("lock").push(format!("{r:?}")));
+    }
+    wait_until("a holds all 4", Duration::from_secs(10), || {
+        a.poll(Duration::from_millis(20)).expect("poll");
+        a.assignment().len() == 4 && a.is_settled()
+    });
+    let client_b = server.client();
+    let mut b = GroupConsumer::join(&client_b, "listened", "jobs", config()).expect("join b");
+    wait_until("both hold 2", Duration::from_secs(10), || {
+        a.poll(Duration::from_millis(10)).expect("poll a");
+        b.poll(Duration::from_millis(10)).expect("poll b");
+        a.assignment().len() == 2 && b.assignment().len() == 2 && a.is_settled() && b.is_settled()
+    });
+    let a_now: Vec<u32> = a.assignment();
+    let revoked: Vec<u32> = (0..4).filter(|p| !a_now.contains(p)).collect();
+    assert_eq!(
+        *events.lock().expect("lock"),
+        vec![
+            "Assigned([0, 1, 2, 3])".to_string(),
+            format!("Revoked({revoked:?})")
+        ]
+    );
+    drop(b);
+    wait_until("a gets them back", Duration::from_secs(10), || {
+        a.poll(Duration::from_millis(10)).expect("poll a");
+        a.assignment().len() == 4
+    });
+    assert_eq!(
+        events.lock().expect("lock").last().cloned(),
+        Some(format!("Assigned({revoked:?})"))
+    );
+}
