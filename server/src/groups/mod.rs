@@ -575,17 +575,11 @@ pub fn handle(
                         generation: 0,
                         owned: leased_on,
                         target: Vec::new(),
-                        last_heartbeat_ms_ago: now
-                            .saturating_duration_since(m.last_seen)
-                            .as_millis()
-                            .min(u128::from(u32::MAX)) as u32,
+                        last_heartbeat_ms_ago: ms_since(now, m.last_seen),
                     }
                 })
                 .collect();
-            let topic_partitions = engine
-                .topic(&g.topic)
-                .map(|t| t.partitions().to_vec())
-                .unwrap_or_default();
+            let topic_partitions = partitions_of(&engine, &g.topic);
             let partitions = topic_partitions
                 .iter()
                 .map(|p| {
@@ -630,18 +624,11 @@ pub fn handle(
                         generation: m.generation,
                         owned,
                         target,
-                        last_heartbeat_ms_ago: now
-                            .saturating_duration_since(m.last_heartbeat)
-                            .as_millis()
-                            .min(u128::from(u32::MAX))
-                            as u32,
+                        last_heartbeat_ms_ago: ms_since(now, m.last_heartbeat),
                     }
                 })
                 .collect();
-            let topic_partitions = engine
-                .topic(&g.topic)
-                .map(|t| t.partitions().to_vec())
-                .unwrap_or_default();
+            let topic_partitions = partitions_of(&engine, &g.topic);
             let partitions = topic_partitions
                 .iter()
                 .map(|p| {
@@ -920,6 +907,21 @@ fn encode_leased(out: &mut Vec<u8>, correlation: u64, parts: &[LeasedPart]) {
         correlation,
         &Response::Group(GroupResponse::Leased(leased)),
     );
+}
+
+/// Milliseconds since `then`, saturated to u32 (for descriptions).
+fn ms_since(now: Instant, then: Instant) -> u32 {
+    now.saturating_duration_since(then)
+        .as_millis()
+        .min(u128::from(u32::MAX)) as u32
+}
+
+/// A topic's partitions (none if it was deleted).
+fn partitions_of(engine: &Engine, topic: &str) -> Vec<Arc<Partition>> {
+    engine
+        .topic(topic)
+        .map(|t| t.partitions().to_vec())
+        .unwrap_or_default()
 }
 
 fn kind_mismatch(name: &str, is: &str) -> ProtocolError {

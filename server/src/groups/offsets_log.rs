@@ -27,17 +27,23 @@ pub type Loaded = BTreeMap<String, BTreeMap<(String, u32), CommittedOffset>>;
 
 /// Opens (creating it the first time) the offsets topic's partition.
 pub fn open(engine: &Engine) -> Result<Arc<Partition>, EngineError> {
-    match engine.partition(OFFSETS_TOPIC, 0) {
+    open_internal(engine, OFFSETS_TOPIC)
+}
+
+/// The single partition of one of the server's own topics, created on first use (64 MiB
+/// segments, batches up to 16 MiB, no retention: compaction keeps them small).
+pub fn open_internal(engine: &Engine, topic: &str) -> Result<Arc<Partition>, EngineError> {
+    match engine.partition(topic, 0) {
         Ok(p) => Ok(p),
         Err(EngineError::UnknownTopic(_)) => {
             let config = TopicConfig {
                 partitions: 1,
                 segment_bytes: 64 << 20,
-                batch_bytes_max: 4 << 20,
+                batch_bytes_max: 16 << 20,
                 ..TopicConfig::default()
             };
-            engine.create_topic(OFFSETS_TOPIC, config)?;
-            engine.partition(OFFSETS_TOPIC, 0)
+            engine.create_topic(topic, config)?;
+            engine.partition(topic, 0)
         }
         Err(e) => Err(e),
     }

@@ -32,20 +32,7 @@ const DEAD_LETTER_BATCH_BYTES: usize = 4 << 20;
 
 /// Opens (creating it the first time) the queue-state topic's partition.
 pub fn open(engine: &Engine) -> Result<Arc<Partition>, EngineError> {
-    match engine.partition(QUEUES_TOPIC, 0) {
-        Ok(p) => Ok(p),
-        Err(EngineError::UnknownTopic(_)) => {
-            let config = TopicConfig {
-                partitions: 1,
-                segment_bytes: 64 << 20,
-                batch_bytes_max: 16 << 20,
-                ..TopicConfig::default()
-            };
-            engine.create_topic(QUEUES_TOPIC, config)?;
-            engine.partition(QUEUES_TOPIC, 0)
-        }
-        Err(e) => Err(e),
-    }
+    offsets_log::open_internal(engine, QUEUES_TOPIC)
 }
 
 fn record(group: &str, key: Vec<u8>, value: Vec<u8>, now_ms: i64) -> Record {

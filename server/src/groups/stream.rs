@@ -530,6 +530,43 @@ mod tests {
         alive: bool,
     }
 
+    impl Sim {
+        /// One heartbeat, releasing first what was revoked when `release` is set; on an
+        /// error the member is gone (its code returned).
+        fn beat(
+            &mut self,
+            g: &mut StreamGroup,
+            now: Instant,
+            partitions: u32,
+            release: bool,
+        ) -> Result<(), ErrorCode> {
+            if release {
+                for p in std::mem::take(&mut self.to_release) {
+                    self.holds.remove(&p);
+                }
+            }
+            let owned: Vec<u32> = self.holds.iter().copied().collect();
+            match g.heartbeat(
+                now,
+                &beat(&self.id, self.generation, &owned),
+                partitions,
+                || unreachable!(),
+            ) {
+                Ok(r) => {
+                    self.generation = r.generation;
+                    let assigned: BTreeSet<u32> = r.assignment.into_iter().collect();
+                    self.to_release = self.holds.difference(&assigned).copied().collect();
+                    self.holds.extend(assigned);
+                    Ok(())
+                }
+                Err(e) => {
+                    self.alive = false;
+                    Err(e.code)
+                }
+            }
+        }
+    }
+
     proptest! {
         /// Whatever the order of joins, heartbeats, slow releases, leaves and crashes, no
         /// two live members hold one partition; after everyone heartbeats a few times with
@@ -555,22 +592,9 @@ mod tests {
                     1 | 2 => {
                         // Heartbeat (op 2: release first what was revoked).
                         let Some(s) = sims.iter_mut().filter(|s| s.alive).nth(who) else { continue };
-                        if op == 2 {
-                            for p in std::mem::take(&mut s.to_release) { s.holds.remove(&p); }
-                        }
-                        let owned: Vec<u32> = s.holds.iter().copied().collect();
-                        match g.heartbeat(now, &beat(&s.id, s.generation, &owned), partitions, || unreachable!()) {
-                            Ok(r) => {
-                                s.generation = r.generation;
-                                let assigned: BTreeSet<u32> = r.assignment.into_iter().collect();
-                                s.to_release = s.holds.difference(&assigned).copied().collect();
-                                s.holds.extend(assigned);
-                            }
-                            Err(e) => {
-                                prop_assert_eq!(e.code, ErrorCode::UnknownMember);
-                                s.alive = false;
-                                s.holds.clear();
-                            }
+                        if let Err(code) = s.beat(&mut g, now, partitions, op == 2) {
+                            prop_assert_eq!(code, ErrorCode::UnknownMember);
+                            s.holds.clear();
                         }
                     }
                     3 => {
@@ -610,19 +634,8 @@ mod tests {
             for _ in 0..12 {
                 now += SESSION / 4;
                 for s in sims.iter_mut().filter(|s| s.alive) {
-                    for p in std::mem::take(&mut s.to_release) { s.holds.remove(&p); }
-                    let owned: Vec<u32> = s.holds.iter().copied().collect();
-                    match g.heartbeat(now, &beat(&s.id, s.generation, &owned), partitions, || unreachable!()) {
-                        Ok(r) => {
-                            s.generation = r.generation;
-                            let assigned: BTreeSet<u32> = r.assignment.into_iter().collect();
-                            s.to_release = s.holds.difference(&assigned).copied().collect();
-                            s.holds.extend(assigned);
-                        }
-                        Err(e) => {
-                            prop_assert_eq!(e.code, ErrorCode::UnknownMember);
-                            s.alive = false;
-                        }
+                    if let Err(code) = s.beat(&mut g, now, partitions, true) {
+                        prop_assert_eq!(code, ErrorCode::UnknownMember);
                     }
                 }
                 for gone in g.expire(now) {

@@ -13,7 +13,7 @@ use tidelog_client::{Ack, GroupConfig, GroupConsumer, StartAt};
 use crate::report::Report;
 use crate::scenarios::{create_topic, histogram, run_producers};
 use crate::verify::Verifier;
-use crate::{payload, Common, Target};
+use crate::{Common, Target};
 
 /// What a member thread shows the scenario.
 #[derive(Debug, Default)]
@@ -59,10 +59,7 @@ fn member(
         let mut v = lock(verifier);
         for r in &records {
             let value = r.value.as_deref().unwrap_or(&[]);
-            match payload::read(value) {
-                Some((p, s, _)) => v.record(p, s),
-                None => v.record(u32::MAX, 0),
-            }
+            v.record_payload(value);
             bytes += value.len() as u64;
         }
         drop(v);

@@ -12,7 +12,7 @@ use tidelog_client::{Ack, QueueConfig, QueueConsumer};
 use crate::report::Report;
 use crate::scenarios::{create_topic, run_producers};
 use crate::verify::Verifier;
-use crate::{payload, Common, Target};
+use crate::{Common, Target};
 
 pub fn queue(
     target: &Target,
@@ -58,10 +58,7 @@ pub fn queue(
                     let mut v = verifier.lock().unwrap_or_else(|p| p.into_inner());
                     for r in &batch {
                         let value = r.record.value.as_deref().unwrap_or(&[]);
-                        match payload::read(value) {
-                            Some((p, s, _)) => v.record(p, s),
-                            None => v.record(u32::MAX, 0),
-                        }
+                        v.record_payload(value);
                         bytes += value.len() as u64;
                         q.ack(r);
                     }

@@ -95,6 +95,15 @@ impl Verifier {
         }
     }
 
+    /// Records a received value: the producer and sequence in its payload, or a foreign
+    /// record if it carries none.
+    pub fn record_payload(&mut self, value: &[u8]) {
+        match crate::payload::read(value) {
+            Some((producer, sequence, _)) => self.record(producer, sequence),
+            None => self.record(u32::MAX, 0),
+        }
+    }
+
     pub fn verdict(&self) -> Verdict {
         let expected: u64 = self.seen.iter().map(|s| s.len() as u64).sum();
         let seen: u64 = self
