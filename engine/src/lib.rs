@@ -15,6 +15,7 @@
 //! - `checkpoint.rs` — how far the active segment is durable; `recovery.rs` — opening a
 //!   partition after a clean or unclean stop; `producer.rs` — idempotent producer state;
 //!   `snapshot_file.rs` — the magic + CRC framing of the snapshot files.
+//! - `key_map.rs` — one tenant's keys: 128-bit key hashes in copy-on-write shards.
 //! - `tenant_index.rs` — tenant → key → latest offset, maintained on append and
 //!   checkpointed; `extract.rs` — the frozen tenant snapshot a state extraction reads.
 //! - `topic.rs` — topic metadata; `engine.rs` — the data directory, topics, clean shutdown.
@@ -59,6 +60,7 @@ pub mod extract;
 mod flusher;
 pub mod fsio;
 pub mod index;
+pub mod key_map;
 pub mod notify;
 pub mod partition;
 mod prefault;

@@ -668,12 +668,10 @@ impl Partition {
         let (watermark, keys, segments) = {
             let w = self.lock_writer();
             let next = self.next_offset.load(Ordering::Acquire);
-            let keys = w.tenants.tenant(tenant).map(|t| t.keys.clone()); // O(1)
+            let keys = w.tenants.tenant(tenant).map(|t| t.keys.clone()); // O(shards)
             (next.checked_sub(1), keys, self.segments())
         };
-        let offsets = keys
-            .map(|k| k.values().copied().collect())
-            .unwrap_or_default();
+        let offsets = keys.map(|k| k.values().collect()).unwrap_or_default();
         TenantSnapshot::new(tenant.to_vec(), watermark, offsets, segments)
     }
 

@@ -3,9 +3,10 @@
 //!
 //! It is what makes a `state` extraction exact and cheap: under the partition's writer
 //! lock, the watermark is read and the tenant's key map is frozen at the same instant —
-//! no append can interleave — and the records at those offsets never change. The maps are
-//! persistent (structurally shared, `imbl`), so freezing one is O(1) and never stalls
-//! appends, however many keys a tenant has.
+//! no append can interleave — and the records at those offsets never change. Tenants are
+//! in a persistent map (`imbl`, structurally shared) and each tenant's keys in a
+//! [`KeyMap`] (128-bit key hashes in copy-on-write shards), so freezing is O(shards) and
+//! never stalls appends for more than one shard's copy, however many keys a tenant has.
 //!
 //! Persistence: a checkpoint (`tenants.snapshot`) of the whole index as of a segment roll
 //! is written by the flusher after it seals that segment (so the checkpoint never covers
@@ -14,11 +15,13 @@
 //!
 //! ```text
 //! tenants.snapshot:
-//! | 0..4 magic "TLTI" | 4..8 crc32 of bytes 8.. | 8..16 next_offset u64 LE (covers offsets below it)
+//! | 0..4 magic "TLT2" | 4..8 crc32 of bytes 8.. | 8..16 next_offset u64 LE (covers offsets below it)
 //! | 16..20 tenants u32 LE | then per tenant:
 //! |   tenant_len u8, tenant bytes, latest_offset u64 LE, events u64 LE, keys u32 LE,
-//! |   keys × (key_len u32 LE, key bytes, offset u64 LE)
+//! |   keys × (key_hash u128 LE (XXH3-128 of the key), offset u64 LE)
 //! ```
+//! (A checkpoint of the first format, magic "TLTI", is not read: the index is rebuilt by
+//! replaying the log once.)
 
 use std::sync::Arc;
 
@@ -28,6 +31,7 @@ type PersistentMap<K, V> =
     imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 use tidelog_protocol::batch::BatchView;
 
+use crate::key_map::{key_hash, KeyMap};
 use crate::snapshot_file;
 
 /// A tenant record of a batch being appended, as the index needs it.
@@ -43,8 +47,8 @@ pub struct IndexUpdate<'a> {
 /// One tenant's part of the index.
 #[derive(Debug, Clone, Default)]
 pub struct TenantKeys {
-    /// Key → offset of its latest record, live keys only.
-    pub keys: PersistentMap<Arc<[u8]>, u64>,
+    /// Key (hash) → offset of its latest record, live keys only.
+    pub keys: KeyMap,
     /// Offset of the tenant's most recent event (any record, keyed or not).
     pub latest_offset: Option<u64>,
     /// Records of this tenant seen.
@@ -58,7 +62,7 @@ pub struct TenantIndex {
     next_offset: u64,
 }
 
-const MAGIC: &[u8; 4] = b"TLTI";
+const MAGIC: &[u8; 4] = b"TLT2";
 
 impl TenantIndex {
     pub fn next_offset(&self) -> u64 {
@@ -136,13 +140,11 @@ impl TenantIndex {
         entry.latest_offset = Some(offset);
         entry.events += 1;
         let Some(key) = key else { return };
-        if !live {
-            entry.keys.remove(key);
-        } else if let Some(slot) = entry.keys.get_mut(key) {
-            // An update of a known key allocates nothing.
-            *slot = offset;
+        let key = key_hash(key);
+        if live {
+            entry.keys.insert(key, offset);
         } else {
-            entry.keys.insert(Arc::from(key), offset);
+            entry.keys.remove(key);
         }
     }
 
@@ -162,9 +164,8 @@ impl TenantIndex {
             out.extend_from_slice(&t.latest_offset.unwrap_or(u64::MAX).to_le_bytes());
             out.extend_from_slice(&t.events.to_le_bytes());
             out.extend_from_slice(&(t.keys.len() as u32).to_le_bytes());
-            for (key, offset) in &t.keys {
-                out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                out.extend_from_slice(key);
+            for (key, offset) in t.keys.iter() {
+                out.extend_from_slice(&key.to_le_bytes());
                 out.extend_from_slice(&offset.to_le_bytes());
             }
         }
@@ -183,10 +184,9 @@ impl TenantIndex {
             let latest = r.u64()?;
             let events = r.u64()?;
             let n = r.u32()?;
-            let mut keys = PersistentMap::default();
+            let mut keys = KeyMap::default();
             for _ in 0..n {
-                let klen = r.u32()? as usize;
-                let key: Arc<[u8]> = Arc::from(r.take(klen)?);
+                let key = u128::from_le_bytes(r.take(16)?.try_into().map_err(|_| "key hash")?);
                 keys.insert(key, r.u64()?);
             }
             tenants.insert(
@@ -241,16 +241,16 @@ mod tests {
         stamp_base_offset(&mut b2, 14);
         index.apply(&validate(&b2).expect("valid"));
         let a = index.tenant(b"a").expect("tenant a");
-        assert_eq!(a.keys.get(&b"k1"[..]), Some(&13));
-        assert_eq!(a.keys.get(&b"k2"[..]), None, "tombstoned");
+        assert_eq!(a.keys.get(key_hash(b"k1")), Some(13));
+        assert_eq!(a.keys.get(key_hash(b"k2")), None, "tombstoned");
         assert_eq!((a.latest_offset, a.events), (Some(14), 4));
         assert_eq!(index.next_offset(), 15);
         let back = TenantIndex::decode(&index.encode()).expect("decodes");
         assert_eq!(back.next_offset(), 15);
         assert_eq!(back.tenant(b"a").expect("a").keys, a.keys);
         assert_eq!(
-            back.tenant(b"b").expect("b").keys.get(&b"k1"[..]),
-            Some(&12)
+            back.tenant(b"b").expect("b").keys.get(key_hash(b"k1")),
+            Some(12)
         );
         let mut bad = index.encode();
         let last = bad.len() - 1;
