@@ -19,6 +19,17 @@ pub enum RecoveryPolicy {
     TolerateAnyCorruption,
 }
 
+/// What happens to old records besides retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CleanupPolicy {
+    /// Only retention removes records (whole segments).
+    #[default]
+    Delete,
+    /// Also compaction: closed segments are rewritten keeping the latest record of each
+    /// (tenant, key); tombstones go after `tombstone_retention_ms`.
+    Compact,
+}
+
 /// Per-topic settings, persisted in the topic's metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicConfig {
@@ -35,6 +46,10 @@ pub struct TopicConfig {
     pub retention_ms: u64,
     /// Largest batch accepted.
     pub batch_bytes_max: u32,
+    pub cleanup: CleanupPolicy,
+    /// Compaction keeps a tombstone at least this long after its timestamp, so a
+    /// consumer that is behind still sees the deletion.
+    pub tombstone_retention_ms: u64,
 }
 
 pub const SEGMENT_BYTES_MIN: u32 = 64 << 10;
@@ -52,9 +67,14 @@ impl Default for TopicConfig {
             retention_bytes: u64::MAX,
             retention_ms: u64::MAX,
             batch_bytes_max: 16 << 20,
+            cleanup: CleanupPolicy::Delete,
+            tombstone_retention_ms: TOMBSTONE_RETENTION_MS_DEFAULT,
         }
     }
 }
+
+/// One day, as Kafka's `delete.retention.ms`.
+pub const TOMBSTONE_RETENTION_MS_DEFAULT: u64 = 24 * 3600 * 1000;
 
 impl TopicConfig {
     pub fn validate(&self) -> Result<()> {
@@ -82,7 +102,7 @@ impl TopicConfig {
 pub struct EngineConfig {
     /// Data written but not requested durable is synced at least this often.
     pub flush_interval: Duration,
-    /// How often the background thread applies retention.
+    /// How often the background thread applies retention and compaction.
     pub retention_check_interval: Duration,
     pub recovery_policy: RecoveryPolicy,
     /// The I/O seam for fault injection (tests).

@@ -402,6 +402,21 @@ impl Engine {
         Ok(deleted)
     }
 
+    /// Compacts every partition of topics with cleanup `compact` now (the flusher also
+    /// does so periodically).
+    pub fn compact_all(&self) -> Result<crate::compaction::CompactionStats> {
+        let now = fsio::now_ms();
+        let mut total = crate::compaction::CompactionStats::default();
+        for p in self.inner.all_partitions() {
+            let s = p.compact(now)?;
+            total.segments_rewritten += s.segments_rewritten;
+            total.records_removed += s.records_removed;
+            total.bytes_before += s.bytes_before;
+            total.bytes_after += s.bytes_after;
+        }
+        Ok(total)
+    }
+
     /// Clean shutdown: stop the flusher, sync and seal every partition, write the marker
     /// that lets the next open skip recovery.
     pub fn close(mut self) -> Result<()> {

@@ -213,6 +213,7 @@ impl TenantSnapshot {
 /// Whole batches of other tenants are skipped from their header, without decoding.
 pub fn history_step(
     partition: &crate::Partition,
+    segments: &[Arc<Segment>],
     tenant: &[u8],
     criteria: &Criteria,
     from: u64,
@@ -224,7 +225,7 @@ pub fn history_step(
     let mut at = from.max(partition.earliest_offset());
     let mut scanned = 0usize;
     while at <= upto && scanned < max_bytes as usize && out.len() < max_bytes as usize {
-        let fetched = partition.read(at, max_bytes)?;
+        let fetched = partition.read_pinned(segments, at, max_bytes)?;
         if fetched.is_empty() {
             break;
         }

@@ -9,7 +9,7 @@
 //!
 //! Periodically (`flush_interval`) it also syncs every partition with unsynced data, so
 //! dirty pages never pile up into multi-second write-back stalls, and applies retention
-//! every `retention_check_interval`.
+//! every `retention_check_interval`, and compaction (topics with cleanup `compact`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -98,6 +98,9 @@ pub(crate) fn run(
                 for p in partitions.iter() {
                     if let Err(e) = p.apply_retention(now_ms) {
                         tracing::warn!(topic = p.topic(), partition = p.id(), error = %e, "retention failed");
+                    }
+                    if let Err(e) = p.compact(now_ms) {
+                        tracing::warn!(topic = p.topic(), partition = p.id(), error = %e, "compaction failed");
                     }
                 }
                 next_retention = now + retention_interval;

@@ -161,6 +161,8 @@ pub struct Partition {
     durable_offset: AtomicU64,
     poisoned: AtomicBool,
     flush: Mutex<FlushProgress>,
+    /// Held while compacting (one compaction at a time per partition).
+    compaction: Mutex<()>,
     checkpoint: CheckpointFile,
     wait: WaitPoint,
     watcher: WatcherSlot,
@@ -219,6 +221,7 @@ impl Partition {
             segments: RwLock::new(Arc::new(recovered.segments)),
             poisoned: AtomicBool::new(false),
             flush: Mutex::new(FlushProgress::default()),
+            compaction: Mutex::new(()),
             checkpoint,
             wait: WaitPoint::default(),
             watcher: services.watcher.clone(),
@@ -443,6 +446,24 @@ impl Partition {
         // before the offsets in it become visible.
         let high_watermark = self.next_offset();
         let segs = self.segments();
+        Self::read_in(&segs, high_watermark, from, max_bytes)
+    }
+
+    /// As [`Partition::read`], from a segment list taken earlier (see
+    /// [`Partition::segments`]): what a reader that must not see retention or compaction
+    /// act under it (a history extraction) reads from. Reads stop at `high_watermark`.
+    pub fn read_pinned(&self, segs: &[Arc<Segment>], from: u64, max_bytes: u32) -> Result<Fetched> {
+        let pinned_end = segs.last().map_or(0, |s| s.next_offset());
+        let high_watermark = self.next_offset().min(pinned_end);
+        Self::read_in(segs, high_watermark, from, max_bytes)
+    }
+
+    fn read_in(
+        segs: &[Arc<Segment>],
+        high_watermark: u64,
+        from: u64,
+        max_bytes: u32,
+    ) -> Result<Fetched> {
         let earliest = segs.first().map_or(0, |s| s.base_offset());
         let empty = |next| Fetched {
             segment: None,
@@ -643,6 +664,62 @@ impl Partition {
         }
         fsio::sync_dir(&self.dir)?;
         Ok(drop_count)
+    }
+
+    /// Compacts the sealed segments of a `compact` topic (see `compaction.rs`): each one
+    /// where enough can go is rewritten keeping the latest record of every (tenant, key),
+    /// offsets preserved, and swapped in crash-safely. Readers holding the old segment
+    /// (extraction snapshots) keep reading it. Runs on the flusher thread; a call from
+    /// elsewhere is serialised with it.
+    pub fn compact(&self, now_ms: i64) -> Result<crate::compaction::CompactionStats> {
+        use crate::compaction;
+        let mut stats = compaction::CompactionStats::default();
+        if self.config.cleanup != crate::config::CleanupPolicy::Compact || self.is_poisoned() {
+            return Ok(stats);
+        }
+        let _serial = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
+        let (index, candidates) = {
+            let w = self.lock_writer();
+            let segs = self.segments();
+            let sealed = segs.len().saturating_sub(1 + w.unsealed.len());
+            (w.tenants.clone(), segs[..sealed].to_vec())
+        };
+        let pinned: compaction::Pinned = candidates
+            .iter()
+            .filter_map(|s| compaction::pinned_key(s, &index))
+            .collect();
+        let rules = compaction::Rules {
+            index: &index,
+            pinned: &pinned,
+            now_ms,
+            tombstone_retention_ms: self.config.tombstone_retention_ms,
+        };
+        for seg in candidates {
+            let Some((batches, removed)) = compaction::plan(&seg, &rules)? else {
+                continue;
+            };
+            let base = seg.base_offset();
+            let fresh = Arc::new(compaction::rewrite(
+                &self.dir,
+                base,
+                &batches,
+                self.config.index_interval_bytes,
+                &self.sync,
+            )?);
+            stats.segments_rewritten += 1;
+            stats.records_removed += removed;
+            stats.bytes_before += u64::from(seg.len());
+            stats.bytes_after += u64::from(fresh.len());
+            let _w = self.lock_writer();
+            let mut list = self.segments.write().unwrap_or_else(|p| p.into_inner());
+            let mut next: Vec<Arc<Segment>> = list.to_vec();
+            if let Some(slot) = next.iter_mut().find(|s| s.base_offset() == base) {
+                *slot = fresh;
+            }
+            *list = Arc::new(next);
+            tracing::info!(topic = %self.topic, partition = self.id, base, removed, "compacted segment");
+        }
+        Ok(stats)
     }
 
     /// Clean close: sync everything, seal the active segment, persist producer state and

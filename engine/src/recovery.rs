@@ -78,6 +78,8 @@ pub(crate) fn open_partition(
     sync: &SyncPolicy,
 ) -> Result<Opened> {
     fs::create_dir_all(dir).map_err(|e| EngineError::io("create partition dir", dir, e))?;
+    // A compaction a crash interrupted: finished if it committed, else discarded.
+    crate::compaction::recover(dir)?;
     let bases = list_segments(dir)?;
     let mut report = RecoveryReport {
         clean,

@@ -19,13 +19,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::config::CleanupPolicy;
 use crate::config::TopicConfig;
 use crate::error::{EngineError, Result};
 use crate::fsio;
 use crate::partition::Partition;
 
 pub const TOPIC_META_FILE: &str = "topic.meta";
-const META_LEN: usize = 60;
+/// Version 2 (72 bytes) adds the cleanup policy; version 1 (60 bytes) is still read.
+const META_LEN: usize = 72;
+const META_V1_LEN: usize = 60;
 const MAGIC: &[u8; 4] = b"TLTM";
 pub const TOPIC_NAME_LEN_MAX: usize = 249;
 
@@ -62,7 +65,7 @@ impl TopicMeta {
         let c = &self.config;
         let mut b = [0u8; META_LEN];
         b[0..4].copy_from_slice(MAGIC);
-        b[8..10].copy_from_slice(&1u16.to_le_bytes());
+        b[8..10].copy_from_slice(&2u16.to_le_bytes());
         b[12..16].copy_from_slice(&c.partitions.to_le_bytes());
         b[16..20].copy_from_slice(&c.segment_bytes.to_le_bytes());
         b[20..28].copy_from_slice(&c.segment_ms.to_le_bytes());
@@ -71,6 +74,11 @@ impl TopicMeta {
         b[36..44].copy_from_slice(&c.retention_bytes.to_le_bytes());
         b[44..52].copy_from_slice(&c.retention_ms.to_le_bytes());
         b[52..60].copy_from_slice(&self.created_ms.to_le_bytes());
+        b[60] = match c.cleanup {
+            CleanupPolicy::Delete => 0,
+            CleanupPolicy::Compact => 1,
+        };
+        b[64..72].copy_from_slice(&c.tombstone_retention_ms.to_le_bytes());
         let crc = crc32fast::hash(&b[8..]);
         b[4..8].copy_from_slice(&crc.to_le_bytes());
         b
@@ -78,9 +86,10 @@ impl TopicMeta {
 
     pub fn decode(bytes: &[u8], path: &Path) -> Result<TopicMeta> {
         let bad = |why: &str| EngineError::corrupt(path, 0, why);
-        let b: &[u8; META_LEN] = bytes
-            .try_into()
-            .map_err(|_| bad("topic.meta has the wrong length"))?;
+        if bytes.len() != META_LEN && bytes.len() != META_V1_LEN {
+            return Err(bad("topic.meta has the wrong length"));
+        }
+        let b = bytes;
         let u32_at = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let u64_at = |at: usize| {
             let mut x = [0u8; 8];
@@ -93,9 +102,28 @@ impl TopicMeta {
         if crc32fast::hash(&b[8..]) != u32_at(4) {
             return Err(bad("crc mismatch"));
         }
-        if u16::from_le_bytes([b[8], b[9]]) != 1 {
-            return Err(bad("unsupported topic.meta version"));
+        let version = u16::from_le_bytes([b[8], b[9]]);
+        let expected_len = match version {
+            1 => META_V1_LEN,
+            2 => META_LEN,
+            _ => return Err(bad("unsupported topic.meta version")),
+        };
+        if b.len() != expected_len {
+            return Err(bad("topic.meta length does not match its version"));
         }
+        let (cleanup, tombstone_retention_ms) = if version == 1 {
+            (
+                CleanupPolicy::Delete,
+                crate::config::TOMBSTONE_RETENTION_MS_DEFAULT,
+            )
+        } else {
+            let cleanup = match b[60] {
+                0 => CleanupPolicy::Delete,
+                1 => CleanupPolicy::Compact,
+                _ => return Err(bad("unknown cleanup policy")),
+            };
+            (cleanup, u64_at(64))
+        };
         let config = TopicConfig {
             partitions: u32_at(12),
             segment_bytes: u32_at(16),
@@ -104,6 +132,8 @@ impl TopicMeta {
             batch_bytes_max: u32_at(32),
             retention_bytes: u64_at(36),
             retention_ms: u64_at(44),
+            cleanup,
+            tombstone_retention_ms,
         };
         config.validate().map_err(|e| bad(&e.to_string()))?;
         Ok(TopicMeta {
@@ -198,6 +228,24 @@ mod tests {
         bad[13] ^= 1;
         assert!(TopicMeta::decode(&bad, p).is_err());
         assert!(TopicMeta::decode(&bytes[..59], p).is_err());
+        let compact = TopicMeta {
+            config: TopicConfig {
+                cleanup: CleanupPolicy::Compact,
+                tombstone_retention_ms: 5,
+                ..TopicConfig::default()
+            },
+            created_ms: 1,
+        };
+        assert_eq!(
+            TopicMeta::decode(&compact.encode(), p).expect("v2"),
+            compact
+        );
+        // A version-1 file (before cleanup policies) still opens, as `delete`.
+        let mut v1 = meta.encode()[..META_V1_LEN].to_vec();
+        v1[8] = 1;
+        let crc = crc32fast::hash(&v1[8..]);
+        v1[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(TopicMeta::decode(&v1, p).expect("v1"), meta);
     }
 
     #[test]

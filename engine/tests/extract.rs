@@ -285,7 +285,8 @@ fn history_returns_the_tenants_matching_events_in_offset_order() {
     let mut got = Vec::new();
     let mut at = p.offset_for_time(1100);
     while at <= upto {
-        let (bytes, next) = history_step(&p, b"acme", &criteria, at, upto, 2000).expect("history");
+        let (bytes, next) =
+            history_step(&p, &p.segments(), b"acme", &criteria, at, upto, 2000).expect("history");
         assert!(next > at);
         let mut pos = 0;
         while pos < bytes.len() {

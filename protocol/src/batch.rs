@@ -10,7 +10,7 @@
 //! | 8..12  batch_len          u32 LE  total bytes of the batch, header included
 //! | 12..16 crc                u32 LE  CRC-32 (IEEE) of bytes 16..batch_len
 //! | 16     magic              u8      format version, = 1
-//! | 17     flags              u8      bit 0: TENANT_UNIFORM; other bits must be 0
+//! | 17     flags              u8      bit 0: TENANT_UNIFORM; bit 1: OFFSET_GAP (compaction only); others 0
 //! | 18..20 tenant_len         u16 LE  length of the batch tenant (0 unless uniform)
 //! | 20..24 record_count       u32 LE  number of records, >= 1
 //! | 24..28 last_offset_delta  u32 LE  offset of the last record minus base_offset
@@ -53,6 +53,10 @@ pub const MAGIC: u8 = 1;
 /// Every record of the batch belongs to the tenant named in the header; records then carry
 /// no tenant of their own. Lets a tenant filter keep or skip the batch from its header.
 pub const FLAG_TENANT_UNIFORM: u8 = 0b0000_0001;
+/// Set by compaction, never by a producer: records before this batch were removed, so its
+/// base offset may lie past the previous batch's end (a gap in the offsets).
+pub const FLAG_OFFSET_GAP: u8 = 0b0000_0010;
+/// Flags a producer may set ([`validate`] refuses the others).
 const FLAGS_KNOWN: u8 = FLAG_TENANT_UNIFORM;
 
 /// Longest tenant id, in bytes.
@@ -313,6 +317,19 @@ pub fn validate_each<'a>(
         ));
     }
     Ok(view)
+}
+
+/// Marks a batch as following a gap in the offsets (see [`FLAG_OFFSET_GAP`]) and
+/// recomputes its CRC (the flags are covered by it).
+pub fn mark_offset_gap(batch: &mut [u8]) {
+    let Some(flags) = batch.get_mut(FLAGS_AT) else {
+        return;
+    };
+    *flags |= FLAG_OFFSET_GAP;
+    let crc = crc32fast::hash(batch.get(CRC_COVERED_FROM..).unwrap_or(&[]));
+    if let Some(field) = batch.get_mut(CRC_AT..CRC_AT + 4) {
+        field.copy_from_slice(&crc.to_le_bytes());
+    }
 }
 
 /// Writes the log-assigned base offset into a batch (outside the CRC region).

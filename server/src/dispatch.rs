@@ -392,7 +392,7 @@ fn execute<'a>(
                         (
                             watermark,
                             u64::MAX,
-                            ResumeSpec::History(tenant.to_vec()),
+                            ResumeSpec::History(tenant.to_vec(), p.segments()),
                             next,
                         )
                     }

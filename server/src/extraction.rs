@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tidelog_engine::extract::{history_step, Criteria};
+use tidelog_engine::segment::Segment;
 use tidelog_engine::{Partition, TenantSnapshot};
 use tidelog_protocol::batch;
 
@@ -15,8 +16,14 @@ pub enum Source {
         snapshot: TenantSnapshot,
         cursor: usize,
     },
-    /// The next offset to scan; the scan ends after the watermark.
-    History { tenant: Vec<u8>, next: u64 },
+    /// The next offset to scan; the scan ends after the watermark. Reads go to the
+    /// segments of the extraction's start (pinned: retention and compaction cannot take
+    /// records from under it).
+    History {
+        tenant: Vec<u8>,
+        next: u64,
+        segments: Arc<Vec<Arc<Segment>>>,
+    },
 }
 
 #[derive(Debug)]
@@ -48,7 +55,8 @@ pub struct Resumable {
 pub enum ResumeSpec {
     /// The frozen snapshot itself (cheap to clone: shared offsets and pinned segments).
     State(TenantSnapshot),
-    History(Vec<u8>),
+    /// The tenant and the segments of the start (pinned).
+    History(Vec<u8>, Arc<Vec<Arc<Segment>>>),
 }
 
 impl Resumable {
@@ -62,9 +70,10 @@ impl Resumable {
                     .unwrap_or(usize::MAX)
                     .min(snapshot.len()),
             },
-            ResumeSpec::History(tenant) => Source::History {
+            ResumeSpec::History(tenant, segments) => Source::History {
                 tenant: tenant.clone(),
                 next: cursor,
+                segments: segments.clone(),
             },
         };
         Extraction {
@@ -101,12 +110,17 @@ impl Extraction {
                 *cursor = next;
                 Ok(Step::Chunk(bytes, next as u64))
             }
-            Source::History { tenant, next } => {
+            Source::History {
+                tenant,
+                next,
+                segments,
+            } => {
                 let Some(upto) = self.watermark.filter(|w| *next <= *w) else {
                     return Ok(Step::Done);
                 };
                 let (bytes, after) = history_step(
                     &self.partition,
+                    segments,
                     tenant,
                     &self.criteria,
                     *next,
