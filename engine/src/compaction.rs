@@ -166,10 +166,13 @@ pub fn pinned_key(seg: &Segment, index: &TenantIndex) -> Option<(Vec<u8>, u128)>
     Some((r.tenant?.to_vec(), key_hash(r.key?)))
 }
 
+/// A segment's kept batches (base offset, bytes) and how many records go.
+pub type Plan = (Vec<(u64, Vec<u8>)>, u64);
+
 /// The records of `seg` compaction keeps, as whole batches ready to append (offsets
 /// preserved; a batch after a gap carries `FLAG_OFFSET_GAP`), with their base offsets.
 /// `None` when less than [`MIN_GAIN`] of the segment would go.
-pub fn plan(seg: &Segment, rules: &Rules<'_>) -> Result<Option<(Vec<(u64, Vec<u8>)>, u64)>> {
+pub fn plan(seg: &Segment, rules: &Rules<'_>) -> Result<Option<Plan>> {
     let len = seg.len();
     let bytes = seg.bytes(0, len).unwrap_or(&[]);
     let last_offset = seg.next_offset().saturating_sub(1);
