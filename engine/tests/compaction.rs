@@ -58,7 +58,9 @@ fn read_all(p: &Partition) -> Vec<Row> {
 }
 
 /// The state the rows describe: (tenant, key) → (offset, value), tombstones removing.
-fn state_of(rows: &[Row]) -> BTreeMap<(Vec<u8>, Vec<u8>), (u64, Vec<u8>)> {
+type TenantState = BTreeMap<(Vec<u8>, Vec<u8>), (u64, Vec<u8>)>;
+
+fn state_of(rows: &[Row]) -> TenantState {
     let mut state = BTreeMap::new();
     for (offset, tenant, key, value) in rows {
         let (Some(t), Some(k)) = (tenant, key) else {
@@ -474,7 +476,6 @@ fn a_segments_last_record_keeps_its_keys_tombstone() {
     ))
     .expect("tombstone");
     let segments = p.segments().len();
-    let mut j = 0;
     while p.segments().len() == segments {
         p.append(&build_batch(
             &[rec("more", Some("m".repeat(2000)))],
