@@ -482,7 +482,6 @@ fn a_segments_last_record_keeps_its_keys_tombstone() {
             ProducerStamp::default(),
         ))
         .expect("append");
-        j += 1;
     }
     engine.flush_all().expect("flush");
     assert!(p.compact(now).expect("compact").segments_rewritten > 0);
