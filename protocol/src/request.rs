@@ -79,6 +79,11 @@ pub struct TopicSettings {
     pub segment_bytes: u32,
     pub retention_bytes: u64,
     pub retention_ms: u64,
+    /// 0 delete (retention only), 1 compact (also keep only the latest record of each
+    /// (tenant, key)).
+    pub cleanup: u8,
+    /// Compact topics: how long a tombstone is kept (0: the server's default, one day).
+    pub tombstone_retention_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +96,8 @@ pub enum Request<'a> {
     },
     /// empty
     Ping,
-    /// `name str, partitions u32, segment_bytes u32, retention_bytes u64, retention_ms u64`
+    /// `name str, partitions u32, segment_bytes u32, retention_bytes u64, retention_ms u64,
+    /// cleanup u8, tombstone_retention_ms u64`
     CreateTopic {
         name: &'a str,
         settings: TopicSettings,
@@ -255,6 +261,8 @@ impl<'a> Request<'a> {
                 out.put_u32(settings.segment_bytes);
                 out.put_u64(settings.retention_bytes);
                 out.put_u64(settings.retention_ms);
+                out.put_u8(settings.cleanup);
+                out.put_u64(settings.tombstone_retention_ms);
             }
             Request::DeleteTopic { name }
             | Request::DescribeTopic { name }
@@ -363,6 +371,15 @@ impl<'a> Request<'a> {
                     segment_bytes: r.u32("segment_bytes")?,
                     retention_bytes: r.u64("retention_bytes")?,
                     retention_ms: r.u64("retention_ms")?,
+                    cleanup: match r.u8("cleanup")? {
+                        c @ (0 | 1) => c,
+                        c => {
+                            return Err(ProtocolError::invalid(format!(
+                                "cleanup {c} is not 0 (delete) or 1 (compact)"
+                            )))
+                        }
+                    },
+                    tombstone_retention_ms: r.u64("tombstone_retention_ms")?,
                 },
             },
             kind::DELETE_TOPIC => Request::DeleteTopic {

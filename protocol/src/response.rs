@@ -40,6 +40,9 @@ pub struct TopicDescription {
     pub segment_bytes: u32,
     pub retention_bytes: u64,
     pub retention_ms: u64,
+    /// 0 delete, 1 compact.
+    pub cleanup: u8,
+    pub tombstone_retention_ms: u64,
     pub created_ms: i64,
     pub partitions: Vec<PartitionDescription>,
 }
@@ -69,7 +72,7 @@ pub enum Response<'a> {
     /// LIST_TOPICS: `count u32, count × (name str, partitions u32)`
     Topics(Vec<(&'a str, u32)>),
     /// DESCRIBE_TOPIC: `segment_bytes u32, retention_bytes u64, retention_ms u64,
-    /// created_ms i64, count u32, count × (partition u32, earliest u64, next u64,
+    /// cleanup u8, tombstone_retention_ms u64, created_ms i64, count u32, count × (partition u32, earliest u64, next u64,
     /// durable u64, size_bytes u64, segments u32)`
     Described(TopicDescription),
     /// PUBLISH: `count u32, count × (base_offset u64, last_offset u64, duplicate u8)`
@@ -205,6 +208,8 @@ impl<'a> Response<'a> {
                 out.put_u32(d.segment_bytes);
                 out.put_u64(d.retention_bytes);
                 out.put_u64(d.retention_ms);
+                out.put_u8(d.cleanup);
+                out.put_u64(d.tombstone_retention_ms);
                 out.put_i64(d.created_ms);
                 out.put_u32(d.partitions.len() as u32);
                 for p in &d.partitions {
@@ -280,6 +285,8 @@ impl<'a> Response<'a> {
                 let segment_bytes = r.u32("segment_bytes")?;
                 let retention_bytes = r.u64("retention_bytes")?;
                 let retention_ms = r.u64("retention_ms")?;
+                let cleanup = r.u8("cleanup")?;
+                let tombstone_retention_ms = r.u64("tombstone_retention_ms")?;
                 let created_ms = r.i64("created_ms")?;
                 let n = r.count("count", 40)?;
                 let mut partitions = Vec::with_capacity(n);
@@ -294,6 +301,8 @@ impl<'a> Response<'a> {
                     segment_bytes,
                     retention_bytes,
                     retention_ms,
+                    cleanup,
+                    tombstone_retention_ms,
                     created_ms,
                     partitions,
                 })

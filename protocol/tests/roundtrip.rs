@@ -70,6 +70,8 @@ fn all_requests(i: &Inputs) -> Vec<Request<'_>> {
                 segment_bytes: b,
                 retention_bytes: c,
                 retention_ms: d,
+                cleanup: (a % 2) as u8,
+                tombstone_retention_ms: c ^ d,
             },
         },
         Request::DeleteTopic { name: t },
@@ -165,6 +167,8 @@ fn all_responses(i: &Inputs) -> Vec<(u16, Response<'_>)> {
                 segment_bytes: a,
                 retention_bytes: c,
                 retention_ms: d,
+                cleanup: (b % 2) as u8,
+                tombstone_retention_ms: c,
                 created_ms: d as i64,
                 partitions: vec![PartitionDescription {
                     offsets,

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use tidelog_engine::extract::Criteria;
-use tidelog_engine::{SeekFrom, TopicConfig};
+use tidelog_engine::{CleanupPolicy, SeekFrom, TopicConfig};
 use tidelog_protocol::frame::{FrameHeader, HEADER_LEN};
 use tidelog_protocol::response::{encode_error, encode_response};
 use tidelog_protocol::{
@@ -169,6 +169,8 @@ fn execute<'a>(
                 segment_bytes: info.config.segment_bytes,
                 retention_bytes: info.config.retention_bytes,
                 retention_ms: info.config.retention_ms,
+                cleanup: u8::from(info.config.cleanup == CleanupPolicy::Compact),
+                tombstone_retention_ms: info.config.tombstone_retention_ms,
                 created_ms: info.created_ms,
                 partitions: info
                     .partitions
@@ -553,6 +555,12 @@ fn topic_config(defaults: &TopicConfig, s: &TopicSettings) -> TopicConfig {
         retention_bytes: pick(s.retention_bytes, defaults.retention_bytes),
         retention_ms: pick(s.retention_ms, defaults.retention_ms),
         batch_bytes_max: defaults.batch_bytes_max.min(segment_bytes),
+        cleanup: if s.cleanup == 1 {
+            CleanupPolicy::Compact
+        } else {
+            CleanupPolicy::Delete
+        },
+        tombstone_retention_ms: pick(s.tombstone_retention_ms, defaults.tombstone_retention_ms),
         ..*defaults
     }
 }

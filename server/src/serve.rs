@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// last resumed, in seconds [default: 600].
     #[arg(long, env = "TIDELOG_EXTRACT_RESUME_WINDOW_SECS")]
     pub extract_resume_window_secs: Option<u64>,
+
+    /// Apply retention and compaction this often, in ms [default: 10000].
+    #[arg(long, env = "TIDELOG_CLEANUP_INTERVAL_MS")]
+    pub cleanup_interval_ms: Option<u64>,
 }
 
 /// The same settings, from a TOML file.
@@ -80,6 +84,7 @@ struct FileConfig {
     buffered_bytes_max: Option<usize>,
     idle_timeout_secs: Option<u64>,
     extract_resume_window_secs: Option<u64>,
+    cleanup_interval_ms: Option<u64>,
 }
 
 /// Resolved settings.
@@ -88,6 +93,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub flush_interval: Duration,
+    /// How often retention and compaction run.
+    pub cleanup_interval: Duration,
     pub limits: Limits,
 }
 
@@ -143,6 +150,12 @@ pub fn settings(args: &ServeArgs) -> Result<Settings, String> {
                 .unwrap_or(500)
                 .max(1),
         ),
+        cleanup_interval: Duration::from_millis(
+            args.cleanup_interval_ms
+                .or(file.cleanup_interval_ms)
+                .unwrap_or(10_000)
+                .max(10),
+        ),
         limits,
     })
 }
@@ -164,6 +177,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             &settings.data_dir,
             EngineConfig {
                 flush_interval: settings.flush_interval,
+                retention_check_interval: settings.cleanup_interval,
                 ..EngineConfig::default()
             },
         )

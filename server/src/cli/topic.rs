@@ -21,6 +21,13 @@ pub enum TopicCommand {
         /// Keep records for this many milliseconds [default: forever].
         #[arg(long)]
         retention_ms: Option<u64>,
+        /// `delete` (retention only) or `compact` (also keep only the latest record of
+        /// each (tenant, key); offsets preserved).
+        #[arg(long, default_value = "delete", value_parser = ["delete", "compact"])]
+        cleanup_policy: String,
+        /// Compact topics: keep tombstones this long [server default: one day].
+        #[arg(long)]
+        tombstone_retention_ms: Option<u64>,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -60,6 +67,8 @@ pub fn run(command: TopicCommand) -> Result<(), String> {
             segment_bytes,
             retention_bytes,
             retention_ms,
+            cleanup_policy,
+            tombstone_retention_ms,
             server,
         } => {
             let client = server.connect()?;
@@ -68,6 +77,8 @@ pub fn run(command: TopicCommand) -> Result<(), String> {
                 segment_bytes: segment_bytes.unwrap_or(0),
                 retention_bytes: retention_bytes.unwrap_or(0),
                 retention_ms: retention_ms.unwrap_or(0),
+                cleanup: u8::from(cleanup_policy == "compact"),
+                tombstone_retention_ms: tombstone_retention_ms.unwrap_or(0),
             };
             client
                 .create_topic(&name, settings)
@@ -90,8 +101,13 @@ pub fn run(command: TopicCommand) -> Result<(), String> {
                     v.to_string()
                 }
             };
+            let cleanup = if d.cleanup == 1 {
+                format!("compact (tombstones kept {} ms)", d.tombstone_retention_ms)
+            } else {
+                "delete".to_string()
+            };
             println!(
-                "topic {name}: {} partition(s), segment_bytes {}, retention_bytes {}, retention_ms {}",
+                "topic {name}: {} partition(s), segment_bytes {}, retention_bytes {}, retention_ms {}, cleanup {cleanup}",
                 d.partitions.len(),
                 d.segment_bytes,
                 limit(d.retention_bytes),

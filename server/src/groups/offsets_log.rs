@@ -31,7 +31,7 @@ pub fn open(engine: &Engine) -> Result<Arc<Partition>, EngineError> {
 }
 
 /// The single partition of one of the server's own topics, created on first use (64 MiB
-/// segments, batches up to 16 MiB, no retention: compaction keeps them small).
+/// segments, batches up to 16 MiB, compacted: only the latest record of each key stays).
 pub fn open_internal(engine: &Engine, topic: &str) -> Result<Arc<Partition>, EngineError> {
     match engine.partition(topic, 0) {
         Ok(p) => Ok(p),
@@ -40,6 +40,7 @@ pub fn open_internal(engine: &Engine, topic: &str) -> Result<Arc<Partition>, Eng
                 partitions: 1,
                 segment_bytes: 64 << 20,
                 batch_bytes_max: 16 << 20,
+                cleanup: tidelog_engine::CleanupPolicy::Compact,
                 ..TopicConfig::default()
             };
             engine.create_topic(topic, config)?;
