@@ -133,6 +133,8 @@ fn a_client_written_from_the_document_works() {
     create.extend_from_slice(&0u32.to_le_bytes());
     create.extend_from_slice(&0u64.to_le_bytes());
     create.extend_from_slice(&0u64.to_le_bytes());
+    create.push(0); // cleanup: delete
+    create.extend_from_slice(&0u64.to_le_bytes()); // tombstone retention: default
     s.write_all(&frame(0x0010, 4, &create)).expect("create");
     assert_eq!(read_frame(&mut s), (0x0010, 0x01, 4, vec![]));
 
