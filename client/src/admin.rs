@@ -32,7 +32,38 @@ fn done(frame: Frame, what: &str) -> Result<()> {
     }
 }
 
+/// A tenant's figures in its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantInfo {
+    pub partition: u32,
+    /// Offset of the tenant's most recent event (its latest event id).
+    pub latest_offset: Option<u64>,
+    /// Keys whose latest record is not a tombstone.
+    pub live_keys: u64,
+    /// Records of the tenant in the partition.
+    pub events: u64,
+}
+
 impl Client {
+    /// The tenant's latest event id, live key count and event count.
+    pub fn tenant_info(&self, topic: &str, tenant: &[u8]) -> Result<TenantInfo> {
+        let frame = self.request(&Request::TenantInfo { topic, tenant })?;
+        match frame.response()? {
+            Response::TenantInfo {
+                partition,
+                latest_offset,
+                live_keys,
+                events,
+            } => Ok(TenantInfo {
+                partition,
+                latest_offset: (latest_offset != u64::MAX).then_some(latest_offset),
+                live_keys,
+                events,
+            }),
+            other => Err(unexpected("TENANT_INFO", &other)),
+        }
+    }
+
     pub fn ping(&self) -> Result<()> {
         done(self.request(&Request::Ping)?, "PING")
     }

@@ -123,6 +123,40 @@ impl Client {
     ) -> Result<ExtractThenFollow> {
         let partitions = self.describe_topic(topic)?.partitions.len() as u32;
         let partition = partitioner::partition_for(Some(tenant), None, partitions).unwrap_or(0);
+        self.extract_partition(topic, partition, tenant, mode, criteria, window_bytes)
+    }
+
+    /// Extract-then-follow of every tenant of a topic: each partition's state (or
+    /// history) at its own watermark — all fixed when this call returns — then the live
+    /// records of every partition. See [`TopicExtraction`].
+    pub fn extract_topic_then_follow(
+        &self,
+        topic: &str,
+        mode: ExtractMode,
+        criteria: ExtractCriteria,
+        window_bytes: u32,
+    ) -> Result<TopicExtraction> {
+        let partitions = self.describe_topic(topic)?.partitions.len() as u32;
+        let streams = (0..partitions)
+            .map(|p| self.extract_partition(topic, p, &[], mode, criteria.clone(), window_bytes))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TopicExtraction {
+            streams,
+            current: 0,
+            next_live: 0,
+        })
+    }
+
+    /// One partition's extraction (`tenant` empty: every tenant's), then its live stream.
+    fn extract_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        tenant: &[u8],
+        mode: ExtractMode,
+        criteria: ExtractCriteria,
+        window_bytes: u32,
+    ) -> Result<ExtractThenFollow> {
         let mut stream = ExtractThenFollow {
             client: self.clone(),
             topic: topic.to_string(),
@@ -214,11 +248,12 @@ impl ExtractThenFollow {
     }
 
     fn subscribe_live(&mut self) -> Result<()> {
+        let tenant = (!self.tenant.is_empty()).then_some(self.tenant.as_slice());
         let sub = self.client.subscribe(
             &self.topic,
             self.partition,
             StartAt::Offset(self.live_next),
-            Some(&self.tenant),
+            tenant,
             self.window_bytes,
         )?;
         self.phase = Phase::Live(Some(Box::new(sub)));
@@ -356,5 +391,66 @@ impl Iterator for ExtractThenFollow {
                 Err(e) => return Some(Err(e)),
             }
         }
+    }
+}
+
+/// Extract-then-follow of a whole topic (every tenant): partition by partition, its
+/// extraction and its watermark event; then the live records of every partition, taken
+/// in turn. Every partition's watermark is fixed when the extraction starts (the server
+/// freezes each partition's index at its own last offset); the live stream of a partition
+/// starts right after its watermark, so per partition the guarantee of
+/// [`ExtractThenFollow`] holds. Live records of different partitions are not ordered
+/// among themselves (they never are).
+#[derive(Debug)]
+pub struct TopicExtraction {
+    streams: Vec<ExtractThenFollow>,
+    /// The partition whose extraction is being read (== streams.len(): all are live).
+    current: usize,
+    /// Where the live round robin continues.
+    next_live: usize,
+}
+
+impl TopicExtraction {
+    /// The next event, waiting up to `timeout`; `Ok(None)` if none came in time.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<ExtractEvent>> {
+        if self.current < self.streams.len() {
+            let event = self.streams[self.current].next_timeout(timeout)?;
+            if matches!(event, Some(ExtractEvent::Watermark { .. })) {
+                self.current += 1;
+            }
+            return Ok(event);
+        }
+        let n = self.streams.len();
+        if n == 0 {
+            std::thread::sleep(timeout);
+            return Ok(None);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            // A short wait on each partition in turn, so one quiet partition does not
+            // hold back the others.
+            let slice = Duration::from_millis(if n > 1 { 2 } else { 50 });
+            for _ in 0..n {
+                let i = self.next_live;
+                self.next_live = (self.next_live + 1) % n;
+                if let Some(e) = self.streams[i].next_timeout(Duration::ZERO)? {
+                    return Ok(Some(e));
+                }
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let i = self.next_live;
+            if let Some(e) = self.streams[i].next_timeout(slice.min(deadline - now))? {
+                self.next_live = (i + 1) % n;
+                return Ok(Some(e));
+            }
+        }
+    }
+
+    /// Transparent reconnects so far, over all partitions.
+    pub fn reconnects(&self) -> u32 {
+        self.streams.iter().map(ExtractThenFollow::reconnects).sum()
     }
 }

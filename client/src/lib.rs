@@ -48,10 +48,10 @@ mod queue;
 mod records;
 mod subscription;
 
-pub use admin::{parse_ack, published, Fetched};
+pub use admin::{parse_ack, published, Fetched, TenantInfo};
 pub use connection::{Client, ConnectOptions, Frame, PendingReply, ServerInfo};
 pub use error::{ClientError, Result};
-pub use extract::{ExtractCriteria, ExtractEvent, ExtractThenFollow};
+pub use extract::{ExtractCriteria, ExtractEvent, ExtractThenFollow, TopicExtraction};
 pub use group::{
     GroupConfig, GroupConsumer, GroupInfo, GroupListing, GroupMemberInfo, GroupOffset,
     GroupPartitionInfo, PendingCommit, Rebalance,

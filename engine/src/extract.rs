@@ -77,8 +77,9 @@ pub fn push_batch(
     }
 }
 
-/// The records of `tenant` matching `criteria` in one stored batch with offsets in
-/// `[from, upto]`. A tenant-uniform batch of another tenant is skipped from its header.
+/// The records of `tenant` (empty: every record, of any tenant or none) matching
+/// `criteria` in one stored batch with offsets in `[from, upto]`. A tenant-uniform batch
+/// of another tenant is skipped from its header.
 pub(crate) fn select<'a>(
     view: &BatchView<'a>,
     tenant: &[u8],
@@ -86,18 +87,23 @@ pub(crate) fn select<'a>(
     from: u64,
     upto: u64,
 ) -> Vec<RecordView<'a>> {
-    if view.uniform_tenant().is_some_and(|t| t != tenant) {
+    let any = tenant.is_empty();
+    if !any && view.uniform_tenant().is_some_and(|t| t != tenant) {
         return Vec::new();
     }
     view.records()
         .filter_map(Result::ok)
         .filter(|r| {
-            r.offset >= from && r.offset <= upto && r.tenant == Some(tenant) && criteria.matches(r)
+            r.offset >= from
+                && r.offset <= upto
+                && (any || r.tenant == Some(tenant))
+                && criteria.matches(r)
         })
         .collect()
 }
 
-/// A frozen view of one tenant's live keys at a watermark.
+/// A frozen view of one tenant's live keys at a watermark (or, for an empty `tenant`,
+/// every tenant's: a topic-wide extraction).
 #[derive(Debug, Clone)]
 pub struct TenantSnapshot {
     pub tenant: Vec<u8>,

@@ -741,7 +741,23 @@ impl Partition {
 
     /// Freezes `tenant`'s live keys at the watermark — the partition's last offset — in
     /// one critical section with appends, so nothing can interleave (see `extract.rs`).
+    /// An empty `tenant` freezes every tenant's (a topic-wide extraction's part for this
+    /// partition): the whole index is persistent at the tenant level, so that is O(1) too.
     pub fn tenant_snapshot(&self, tenant: &[u8]) -> TenantSnapshot {
+        if tenant.is_empty() {
+            let (watermark, index, segments) = {
+                let w = self.lock_writer();
+                let next = self.next_offset.load(Ordering::Acquire);
+                (next.checked_sub(1), w.tenants.clone(), self.segments())
+            };
+            let offsets = index
+                .names()
+                .iter()
+                .filter_map(|t| index.tenant(t))
+                .flat_map(|t| t.keys.values())
+                .collect();
+            return TenantSnapshot::new(Vec::new(), watermark, offsets, segments);
+        }
         let (watermark, keys, segments) = {
             let w = self.lock_writer();
             let next = self.next_offset.load(Ordering::Acquire);

@@ -27,6 +27,8 @@ pub const EXTRACT: u16 = 0x0100;
 pub const EXTRACT_DATA: u16 = 0x0101;
 /// Server push: the extraction is complete (flags PUSH; correlation = extraction id).
 pub const EXTRACT_END: u16 = 0x0102;
+/// A tenant's figures in its partition: latest event id, live keys, events.
+pub const TENANT_INFO: u16 = 0x0103;
 
 /// Stream groups (docs/PROTOCOL.md, "Consumer groups").
 pub const GROUP_HEARTBEAT: u16 = 0x0200;
@@ -44,7 +46,7 @@ pub const QUEUE_POLL: u16 = 0x0211;
 pub const QUEUE_SETTLE: u16 = 0x0212;
 pub const QUEUE_LEAVE: u16 = 0x0213;
 
-/// 0x0103..=0x01FF: more extraction. 0x0200..=0x02FF: consumer groups.
+/// 0x0104..=0x01FF: more extraction. 0x0200..=0x02FF: consumer groups.
 /// 0x0300..=0x03FF: replication. 0x0400..=0x04FF: authentication.
 pub const RESERVED_RANGES: [(u16, u16); 4] = [
     (0x0100, 0x01FF),

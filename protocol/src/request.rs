@@ -146,7 +146,7 @@ pub enum Request<'a> {
     },
     /// `topic str`
     Offsets { topic: &'a str },
-    /// `extraction u32, topic str, partition u32, tenant, mode u8, since_ms i64,
+    /// `extraction u32, topic str, partition u32, tenant (empty: every tenant), mode u8, since_ms i64,
     /// until_ms i64, key_prefix str, headers u8 count × (name str, value str), credit_bytes u32,
     /// resume_token u64, resume_cursor u64`
     Extract {
@@ -163,6 +163,8 @@ pub enum Request<'a> {
     },
     /// Consumer groups (kinds 0x0200..): see [`crate::group`].
     Group(GroupRequest<'a>),
+    /// `topic str, tenant` (non-empty): the tenant's figures in its partition.
+    TenantInfo { topic: &'a str, tenant: &'a [u8] },
 }
 
 /// What an extraction returns.
@@ -212,6 +214,7 @@ impl<'a> Request<'a> {
             Request::Offsets { .. } => kind::OFFSETS,
             Request::Extract { .. } => kind::EXTRACT,
             Request::Group(g) => g.kind(),
+            Request::TenantInfo { .. } => kind::TENANT_INFO,
         }
     }
 
@@ -351,6 +354,10 @@ impl<'a> Request<'a> {
                 out.put_u64(resume_cursor);
             }
             Request::Group(ref g) => g.encode_body(out),
+            Request::TenantInfo { topic, tenant } => {
+                out.put_str(topic);
+                out.put_tenant(Some(tenant));
+            }
         }
     }
 
@@ -433,9 +440,9 @@ impl<'a> Request<'a> {
                 let extraction = r.u32("extraction")?;
                 let topic = r.str("topic")?;
                 let partition = r.u32("partition")?;
-                let tenant = r
-                    .tenant("tenant")?
-                    .ok_or_else(|| ProtocolError::invalid("an extraction names a tenant"))?;
+                // No tenant: every tenant of the partition (a topic-wide extraction asks
+                // each partition in turn).
+                let tenant = r.tenant("tenant")?.unwrap_or(&[]);
                 let mode = match r.u8("mode")? {
                     0 => ExtractMode::State,
                     1 => ExtractMode::History,
@@ -470,6 +477,12 @@ impl<'a> Request<'a> {
                     resume_cursor: r.u64("resume_cursor")?,
                 }
             }
+            kind::TENANT_INFO => Request::TenantInfo {
+                topic: r.str("topic")?,
+                tenant: r
+                    .tenant("tenant")?
+                    .ok_or_else(|| ProtocolError::invalid("TENANT_INFO names a tenant"))?,
+            },
             other => {
                 if let Some(group) = GroupRequest::decode(other, body) {
                     return group.map(Request::Group);

@@ -93,6 +93,14 @@ pub enum Response<'a> {
     },
     /// Consumer groups: see [`crate::group`]. GROUP_LEAVE answers [`Response::Done`].
     Group(GroupResponse<'a>),
+    /// TENANT_INFO: `partition u32, latest_offset u64 (u64::MAX: no record), live_keys u64,
+    /// events u64`
+    TenantInfo {
+        partition: u32,
+        latest_offset: u64,
+        live_keys: u64,
+        events: u64,
+    },
 }
 
 /// An EXTRACT_DATA push: `cursor u64, batches bytes`. `cursor` is where a resumed
@@ -253,6 +261,17 @@ impl<'a> Response<'a> {
                 out.put_u64(*token);
             }
             Response::Group(g) => g.encode_body(out),
+            Response::TenantInfo {
+                partition,
+                latest_offset,
+                live_keys,
+                events,
+            } => {
+                out.put_u32(*partition);
+                out.put_u64(*latest_offset);
+                out.put_u64(*live_keys);
+                out.put_u64(*events);
+            }
         }
     }
 
@@ -331,6 +350,12 @@ impl<'a> Response<'a> {
                 }
                 Response::Offsets(list)
             }
+            kind::TENANT_INFO => Response::TenantInfo {
+                partition: r.u32("partition")?,
+                latest_offset: r.u64("latest_offset")?,
+                live_keys: r.u64("live_keys")?,
+                events: r.u64("events")?,
+            },
             kind::EXTRACT => Response::Extracting {
                 watermark: r.u64("watermark")?,
                 total: r.u64("total")?,

@@ -330,6 +330,20 @@ fn execute<'a>(
             crate::groups::handle(state, token, conn, correlation, group)?;
             Reply::Handled
         }
+        Request::TenantInfo { topic, tenant } => {
+            let partitions = engine.topic(topic).map_err(e)?.partitions().len() as u32;
+            let partition =
+                tidelog_protocol::partitioner::partition_for(Some(tenant), None, partitions)
+                    .unwrap_or(0);
+            let p = state.partition(topic, partition)?;
+            let info = p.tenant_info(tenant);
+            Reply::Now(Response::TenantInfo {
+                partition,
+                latest_offset: info.and_then(|i| i.latest_offset).unwrap_or(u64::MAX),
+                live_keys: info.map_or(0, |i| i.live_keys),
+                events: info.map_or(0, |i| i.events),
+            })
+        }
         Request::Extract {
             extraction,
             topic,
@@ -357,6 +371,13 @@ fn execute<'a>(
                         format!("extraction {resume_token:#x} cannot be resumed (older than {window:?}, or the server restarted); start a new one"),
                     )
                 })?;
+                if r.partition.topic() != topic || r.partition.id() != partition {
+                    return Err(ProtocolError::invalid(format!(
+                        "extraction {resume_token:#x} is of topic {} partition {}, not {topic} partition {partition}",
+                        r.partition.topic(),
+                        r.partition.id()
+                    )));
+                }
                 r.expires = Instant::now() + window;
                 (
                     r.at(resume_cursor, u64::from(credit_bytes), resume_token),
@@ -364,6 +385,8 @@ fn execute<'a>(
                 )
             } else {
                 let p = state.partition(topic, partition)?;
+                let partitions = engine.topic(topic).map_err(e)?.partitions().len() as u32;
+                check_tenant_partition(&p, partitions, tenant)?;
                 let criteria = Criteria {
                     since_ms: (filter.since_ms != i64::MIN).then_some(filter.since_ms),
                     until_ms: (filter.until_ms != i64::MAX).then_some(filter.until_ms),
@@ -509,6 +532,31 @@ fn publish<'a>(
             Ok(Reply::Handled)
         }
     }
+}
+
+/// A tenant's records go to the partition the partitioning rule gives it: an extraction
+/// of a tenant on another partition where it has no records is a client's mistake, told
+/// as such. (A tenant with no records yet on its own partition has an empty state: the
+/// extraction answers with the watermark and no records, and the live stream follows.)
+fn check_tenant_partition(
+    p: &tidelog_engine::Partition,
+    partitions: u32,
+    tenant: &[u8],
+) -> Result<(), ProtocolError> {
+    if tenant.is_empty() || p.tenant_info(tenant).is_some() {
+        return Ok(());
+    }
+    let home =
+        tidelog_protocol::partitioner::partition_for(Some(tenant), None, partitions).unwrap_or(0);
+    if home != p.id() {
+        return Err(ProtocolError::invalid(format!(
+            "tenant {:?} has no records in partition {} of {}; by the partitioning rule its partition is {home}",
+            String::from_utf8_lossy(tenant),
+            p.id(),
+            p.topic()
+        )));
+    }
+    Ok(())
 }
 
 /// Topics named `__tidelog*` hold the server's own state (committed offsets): clients may

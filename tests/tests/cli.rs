@@ -501,3 +501,59 @@ fn consume_queue_members_share_records_and_ack_each_once() {
     assert_eq!(d["in_flight"], 1, "{described}");
     server.stop();
 }
+
+#[test]
+fn extract_without_a_tenant_covers_every_partition_and_tenant_info_prints() {
+    let server = Server::start();
+    ok(&tidelog(
+        &server,
+        &["topic", "create", "kv", "--partitions", "3"],
+        "",
+    ));
+    let lines: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"tenant\":\"t{}\",\"key\":\"k{}\",\"value\":\"v{i}\"}}\n",
+                i % 5,
+                i % 7
+            )
+        })
+        .collect();
+    ok(&tidelog(
+        &server,
+        &["publish", "kv", "--format", "json"],
+        &lines,
+    ));
+    let out = ok(&tidelog(
+        &server,
+        &["extract", "kv", "--format", "json"],
+        "",
+    ));
+    let watermarks: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|v| v["phase"] == "watermark")
+        .collect();
+    assert_eq!(watermarks.len(), 3, "one watermark per partition: {out}");
+    let snapshot: std::collections::BTreeSet<(String, String)> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|v| v["phase"] == "snapshot")
+        .map(|v| {
+            (
+                v["tenant"].as_str().unwrap_or("").to_string(),
+                v["key"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let expected: std::collections::BTreeSet<(String, String)> = (0..30)
+        .map(|i| (format!("t{}", i % 5), format!("k{}", i % 7)))
+        .collect();
+    assert_eq!(snapshot, expected, "every live (tenant, key), once");
+    let info = ok(&tidelog(&server, &["topic", "tenant", "kv", "t1"], ""));
+    assert!(
+        info.contains("tenant t1 of kv: partition") && info.contains("events"),
+        "{info}"
+    );
+    server.stop();
+}

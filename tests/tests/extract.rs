@@ -371,3 +371,286 @@ fn a_resume_after_the_window_is_a_clear_error() {
     );
     server.stop();
 }
+
+/// Every record of a partition from `from` (no tenant filter).
+fn all_records(
+    client: &tidelog_client::Client,
+    partition: u32,
+    from: u64,
+) -> Vec<tidelog_client::ConsumedRecord> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let f = client
+            .fetch(
+                "t",
+                partition,
+                StartAt::Offset(offset),
+                1 << 20,
+                Duration::ZERO,
+                None,
+            )
+            .expect("fetch");
+        out.extend(f.records.into_iter().filter(|r| r.offset >= from));
+        if f.next_offset >= f.high_watermark || f.next_offset == offset {
+            return out;
+        }
+        offset = f.next_offset;
+    }
+}
+
+/// The whole topic, every tenant: one watermark per partition; per partition, the
+/// snapshot plus the live records after its watermark equal the state replayed from the
+/// partition — with writers on every partition throughout.
+#[test]
+fn a_topic_wide_extraction_has_one_watermark_per_partition_and_no_seam() {
+    let server = Server::start();
+    let admin = server.client();
+    admin
+        .create_topic(
+            "t",
+            TopicSettings {
+                partitions: 3,
+                ..TopicSettings::default()
+            },
+        )
+        .expect("create");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3u32)
+        .map(|p| writer(server.addr, p, 77 + u64::from(p), stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let client = server.client();
+    let mut stream = client
+        .extract_topic_then_follow("t", ExtractMode::State, ExtractCriteria::default(), 1 << 20)
+        .expect("extract");
+    // (partition, tenant) → state
+    let mut state: BTreeMap<(u32, Vec<u8>), State> = BTreeMap::new();
+    let mut watermarks: BTreeMap<u32, Option<u64>> = BTreeMap::new();
+    let mut live_seen: BTreeMap<u32, u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        assert!(Instant::now() < deadline, "timed out");
+        if watermarks.len() == 3 && stopped_at.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+            stop.store(true, Ordering::Relaxed);
+            stopped_at = Some(Instant::now());
+        }
+        let event = stream
+            .next_timeout(Duration::from_millis(200))
+            .expect("event");
+        match event {
+            Some(ExtractEvent::Snapshot(r)) => {
+                assert!(
+                    !watermarks.contains_key(&r.partition),
+                    "snapshot after its watermark"
+                );
+                let key = r.key.clone().expect("key");
+                apply(
+                    state
+                        .entry((r.partition, r.tenant.clone().expect("tenant")))
+                        .or_default(),
+                    &key,
+                    r.offset,
+                    r.value.as_deref(),
+                );
+            }
+            Some(ExtractEvent::Watermark {
+                partition, offset, ..
+            }) => {
+                assert!(
+                    watermarks.insert(partition, offset).is_none(),
+                    "one watermark per partition"
+                );
+            }
+            Some(ExtractEvent::Live(r)) => {
+                let w = watermarks.get(&r.partition).copied().flatten();
+                assert!(
+                    w.is_none_or(|w| r.offset > w),
+                    "live record {} at or before W {w:?}",
+                    r.offset
+                );
+                let prev = live_seen.insert(r.partition, r.offset);
+                assert!(prev.is_none_or(|p| r.offset > p), "live order");
+                let key = r.key.clone().expect("key");
+                apply(
+                    state
+                        .entry((r.partition, r.tenant.clone().expect("tenant")))
+                        .or_default(),
+                    &key,
+                    r.offset,
+                    r.value.as_deref(),
+                );
+            }
+            None => {
+                if stopped_at.is_some_and(|t| t.elapsed() > Duration::from_millis(500)) {
+                    break;
+                }
+            }
+        }
+    }
+    for w in writers {
+        w.join().expect("writer");
+    }
+    assert_eq!(watermarks.len(), 3);
+    // Catch up on anything the round robin has not delivered yet.
+    while let Some(e) = stream
+        .next_timeout(Duration::from_millis(300))
+        .expect("event")
+    {
+        if let ExtractEvent::Live(r) = e {
+            let key = r.key.clone().expect("key");
+            apply(
+                state
+                    .entry((r.partition, r.tenant.clone().expect("tenant")))
+                    .or_default(),
+                &key,
+                r.offset,
+                r.value.as_deref(),
+            );
+        }
+    }
+    for p in 0..3u32 {
+        let mut reference: BTreeMap<(u32, Vec<u8>), State> = BTreeMap::new();
+        for r in all_records(&admin, p, 0) {
+            let key = r.key.clone().expect("key");
+            apply(
+                reference
+                    .entry((p, r.tenant.clone().expect("tenant")))
+                    .or_default(),
+                &key,
+                r.offset,
+                r.value.as_deref(),
+            );
+        }
+        for tenant in [b"acme".to_vec(), b"zeta".to_vec()] {
+            assert_eq!(
+                state.get(&(p, tenant.clone())).cloned().unwrap_or_default(),
+                reference
+                    .get(&(p, tenant.clone()))
+                    .cloned()
+                    .unwrap_or_default(),
+                "partition {p}, tenant {}",
+                String::from_utf8_lossy(&tenant)
+            );
+        }
+    }
+}
+
+#[test]
+fn tenant_info_and_bad_extractions_get_clear_answers() {
+    let server = Server::start();
+    let client = server.client();
+    client
+        .create_topic(
+            "t",
+            TopicSettings {
+                partitions: 4,
+                ..TopicSettings::default()
+            },
+        )
+        .expect("create");
+    let home = partitioner::partition_for(Some(b"acme"), None, 4).expect("partition");
+    let records: Vec<Record> = (0..10)
+        .map(|i| Record {
+            timestamp_ms: 1,
+            tenant: Some(b"acme".to_vec()),
+            key: Some(format!("k{}", i % 4).into_bytes()),
+            value: (i != 9).then(|| b"v".to_vec()),
+            headers: Vec::new(),
+        })
+        .collect();
+    let published = client
+        .publish(
+            "t",
+            home,
+            Ack::Written,
+            &build_batch(&records, ProducerStamp::default()),
+        )
+        .expect("publish");
+    let info = client.tenant_info("t", b"acme").expect("info");
+    assert_eq!(info.partition, home);
+    assert_eq!(info.latest_offset, Some(published[0].last_offset));
+    assert_eq!(
+        info.live_keys, 3,
+        "k0..k3 written, k1 (the 10th record's key) deleted"
+    );
+    assert_eq!(info.events, 10);
+    let nobody = client.tenant_info("t", b"nobody").expect("info");
+    assert_eq!((nobody.latest_offset, nobody.live_keys), (None, 0));
+    let code = |r: tidelog_client::Result<_>| {
+        r.map(|_: tidelog_client::ExtractThenFollow| ())
+            .expect_err("an error")
+            .code()
+    };
+    assert_eq!(
+        code(client.extract_then_follow(
+            "no-such-topic",
+            b"acme",
+            ExtractMode::State,
+            ExtractCriteria::default()
+        )),
+        Some(tidelog_client::ErrorCode::UnknownTopic)
+    );
+    // EXTRACT of acme on a partition that is not its own.
+    let other = (home + 1) % 4;
+    let (id, _rx) = (1u32, ());
+    let frame = client
+        .request(&tidelog_protocol::Request::Extract {
+            extraction: id,
+            topic: "t",
+            partition: other,
+            tenant: b"acme",
+            mode: ExtractMode::State,
+            filter: Default::default(),
+            credit_bytes: 1 << 20,
+            resume_token: 0,
+            resume_cursor: 0,
+        })
+        .expect("request");
+    let err = frame.response().expect_err("wrong partition");
+    assert_eq!(err.code(), Some(tidelog_client::ErrorCode::InvalidRequest));
+    assert!(
+        err.to_string()
+            .contains(&format!("its partition is {home}")),
+        "{err}"
+    );
+    // A resume token used with another topic is refused, clearly.
+    client
+        .create_topic("u", TopicSettings::default())
+        .expect("create u");
+    let frame = client
+        .request(&tidelog_protocol::Request::Extract {
+            extraction: 2,
+            topic: "t",
+            partition: home,
+            tenant: b"acme",
+            mode: ExtractMode::State,
+            filter: Default::default(),
+            credit_bytes: 1 << 20,
+            resume_token: 0,
+            resume_cursor: 0,
+        })
+        .expect("request");
+    let token = match frame.response().expect("extracting") {
+        tidelog_protocol::Response::Extracting { token, .. } => token,
+        other => panic!("{other:?}"),
+    };
+    let frame = client
+        .request(&tidelog_protocol::Request::Extract {
+            extraction: 3,
+            topic: "u",
+            partition: 0,
+            tenant: b"acme",
+            mode: ExtractMode::State,
+            filter: Default::default(),
+            credit_bytes: 1 << 20,
+            resume_token: token,
+            resume_cursor: 0,
+        })
+        .expect("request");
+    let err = frame.response().expect_err("cursor of another topic");
+    assert_eq!(err.code(), Some(tidelog_client::ErrorCode::InvalidRequest));
+    client.ping().expect("healthy");
+}

@@ -1,5 +1,6 @@
 //! `tidelog extract TOPIC --tenant T`: a tenant's state (or history) as of a watermark,
-//! then, with `--follow`, every matching record after it.
+//! then, with `--follow`, every matching record after it. Without `--tenant`: every
+//! tenant of the topic, partition by partition, one watermark per partition.
 //!
 //! json lines: `{"phase":"snapshot",...record}`, then `{"phase":"watermark","partition":P,
 //! "offset":W}`, then `{"phase":"live",...record}` while following. Progress (records and
@@ -10,7 +11,25 @@ use std::io::{BufWriter, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use tidelog_client::{ExtractCriteria, ExtractEvent, ExtractMode};
+use tidelog_client::{
+    ExtractCriteria, ExtractEvent, ExtractMode, ExtractThenFollow, TopicExtraction,
+    WINDOW_BYTES_DEFAULT,
+};
+
+/// A tenant's extraction, or every tenant's.
+enum Stream {
+    Tenant(Box<ExtractThenFollow>),
+    Topic(TopicExtraction),
+}
+
+impl Stream {
+    fn next_timeout(&mut self, t: Duration) -> tidelog_client::Result<Option<ExtractEvent>> {
+        match self {
+            Stream::Tenant(s) => s.next_timeout(t),
+            Stream::Topic(s) => s.next_timeout(t),
+        }
+    }
+}
 
 use super::{print_record, stop_flag, stopped, OutputFormat, ServerArg};
 
@@ -23,8 +42,9 @@ pub enum Mode {
 #[derive(Debug, Args)]
 pub struct ExtractArgs {
     pub topic: String,
+    /// The tenant [default: every tenant of the topic, one watermark per partition].
     #[arg(long)]
-    pub tenant: String,
+    pub tenant: Option<String>,
     /// state: the latest record of every live key; history: every matching event.
     #[arg(long, value_enum, default_value_t = Mode::State)]
     pub mode: Mode,
@@ -79,9 +99,27 @@ pub fn run(args: ExtractArgs) -> Result<(), String> {
         Mode::History => ExtractMode::History,
     };
     let client = args.server.connect()?;
-    let mut stream = client
-        .extract_then_follow(&args.topic, args.tenant.as_bytes(), mode, criteria)
-        .map_err(|e| e.to_string())?;
+    let mut stream = match &args.tenant {
+        Some(tenant) => Stream::Tenant(Box::new(
+            client
+                .extract_then_follow(&args.topic, tenant.as_bytes(), mode, criteria)
+                .map_err(|e| e.to_string())?,
+        )),
+        None => Stream::Topic(
+            client
+                .extract_topic_then_follow(&args.topic, mode, criteria, WINDOW_BYTES_DEFAULT)
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    // One watermark per partition before the extraction is complete.
+    let mut watermarks_left = match &stream {
+        Stream::Tenant(_) => 1,
+        Stream::Topic(_) => client
+            .describe_topic(&args.topic)
+            .map_err(|e| e.to_string())?
+            .partitions
+            .len(),
+    };
     let mut out = BufWriter::new(std::io::stdout().lock());
     let progress = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -124,8 +162,9 @@ pub fn run(args: ExtractArgs) -> Result<(), String> {
                     OutputFormat::Text => format!("-- watermark: partition {partition} offset {} ({count} records)", offset.map_or("none".into(), |o| o.to_string())),
                 };
                 writeln!(out, "{line}").map_err(|e| e.to_string())?;
-                extracted = true;
-                if !args.follow {
+                watermarks_left = watermarks_left.saturating_sub(1);
+                extracted = watermarks_left == 0;
+                if extracted && !args.follow {
                     break;
                 }
             }

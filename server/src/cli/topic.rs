@@ -42,6 +42,13 @@ pub enum TopicCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// A tenant's figures: its partition, latest event id, live keys, events.
+    Tenant {
+        name: String,
+        tenant: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Delete a topic and its data.
     Delete {
         name: String,
@@ -125,6 +132,23 @@ pub fn run(command: TopicCommand) -> Result<(), String> {
                     p.segments
                 );
             }
+        }
+        TopicCommand::Tenant {
+            name,
+            tenant,
+            server,
+        } => {
+            let info = server
+                .connect()?
+                .tenant_info(&name, tenant.as_bytes())
+                .map_err(|e| e.to_string())?;
+            println!(
+                "tenant {tenant} of {name}: partition {}, latest event {}, {} live keys, {} events",
+                info.partition,
+                info.latest_offset.map_or("none".into(), |o| o.to_string()),
+                info.live_keys,
+                info.events
+            );
         }
         TopicCommand::Delete { name, server } => {
             server
