@@ -27,6 +27,20 @@ pub struct ExtractCriteria {
 }
 
 impl ExtractCriteria {
+    /// The protocol's form (borrowing these strings).
+    pub fn filter(&self) -> ExtractFilter<'_> {
+        ExtractFilter {
+            since_ms: self.since_ms.unwrap_or(i64::MIN),
+            until_ms: self.until_ms.unwrap_or(i64::MAX),
+            key_prefix: self.key_prefix.as_deref().unwrap_or(""),
+            headers: self
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect(),
+        }
+    }
+
     pub fn matches(&self, r: &ConsumedRecord) -> bool {
         self.since_ms.is_none_or(|t| r.timestamp_ms >= t)
             && self.until_ms.is_none_or(|t| r.timestamp_ms <= t)
@@ -199,17 +213,7 @@ impl ExtractThenFollow {
     /// Sends EXTRACT: a new extraction, or (with a token) a resume at the cursor.
     fn start_extraction(&mut self) -> Result<()> {
         let (id, rx) = self.client.register_subscription();
-        let filter = ExtractFilter {
-            since_ms: self.criteria.since_ms.unwrap_or(i64::MIN),
-            until_ms: self.criteria.until_ms.unwrap_or(i64::MAX),
-            key_prefix: self.criteria.key_prefix.as_deref().unwrap_or(""),
-            headers: self
-                .criteria
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect(),
-        };
+        let filter = self.criteria.filter();
         let request = Request::Extract {
             extraction: id,
             topic: &self.topic,
@@ -248,12 +252,14 @@ impl ExtractThenFollow {
     }
 
     fn subscribe_live(&mut self) -> Result<()> {
+        // The server applies the criteria to the live stream too.
         let tenant = (!self.tenant.is_empty()).then_some(self.tenant.as_slice());
-        let sub = self.client.subscribe(
+        let sub = self.client.subscribe_filtered(
             &self.topic,
             self.partition,
             StartAt::Offset(self.live_next),
             tenant,
+            &self.criteria,
             self.window_bytes,
         )?;
         self.phase = Phase::Live(Some(Box::new(sub)));

@@ -505,6 +505,7 @@ impl GroupConsumer {
             start,
             credit_bytes: self.config.window_bytes,
             tenant: None,
+            filter: Default::default(),
         };
         let started = self
             .client

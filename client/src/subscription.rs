@@ -11,6 +11,7 @@ use tidelog_protocol::{Request, Response, StartAt};
 
 use crate::connection::{Client, Frame};
 use crate::error::{ClientError, Result};
+use crate::extract::ExtractCriteria;
 use crate::records::{decode_batches, ConsumedRecord};
 
 /// Default credit window: at least one maximum batch (16 MiB) must fit in it.
@@ -42,6 +43,27 @@ impl Client {
         tenant: Option<&[u8]>,
         window_bytes: u32,
     ) -> Result<Subscription> {
+        self.subscribe_filtered(
+            topic,
+            partition,
+            start,
+            tenant,
+            &ExtractCriteria::default(),
+            window_bytes,
+        )
+    }
+
+    /// As [`Client::subscribe`], with criteria (time range, key prefix, headers) the
+    /// server applies: only matching records are sent.
+    pub fn subscribe_filtered(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: StartAt,
+        tenant: Option<&[u8]>,
+        criteria: &ExtractCriteria,
+        window_bytes: u32,
+    ) -> Result<Subscription> {
         let (id, rx) = self.register_subscription();
         let request = Request::Subscribe {
             subscription: id,
@@ -50,6 +72,7 @@ impl Client {
             start,
             credit_bytes: window_bytes,
             tenant,
+            filter: criteria.filter(),
         };
         let frame = match self.request(&request) {
             Ok(f) => f,

@@ -128,7 +128,8 @@ pub enum Request<'a> {
         tenant: Option<&'a [u8]>,
     },
     /// `subscription u32, topic str, partition u32, start_kind u8, start_value u64,
-    /// credit_bytes u32, tenant`
+    /// credit_bytes u32, tenant, since_ms i64, until_ms i64, key_prefix str, headers u8 count
+    /// × (name str, value str)` — the same criteria as an extraction's, applied by the server
     Subscribe {
         subscription: u32,
         topic: &'a str,
@@ -136,6 +137,7 @@ pub enum Request<'a> {
         start: StartAt,
         credit_bytes: u32,
         tenant: Option<&'a [u8]>,
+        filter: ExtractFilter<'a>,
     },
     /// `subscription u32`
     Unsubscribe { subscription: u32 },
@@ -183,6 +185,45 @@ pub struct ExtractFilter<'a> {
     pub until_ms: i64,
     pub key_prefix: &'a str,
     pub headers: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> ExtractFilter<'a> {
+    /// `since_ms i64, until_ms i64, key_prefix str, headers u8 count × (name str, value str)`
+    fn put(&self, out: &mut Vec<u8>) {
+        out.put_i64(self.since_ms);
+        out.put_i64(self.until_ms);
+        out.put_str(self.key_prefix);
+        out.put_u8(u8::try_from(self.headers.len()).expect("at most 255 header criteria"));
+        for (n, v) in &self.headers {
+            out.put_str(n);
+            out.put_str(v);
+        }
+    }
+
+    fn get(r: &mut Reader<'a>) -> Result<ExtractFilter<'a>, ProtocolError> {
+        let since_ms = r.i64("since_ms")?;
+        let until_ms = r.i64("until_ms")?;
+        let key_prefix = r.str("key_prefix")?;
+        let n = r.u8("headers")?;
+        let mut headers = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            headers.push((r.str("header name")?, r.str("header value")?));
+        }
+        Ok(ExtractFilter {
+            since_ms,
+            until_ms,
+            key_prefix,
+            headers,
+        })
+    }
+
+    /// No criterion at all.
+    pub fn is_empty(&self) -> bool {
+        self.since_ms == i64::MIN
+            && self.until_ms == i64::MAX
+            && self.key_prefix.is_empty()
+            && self.headers.is_empty()
+    }
 }
 
 impl Default for ExtractFilter<'_> {
@@ -307,6 +348,7 @@ impl<'a> Request<'a> {
                 start,
                 credit_bytes,
                 tenant,
+                ref filter,
             } => {
                 out.put_u32(subscription);
                 out.put_str(topic);
@@ -314,6 +356,7 @@ impl<'a> Request<'a> {
                 start.put(out);
                 out.put_u32(credit_bytes);
                 out.put_tenant(tenant);
+                filter.put(out);
             }
             Request::Unsubscribe { subscription } => out.put_u32(subscription),
             Request::GrantCredits {
@@ -339,16 +382,7 @@ impl<'a> Request<'a> {
                 out.put_u32(partition);
                 out.put_tenant(Some(tenant));
                 out.put_u8(mode as u8);
-                out.put_i64(filter.since_ms);
-                out.put_i64(filter.until_ms);
-                out.put_str(filter.key_prefix);
-                out.put_u8(
-                    u8::try_from(filter.headers.len()).expect("at most 255 header criteria"),
-                );
-                for (n, v) in &filter.headers {
-                    out.put_str(n);
-                    out.put_str(v);
-                }
+                filter.put(out);
                 out.put_u32(credit_bytes);
                 out.put_u64(resume_token);
                 out.put_u64(resume_cursor);
@@ -425,6 +459,7 @@ impl<'a> Request<'a> {
                 start: StartAt::get(&mut r)?,
                 credit_bytes: r.u32("credit_bytes")?,
                 tenant: r.tenant("tenant")?,
+                filter: ExtractFilter::get(&mut r)?,
             },
             kind::UNSUBSCRIBE => Request::Unsubscribe {
                 subscription: r.u32("subscription")?,
@@ -452,26 +487,14 @@ impl<'a> Request<'a> {
                         )))
                     }
                 };
-                let since_ms = r.i64("since_ms")?;
-                let until_ms = r.i64("until_ms")?;
-                let key_prefix = r.str("key_prefix")?;
-                let n = r.u8("headers")?;
-                let mut headers = Vec::with_capacity(usize::from(n));
-                for _ in 0..n {
-                    headers.push((r.str("header name")?, r.str("header value")?));
-                }
+                let filter = ExtractFilter::get(&mut r)?;
                 Request::Extract {
                     extraction,
                     topic,
                     partition,
                     tenant,
                     mode,
-                    filter: ExtractFilter {
-                        since_ms,
-                        until_ms,
-                        key_prefix,
-                        headers,
-                    },
+                    filter,
                     credit_bytes: r.u32("credit_bytes")?,
                     resume_token: r.u64("resume_token")?,
                     resume_cursor: r.u64("resume_cursor")?,

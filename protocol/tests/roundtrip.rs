@@ -102,6 +102,12 @@ fn all_requests(i: &Inputs) -> Vec<Request<'_>> {
             start: i.start,
             credit_bytes: a,
             tenant: i.tenant.as_deref(),
+            filter: ExtractFilter {
+                since_ms: c as i64,
+                until_ms: d as i64,
+                key_prefix: t,
+                headers: vec![(t, t)],
+            },
         },
         Request::Unsubscribe { subscription: a },
         Request::GrantCredits {

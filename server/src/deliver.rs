@@ -6,6 +6,7 @@
 //! A tenant filter keeps or skips tenant-uniform batches whole and re-encodes only mixed
 //! batches (`tidelog_protocol::filter`).
 
+use tidelog_engine::extract::{push_batch, Criteria};
 use tidelog_engine::{EngineError, Fetched};
 use tidelog_protocol::batch;
 use tidelog_protocol::filter::{filter_batch, Filtered};
@@ -33,6 +34,44 @@ enum Part {
 }
 
 impl Selection {
+    /// Everything in `fetched`, or only `tenant`'s records, and only those meeting
+    /// `criteria` (each record decided; matching records re-encoded with their offsets
+    /// unless a whole batch matches).
+    pub fn filtered(
+        fetched: &Fetched,
+        tenant: Option<&[u8]>,
+        criteria: Option<&Criteria>,
+    ) -> Selection {
+        let Some(criteria) = criteria else {
+            return Selection::of(fetched, tenant);
+        };
+        let mut sel = Selection::default();
+        let bytes: &[u8] = fetched;
+        let mut pos = 0;
+        let mut scratch = Vec::new();
+        while pos < bytes.len() {
+            let Ok(view) = batch::view_stored(&bytes[pos..]) else {
+                break;
+            };
+            pos += view.bytes().len();
+            if tenant.is_some_and(|t| view.uniform_tenant().is_some_and(|u| u != t)) {
+                continue;
+            }
+            let kept: Vec<_> = view
+                .records()
+                .filter_map(Result::ok)
+                .filter(|r| tenant.is_none_or(|t| r.tenant == Some(t)) && criteria.matches(r))
+                .collect();
+            let mut out = Vec::new();
+            push_batch(&mut out, &mut scratch, &view, &kept);
+            if !out.is_empty() {
+                sel.len += out.len();
+                sel.parts.push(Part::Owned(out));
+            }
+        }
+        sel
+    }
+
     /// Everything in `fetched`, or only `tenant`'s records.
     pub fn of(fetched: &Fetched, tenant: Option<&[u8]>) -> Selection {
         let Some(tenant) = tenant else {
@@ -220,7 +259,7 @@ fn pump_subscription(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped 
             }
         };
         scanned += fetched.len();
-        let sel = Selection::of(&fetched, sub.tenant.as_deref());
+        let sel = Selection::filtered(&fetched, sub.tenant.as_deref(), sub.criteria.as_ref());
         if sel.len as u64 > sub.credit_bytes {
             return Pumped::Idle; // wait for credit: never send beyond it
         }

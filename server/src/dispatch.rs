@@ -253,6 +253,7 @@ fn execute<'a>(
             start,
             credit_bytes,
             tenant,
+            filter,
         } => {
             if conn.subscriptions.contains_key(&subscription) {
                 return Err(ProtocolError::new(
@@ -290,6 +291,7 @@ fn execute<'a>(
                     next_offset: from,
                     credit_bytes: u64::from(credit_bytes),
                     tenant: tenant.map(<[u8]>::to_vec),
+                    criteria: (!filter.is_empty()).then(|| criteria_of(&filter)),
                 },
             );
             conn.outbox.encode(|out| {
@@ -387,17 +389,7 @@ fn execute<'a>(
                 let p = state.partition(topic, partition)?;
                 let partitions = engine.topic(topic).map_err(e)?.partitions().len() as u32;
                 check_tenant_partition(&p, partitions, tenant)?;
-                let criteria = Criteria {
-                    since_ms: (filter.since_ms != i64::MIN).then_some(filter.since_ms),
-                    until_ms: (filter.until_ms != i64::MAX).then_some(filter.until_ms),
-                    key_prefix: (!filter.key_prefix.is_empty())
-                        .then(|| filter.key_prefix.as_bytes().to_vec()),
-                    headers: filter
-                        .headers
-                        .iter()
-                        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                        .collect(),
-                };
+                let criteria = criteria_of(&filter);
                 let (watermark, total, spec, start) = match mode {
                     ExtractMode::State => {
                         let snapshot = p.tenant_snapshot(tenant);
@@ -531,6 +523,20 @@ fn publish<'a>(
             );
             Ok(Reply::Handled)
         }
+    }
+}
+
+/// The engine's form of a request's criteria.
+fn criteria_of(filter: &tidelog_protocol::ExtractFilter<'_>) -> Criteria {
+    Criteria {
+        since_ms: (filter.since_ms != i64::MIN).then_some(filter.since_ms),
+        until_ms: (filter.until_ms != i64::MAX).then_some(filter.until_ms),
+        key_prefix: (!filter.key_prefix.is_empty()).then(|| filter.key_prefix.as_bytes().to_vec()),
+        headers: filter
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect(),
     }
 }
 

@@ -19,4 +19,6 @@ pub struct Subscription {
     pub credit_bytes: u64,
     /// Only this tenant's records, when set.
     pub tenant: Option<Vec<u8>>,
+    /// Only records meeting these criteria, when set (decided record by record).
+    pub criteria: Option<tidelog_engine::extract::Criteria>,
 }

@@ -194,6 +194,7 @@ fn a_slow_subscriber_costs_bounded_memory_and_does_not_slow_others() {
         start: StartAt::Earliest,
         credit_bytes: 1 << 20,
         tenant: None,
+        filter: Default::default(),
     };
     slow.request(&slow_request).expect("slow subscribe");
     let mut fast = server
@@ -236,4 +237,78 @@ fn a_slow_subscriber_costs_bounded_memory_and_does_not_slow_others() {
         "server heap grew by {growth_kib} KiB while {total_bytes} bytes went by a stalled subscriber"
     );
     server.stop();
+}
+
+/// Criteria on a subscription are applied by the server: only matching records are sent
+/// (and count against the credit), each at its offset, in order.
+#[test]
+fn a_filtered_subscription_receives_only_matching_records() {
+    let server = Server::start();
+    let client = server.client();
+    client
+        .create_topic("t", TopicSettings::default())
+        .expect("create");
+    let records: Vec<Record> = (0..300u64)
+        .map(|i| Record {
+            timestamp_ms: 1_000 + i as i64,
+            tenant: Some(if i % 3 == 0 {
+                b"acme".to_vec()
+            } else {
+                b"zeta".to_vec()
+            }),
+            key: Some(format!("{}-{i}", if i % 2 == 0 { "doc" } else { "img" }).into_bytes()),
+            value: Some(i.to_le_bytes().to_vec()),
+            headers: vec![(
+                b"type".to_vec(),
+                if i % 5 == 0 {
+                    b"share".to_vec()
+                } else {
+                    b"upload".to_vec()
+                },
+            )],
+        })
+        .collect();
+    for chunk in records.chunks(37) {
+        client
+            .publish(
+                "t",
+                0,
+                Ack::Written,
+                &build_batch(chunk, ProducerStamp::default()),
+            )
+            .expect("publish");
+    }
+    let criteria = tidelog_client::ExtractCriteria {
+        since_ms: Some(1_050),
+        until_ms: Some(1_250),
+        key_prefix: Some("doc".into()),
+        headers: vec![("type".into(), "share".into())],
+    };
+    let mut sub = server
+        .client()
+        .subscribe_filtered("t", 0, StartAt::Earliest, Some(b"acme"), &criteria, 1 << 20)
+        .expect("subscribe");
+    let expected: Vec<u64> = (0..300u64)
+        .filter(|i| i % 3 == 0 && i % 2 == 0 && i % 5 == 0 && (50..=250).contains(i))
+        .collect();
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let r = sub
+            .next_timeout(Duration::from_secs(10))
+            .expect("record")
+            .expect("in time");
+        assert_eq!(
+            number(r.value.as_deref().expect("value")),
+            r.offset,
+            "record at its offset"
+        );
+        got.push(r.offset);
+    }
+    assert_eq!(got, expected);
+    assert!(
+        sub.next_timeout(Duration::from_millis(300))
+            .expect("none")
+            .is_none(),
+        "nothing else is sent"
+    );
 }
