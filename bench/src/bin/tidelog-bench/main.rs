@@ -117,6 +117,11 @@ enum Scenario {
         /// Live keys of the tenant.
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
+        /// Records in the log before the extraction (untimed): after one record per key,
+        /// updates of the tenant's keys and other tenants' records, half and half, so the
+        /// live records are spread over the whole log [default: just the keys].
+        #[arg(long, default_value_t = 0)]
+        log_records: u64,
     },
     /// A stream group consumes a filled topic; then rebalance times (a member joins/leaves).
     Group {
@@ -304,7 +309,9 @@ fn main() -> ExitCode {
         Scenario::Publish(_) => scenarios::publish(&target, &common, &counter),
         Scenario::Consume(_) => scenarios::consume(&target, &common, &counter),
         Scenario::E2e { rate, .. } => scenarios::e2e(&target, &common, *rate, &counter),
-        Scenario::Extract { keys, .. } => scenarios::extract(&target, &common, *keys, &counter),
+        Scenario::Extract {
+            keys, log_records, ..
+        } => scenarios::extract(&target, &common, *keys, *log_records, &counter),
         Scenario::Group { rebalances, .. } => group::group(&target, &common, *rebalances, &counter),
         Scenario::Queue { poll_records, .. } => {
             queue::queue(&target, &common, *poll_records, &counter)

@@ -420,6 +420,7 @@ pub fn extract(
     target: &Target,
     c: &Common,
     keys: u64,
+    log_records: u64,
     progress: &Arc<AtomicU64>,
 ) -> Result<Report, String> {
     use std::collections::BTreeMap;
@@ -454,6 +455,37 @@ pub fn extract(
             )
             .map_err(|e| format!("seed: {e}"))?;
         i += n;
+    }
+    // Spread the live records over a longer log (untimed): updates of random keys of the
+    // tenant and records of other tenants, half and half.
+    let mut filled = keys;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    while filled < log_records {
+        let n = (c.batch as u64).min(log_records - filled);
+        let batch: Vec<Record> = (0..n)
+            .map(|j| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if j % 2 == 0 {
+                    record(x % keys.max(1), 1)
+                } else {
+                    Record {
+                        tenant: Some(format!("other-{}", x % 64).into_bytes()),
+                        ..record(x % keys.max(1), 1)
+                    }
+                }
+            })
+            .collect();
+        admin
+            .publish(
+                &c.topic,
+                partition,
+                Ack::Written,
+                &build_batch(&batch, ProducerStamp::default()),
+            )
+            .map_err(|e| format!("fill: {e}"))?;
+        filled += n;
     }
     // Writers keep updating random keys during the extraction.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -579,6 +611,9 @@ pub fn extract(
             .map_err(|e| e.to_string())?;
         for r in f.records {
             fetched_bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
+            if r.tenant.as_deref() != Some(TENANT) {
+                continue; // other tenants' records (with --log-records)
+            }
             reference.insert(
                 r.key.unwrap_or_default(),
                 (r.offset, r.value.unwrap_or_default()),
