@@ -160,6 +160,9 @@ pub enum Pumped {
     Ended,
 }
 
+/// Size of an extraction's first chunk (see `pump_extraction`).
+const FIRST_CHUNK_BYTES: u32 = 64 << 10;
+
 /// Bytes of log one pump may scan, so one filtered subscription cannot hold the loop.
 const PUMP_SCAN_BYTES_MAX: usize = 16 << 20;
 
@@ -189,7 +192,11 @@ fn pump_extraction(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
         if scanned >= PUMP_SCAN_BYTES_MAX {
             return Pumped::More;
         }
+        // The first chunk is small and goes out with this tick's writes: the client has
+        // its first records after one small read, not after a full scan budget.
+        let first = ex.records_sent == 0;
         let want = ex.credit_bytes.min(u64::from(limits.fetch_bytes_max)) as u32;
+        let want = if first { want.min(FIRST_CHUNK_BYTES) } else { want };
         match ex.step(want) {
             Ok(Step::Chunk(bytes, cursor)) => {
                 scanned += bytes.len().max(want as usize / 4);
@@ -203,6 +210,9 @@ fn pump_extraction(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
                     conn.outbox
                         .encode(|out| begin_extract_data(out, id, cursor, bytes.len()));
                     conn.outbox.push_owned(bytes);
+                    if first {
+                        return Pumped::More;
+                    }
                 }
             }
             Ok(Step::Done) => {
