@@ -314,8 +314,18 @@ impl Partition {
         }
         // Records with a tenant, for the tenant index: gathered in the validation walk so
         // the batch is decoded once.
+        // Sized from the header up front (one allocation, none for tenant-less batches).
+        let tenanted = batch::BatchHeader::parse(batch_bytes)
+            .filter(|h| h.is_tenant_uniform() || h.record_count > 0)
+            .map_or(0, |h| h.record_count as usize)
+            .min(1 << 16);
         let mut updates: Vec<IndexUpdate<'_>> = Vec::new();
+        let mut reserved = false;
         let view = batch::validate_each(batch_bytes, |r| {
+            if r.tenant.is_some() && !reserved {
+                updates.reserve_exact(tenanted);
+                reserved = true;
+            }
             if let Some(tenant) = r.tenant {
                 updates.push(IndexUpdate {
                     offset_delta: r.offset_delta,

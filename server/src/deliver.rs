@@ -196,7 +196,11 @@ fn pump_extraction(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
         // its first records after one small read, not after a full scan budget.
         let first = ex.records_sent == 0;
         let want = ex.credit_bytes.min(u64::from(limits.fetch_bytes_max)) as u32;
-        let want = if first { want.min(FIRST_CHUNK_BYTES) } else { want };
+        let want = if first {
+            want.min(FIRST_CHUNK_BYTES)
+        } else {
+            want
+        };
         match ex.step(want) {
             Ok(Step::Chunk(bytes, cursor)) => {
                 scanned += bytes.len().max(want as usize / 4);
