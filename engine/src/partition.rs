@@ -314,9 +314,9 @@ impl Partition {
         }
         // Records with a tenant, for the tenant index: gathered in the validation walk so
         // the batch is decoded once.
-        // Sized from the header up front (one allocation, none for tenant-less batches).
+        // Sized from the header at the first tenant record (one allocation; none for a
+        // batch without tenants).
         let tenanted = batch::BatchHeader::parse(batch_bytes)
-            .filter(|h| h.is_tenant_uniform() || h.record_count > 0)
             .map_or(0, |h| h.record_count as usize)
             .min(1 << 16);
         let mut updates: Vec<IndexUpdate<'_>> = Vec::new();
