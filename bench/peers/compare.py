@@ -10,9 +10,11 @@ It installs what it needs from Debian's packages (redis-server, redis-tools, ipe
 builds tidelog in release mode, and bounds every run in count and time. The settings that
 make the comparison fair are in PEERS below and in docs/BENCHMARKS.md.
 
-NATS JetStream is not run: no `nats bench` CLI is installable from this machine's
-registries (see docs/BENCHMARKS.md); its published figures for this machine are quoted
-from ../shared/ENGINEERING.md instead, marked as such.
+NATS JetStream (nats-server from Debian, 2.9) is driven by `nats-peer` (bench/src/bin/
+nats-peer.rs), an equivalent of `nats bench --js` speaking the NATS protocol directly: the
+`nats` CLI is not installable from this machine's registries. JetStream 2.9 has no
+fsync-every-write setting (its file store syncs periodically), so it is compared with
+tidelog's `written` ack only.
 """
 
 import json
@@ -37,7 +39,8 @@ def sh(cmd, **kw):
 
 
 def ensure_packages():
-    missing = [p for p, exe in [("redis-server", "redis-server"), ("redis-tools", "redis-benchmark"), ("iperf3", "iperf3")]
+    missing = [p for p, exe in [("redis-server", "redis-server"), ("redis-tools", "redis-benchmark"), ("iperf3", "iperf3"),
+                                ("nats-server", "nats-server")]
                if shutil.which(exe) is None]
     if missing:
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
@@ -45,8 +48,36 @@ def ensure_packages():
 
 
 def build():
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "tidelog", "-p", "tidelog-bench"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "tidelog", "-p", "tidelog-bench", "--bins"], cwd=ROOT, check=True)
     return os.path.join(ROOT, "target", "release", "tidelog-bench")
+
+
+NATS_PORT = 4391
+
+
+def nats(size):
+    """NATS JetStream (file storage): publishes with acks, 1000 in flight on one
+    connection, then a pull consumer from the first message, batches of 1000."""
+    d = tempfile.mkdtemp(dir=ROOT)
+    server = subprocess.Popen(["nats-server", "-js", "-sd", d, "-a", "127.0.0.1", "-p", str(NATS_PORT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peer = os.path.join(ROOT, "target", "release", "nats-peer")
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", NATS_PORT), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        n = COUNT[size] // 10
+        addr = f"127.0.0.1:{NATS_PORT}"
+        p = json.loads(sh([peer, "publish", addr, str(n), str(size), "1000"], timeout=600))
+        c = json.loads(sh([peer, "consume", addr, str(n), str(size)], timeout=600))
+        return (p["records_per_sec"], p["mb_per_sec"] / 1e3), (c["records_per_sec"], c["mb_per_sec"] / 1e3)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def iperf3_gbps():
@@ -125,6 +156,8 @@ def main():
         r_w = redis(size, "everysec")
         rows.append((f"publish {size} B: tidelog ack written", t_w[0], t_w[1], None))
         rows.append((f"publish {size} B: redis XADD, appendfsync everysec", r_w[0], r_w[1], t_w[0] / r_w[0]))
+        n_p, n_c = nats(size)
+        rows.append((f"publish {size} B: NATS JetStream, acks, 1000 in flight", n_p[0], n_p[1], t_w[0] / n_p[0]))
         t_d = tidelog(bench, size, "durable", ["--producers", "4"])
         r_d = redis(size, "always")
         rows.append((f"publish {size} B: tidelog ack durable, 4 producers", t_d[0], t_d[1], None))
@@ -133,6 +166,7 @@ def main():
         r_c = redis(size, "everysec", command="XRANGE")
         rows.append((f"consume {size} B: tidelog fetch from earliest", t_c[0], t_c[1], None))
         rows.append((f"consume {size} B: redis XRANGE COUNT 100", r_c[0], r_c[1], t_c[0] / r_c[0]))
+        rows.append((f"consume {size} B: NATS JetStream pull consumer, batch 1000", n_c[0], n_c[1], t_c[0] / n_c[0]))
         if size == 1024:
             rows.append((f"  tidelog publish {size} B / loopback", None, None, t_w[1] / loopback))
             rows.append((f"  tidelog durable {size} B / min(written, dd)", None, None, t_d[1] / min(t_w[1], disk)))
