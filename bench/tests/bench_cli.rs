@@ -106,6 +106,19 @@ fn every_scenario_runs_and_verifies() {
         "queue",
         20000,
     );
+    let extract = run(&[
+        "extract",
+        "--keys",
+        "2000",
+        "--log-records",
+        "6000",
+        "--record-size",
+        "100",
+        "--batch",
+        "100",
+    ]);
+    check(&extract, "extract", 2000);
+    assert!(extract["settings"]["extract_vs_fetch"].as_f64().is_some());
     let group = run(&[
         "group",
         "--count",

@@ -32,11 +32,11 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use tidelog_protocol::batch::{self, mark_offset_gap, view_stored};
-use tidelog_protocol::builder::{encode_batch, ProducerStamp};
+use tidelog_protocol::batch::{mark_offset_gap, view_stored};
 use tidelog_protocol::record::RecordView;
 
 use crate::error::{EngineError, Result};
+use crate::extract::push_batch;
 use crate::fsio::{self, SyncPolicy};
 use crate::key_map::key_hash;
 use crate::segment::{self, Segment};
@@ -178,6 +178,7 @@ pub fn plan(seg: &Segment, rules: &Rules<'_>) -> Result<Option<Plan>> {
     let last_offset = seg.next_offset().saturating_sub(1);
     let (mut out, mut removed, mut kept_bytes) = (Vec::new(), 0u64, 0usize);
     let mut expected = seg.base_offset();
+    let mut scratch = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
         let view = view_stored(&bytes[pos..])
@@ -198,21 +199,11 @@ pub fn plan(seg: &Segment, rules: &Rules<'_>) -> Result<Option<Plan>> {
         };
         let base = first.offset;
         let gap = base != expected;
-        let mut batch_bytes = if kept.len() as u32 == total {
-            view.bytes().to_vec()
-        } else {
-            // Records of a tenant-uniform batch carry its tenant when decoded, so the
-            // re-encoded batch is tenant-uniform again when they all share it.
-            let mut b = Vec::new();
-            encode_batch(
-                &mut b,
-                &kept,
-                |k| (kept[k].offset - base) as u32,
-                ProducerStamp::default(),
-            );
-            b
-        };
-        batch::stamp_base_offset(&mut batch_bytes, base);
+        // The stored batch when all of it stays, else its kept records re-encoded (with
+        // their offsets; records of a tenant-uniform batch carry its tenant when decoded,
+        // so the result is tenant-uniform again).
+        let mut batch_bytes = Vec::new();
+        push_batch(&mut batch_bytes, &mut scratch, &view, &kept);
         if gap {
             mark_offset_gap(&mut batch_bytes);
         }

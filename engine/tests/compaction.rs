@@ -304,31 +304,6 @@ fn a_crash_mid_compaction_leaves_the_old_or_the_new_segment_whole() {
     assert!(!scratch.exists());
 }
 
-type State = BTreeMap<Vec<u8>, (u64, Vec<u8>)>;
-
-fn apply(state: &mut State, bytes: &[u8], tenant: &[u8], from: u64, upto: u64) {
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let v = check_frame(&bytes[pos..]).expect("valid batch");
-        for r in v.records() {
-            let r = r.expect("record");
-            if r.tenant != Some(tenant) || r.offset < from || r.offset > upto {
-                continue;
-            }
-            let Some(key) = r.key else { continue };
-            match r.value {
-                Some(value) => {
-                    state.insert(key.to_vec(), (r.offset, value.to_vec()));
-                }
-                None => {
-                    state.remove(key);
-                }
-            }
-        }
-        pos += v.bytes().len();
-    }
-}
-
 /// Many seeds: writers update and delete keys of three tenants; an extraction of one
 /// tenant is frozen at W and read in small chunks while segments roll and the partition is
 /// compacted under it; then the live records after W are applied. The result equals the

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -12,8 +11,6 @@ use common::*;
 use tidelog_engine::batch::check_frame;
 use tidelog_engine::extract::{history_step, Criteria};
 use tidelog_engine::{build_batch, Partition, ProducerStamp, Record, TopicConfig};
-
-type State = BTreeMap<Vec<u8>, (u64, Vec<u8>)>;
 
 fn rng(seed: u64) -> impl FnMut() -> u64 {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -49,30 +46,6 @@ fn random_batch(next: &mut impl FnMut() -> u64, tenants: &[&str]) -> Vec<u8> {
         })
         .collect();
     build_batch(&records, ProducerStamp::default())
-}
-
-/// Applies batches (in offset order) of `tenant` from `bytes` to a state.
-fn apply(state: &mut State, bytes: &[u8], tenant: &[u8], from: u64, upto: u64) {
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let v = check_frame(&bytes[pos..]).expect("valid batch");
-        for r in v.records() {
-            let r = r.expect("record");
-            if r.tenant != Some(tenant) || r.offset < from || r.offset > upto {
-                continue;
-            }
-            let key = r.key.expect("key").to_vec();
-            match r.value {
-                Some(value) => {
-                    state.insert(key, (r.offset, value.to_vec()));
-                }
-                None => {
-                    state.remove(&key);
-                }
-            }
-        }
-        pos += v.bytes().len();
-    }
 }
 
 /// The tenant's state replayed from the whole log, for records in [from, upto].

@@ -74,6 +74,16 @@ fn tenant_records(
     partition: u32,
     from: u64,
 ) -> Vec<tidelog_client::ConsumedRecord> {
+    records(client, partition, from, Some(b"acme"))
+}
+
+/// Every record of the partition from `from` (of `tenant` only, if given).
+fn records(
+    client: &tidelog_client::Client,
+    partition: u32,
+    from: u64,
+    tenant: Option<&[u8]>,
+) -> Vec<tidelog_client::ConsumedRecord> {
     let mut out = Vec::new();
     let mut offset = from;
     loop {
@@ -84,10 +94,10 @@ fn tenant_records(
                 StartAt::Offset(offset),
                 1 << 20,
                 Duration::ZERO,
-                Some(b"acme"),
+                tenant,
             )
             .expect("fetch");
-        out.extend(f.records);
+        out.extend(f.records.into_iter().filter(|r| r.offset >= from));
         if f.next_offset >= f.high_watermark || f.next_offset == offset {
             return out;
         }
@@ -372,33 +382,6 @@ fn a_resume_after_the_window_is_a_clear_error() {
     server.stop();
 }
 
-/// Every record of a partition from `from` (no tenant filter).
-fn all_records(
-    client: &tidelog_client::Client,
-    partition: u32,
-    from: u64,
-) -> Vec<tidelog_client::ConsumedRecord> {
-    let mut out = Vec::new();
-    let mut offset = from;
-    loop {
-        let f = client
-            .fetch(
-                "t",
-                partition,
-                StartAt::Offset(offset),
-                1 << 20,
-                Duration::ZERO,
-                None,
-            )
-            .expect("fetch");
-        out.extend(f.records.into_iter().filter(|r| r.offset >= from));
-        if f.next_offset >= f.high_watermark || f.next_offset == offset {
-            return out;
-        }
-        offset = f.next_offset;
-    }
-}
-
 /// The whole topic, every tenant: one watermark per partition; per partition, the
 /// snapshot plus the live records after its watermark equal the state replayed from the
 /// partition — with writers on every partition throughout.
@@ -513,7 +496,7 @@ fn a_topic_wide_extraction_has_one_watermark_per_partition_and_no_seam() {
     }
     for p in 0..3u32 {
         let mut reference: BTreeMap<(u32, Vec<u8>), State> = BTreeMap::new();
-        for r in all_records(&admin, p, 0) {
+        for r in records(&admin, p, 0, None) {
             let key = r.key.clone().expect("key");
             apply(
                 reference

@@ -84,3 +84,32 @@ pub fn open(dir: &std::path::Path) -> Engine {
 pub fn partition0(engine: &Engine, topic: &str) -> Arc<Partition> {
     engine.partition(topic, 0).expect("partition 0")
 }
+
+/// A tenant's state: key → (offset, value) of its latest live record.
+pub type State = std::collections::BTreeMap<Vec<u8>, (u64, Vec<u8>)>;
+
+/// Applies the records of `tenant` with offsets in `[from, upto]` from whole batches (in
+/// offset order) to a state: a value sets the key, a tombstone removes it; records
+/// without a key are not part of a state.
+pub fn apply(state: &mut State, bytes: &[u8], tenant: &[u8], from: u64, upto: u64) {
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let v = check_frame(&bytes[pos..]).expect("valid batch");
+        for r in v.records() {
+            let r = r.expect("record");
+            if r.tenant != Some(tenant) || r.offset < from || r.offset > upto {
+                continue;
+            }
+            let Some(key) = r.key else { continue };
+            match r.value {
+                Some(value) => {
+                    state.insert(key.to_vec(), (r.offset, value.to_vec()));
+                }
+                None => {
+                    state.remove(key);
+                }
+            }
+        }
+        pos += v.bytes().len();
+    }
+}

@@ -441,38 +441,28 @@ pub fn extract(
             headers: Vec::new(),
         }
     };
-    // Seed every key once (untimed).
-    let mut i = 0;
-    while i < keys {
-        let n = (c.batch as u64).min(keys - i);
-        let batch: Vec<Record> = (i..i + n).map(|k| record(k, 0)).collect();
-        admin
-            .publish(
-                &c.topic,
-                partition,
-                Ack::Written,
-                &build_batch(&batch, ProducerStamp::default()),
-            )
-            .map_err(|e| format!("seed: {e}"))?;
-        i += n;
-    }
-    // Spread the live records over a longer log (untimed): updates of random keys of the
-    // tenant and records of other tenants, half and half.
-    let mut filled = keys;
+    // Seed every key once, then (with --log-records) spread the live records over a
+    // longer log: updates of random keys of the tenant and records of other tenants, half
+    // and half. Untimed.
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    while filled < log_records {
-        let n = (c.batch as u64).min(log_records - filled);
-        let batch: Vec<Record> = (0..n)
-            .map(|j| {
+    let mut written = 0;
+    while written < keys.max(log_records) {
+        let n = (c.batch as u64).min(keys.max(log_records) - written);
+        let batch: Vec<Record> = (written..written + n)
+            .map(|i| {
+                if i < keys {
+                    return record(i, 0);
+                }
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                if j % 2 == 0 {
-                    record(x % keys.max(1), 1)
+                let update = record(x % keys.max(1), 1);
+                if i % 2 == 0 {
+                    update
                 } else {
                     Record {
                         tenant: Some(format!("other-{}", x % 64).into_bytes()),
-                        ..record(x % keys.max(1), 1)
+                        ..update
                     }
                 }
             })
@@ -485,7 +475,7 @@ pub fn extract(
                 &build_batch(&batch, ProducerStamp::default()),
             )
             .map_err(|e| format!("fill: {e}"))?;
-        filled += n;
+        written += n;
     }
     // Writers keep updating random keys during the extraction.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
