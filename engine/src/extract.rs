@@ -160,6 +160,7 @@ impl TenantSnapshot {
         let mut i = cursor;
         let mut batch_buf = Vec::new();
         while i < self.offsets.len() && (out.is_empty() || out.len() < max_bytes) {
+            let batch_start = i;
             let offset = self.offsets[i];
             let idx = self.segments.partition_point(|s| s.base_offset() <= offset);
             let Some(seg) = idx.checked_sub(1).and_then(|k| self.segments.get(k)) else {
@@ -206,6 +207,12 @@ impl TenantSnapshot {
                     ProducerStamp::default(),
                 );
                 batch::stamp_base_offset(&mut batch_buf, base);
+                if !out.is_empty() && out.len() + batch_buf.len() > max_bytes {
+                    // Never past `max_bytes` (a reader's credit) unless one batch alone is:
+                    // this batch is the next chunk's first.
+                    i = batch_start;
+                    break;
+                }
                 out.extend_from_slice(&batch_buf);
             }
         }
@@ -241,7 +248,14 @@ pub fn history_step(
             let view =
                 view_stored(&bytes[pos..]).map_err(|e| EngineError::InvalidBatch(e.to_string()))?;
             let kept = select(&view, tenant, criteria, at, upto);
+            let before = out.len();
             push_batch(&mut out, &mut scratch, &view, &kept);
+            if before > 0 && out.len() > max_bytes as usize {
+                // Never past `max_bytes` (a reader's credit) unless one batch alone is:
+                // this batch starts the next step.
+                out.truncate(before);
+                return Ok((out, view.header.base_offset.max(at)));
+            }
             pos += view.bytes().len();
         }
         scanned += bytes.len();

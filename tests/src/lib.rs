@@ -68,8 +68,14 @@ impl Server {
 
     /// A server on `dir` (which may hold data from an earlier run).
     pub fn start_in(dir: &Path, args: &[&str]) -> Server {
+        Self::start_in_at(dir, "127.0.0.1:0", args)
+    }
+
+    /// A server on `dir` listening on `listen` (e.g. the address of the server it
+    /// replaces, so clients can reconnect to it).
+    pub fn start_in_at(dir: &Path, listen: &str, args: &[&str]) -> Server {
         let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir)
             .args(args)
             .env("NO_COLOR", "1")
