@@ -81,6 +81,8 @@ struct Shared {
     next_correlation: AtomicU64,
     next_subscription: AtomicU32,
     closed: AtomicBool,
+    /// Closed by this side (`close`, or the last handle dropped), not by the peer.
+    closed_here: AtomicBool,
 }
 
 /// Server facts learned in the handshake.
@@ -108,6 +110,7 @@ struct Closer(Arc<Shared>);
 
 impl Drop for Closer {
     fn drop(&mut self) {
+        self.0.closed_here.store(true, Ordering::Release);
         self.0.closed.store(true, Ordering::Release);
         let _ = lock(&self.0.writer).shutdown(std::net::Shutdown::Both);
     }
@@ -189,6 +192,7 @@ impl Client {
             next_correlation: AtomicU64::new(1),
             next_subscription: AtomicU32::new(1),
             closed: AtomicBool::new(false),
+            closed_here: AtomicBool::new(false),
         });
         let reader_shared = shared.clone();
         std::thread::Builder::new()
@@ -316,8 +320,14 @@ impl Client {
         lock(&self.shared.subscriptions).remove(&id);
     }
 
+    /// Whether the connection was closed by this side (`close`), rather than lost.
+    pub fn is_closed_here(&self) -> bool {
+        self.shared.closed_here.load(Ordering::Acquire)
+    }
+
     /// Closes the connection; pending requests fail with `Disconnected`.
     pub fn close(&self) {
+        self.shared.closed_here.store(true, Ordering::Release);
         self.shared.closed.store(true, Ordering::Release);
         let _ = lock(&self.shared.writer).shutdown(std::net::Shutdown::Both);
     }

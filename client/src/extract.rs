@@ -192,8 +192,8 @@ impl Client {
 }
 
 /// Reconnect attempts after the connection drops, `RECONNECT_PAUSE` apart.
-const RECONNECT_ATTEMPTS: u32 = 40;
-const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+pub(crate) const RECONNECT_ATTEMPTS: u32 = 40;
+pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
 impl ExtractThenFollow {
     pub fn partition(&self) -> u32 {

@@ -13,7 +13,9 @@
 //!   offset (or `GroupConfig::start` when there is none, or it fell out of retention).
 //! - if the session was lost (the member was too slow to heartbeat, or the server
 //!   restarted), every partition is *lost* — no commit is possible — and the consumer joins
-//!   again.
+//!   again; if the connection itself dropped, `poll` connects again to the same address
+//!   first (up to 10 s of attempts). A connection closed on purpose (`Client::close`) is
+//!   not reopened.
 //!
 //! The server grants a partition only after its previous holder released it, so two
 //! members never consume one partition at once; a member that vanishes without leaving
@@ -32,6 +34,7 @@ use tidelog_protocol::{ErrorCode, ProtocolError, Request, Response, StartAt};
 
 use crate::connection::{Client, Frame, PendingReply};
 use crate::error::{ClientError, Result};
+use crate::extract::{RECONNECT_ATTEMPTS, RECONNECT_PAUSE};
 use crate::records::{decode_batches, ConsumedRecord};
 
 /// How a member behaves.
@@ -156,49 +159,15 @@ impl GroupConsumer {
     /// Joins `group` consuming `topic`, and waits (up to the client's request timeout)
     /// for the server's first answer. Partitions arrive through `poll`.
     pub fn join(client: &Client, group: &str, topic: &str, config: GroupConfig) -> Result<Self> {
-        let session_timeout_ms = u32::try_from(config.session_timeout.as_millis())
-            .map_err(|_| ClientError::InvalidArgument("session timeout too long".into()))?;
-        let shared = Arc::new(Shared::default());
         let (inbound_tx, inbound) = mpsc::channel();
-        let notify_id = {
-            let (shared, tx) = (shared.clone(), inbound_tx.clone());
-            client.register_push(move |_notice| {
-                let mut m = shared.lock();
-                m.noticed = true;
-                shared.changed.notify_all();
-                drop(m);
-                let _ = tx.send(Inbound::Membership);
-            })
-        };
-        // The first heartbeat (the join) runs here, so a bad group or topic fails `join`.
-        let beat = Beat {
-            client: client.clone(),
-            group: group.to_string(),
-            topic: topic.to_string(),
-            session_timeout_ms,
-            notify_id,
-        };
-        let interval = match beat.send(&shared) {
-            Ok(interval) => interval,
-            Err(e) => {
-                client.forget_subscription(notify_id);
-                return Err(e);
-            }
-        };
-        let heartbeat = {
-            let (shared, tx) = (shared.clone(), inbound_tx.clone());
-            std::thread::Builder::new()
-                .name(format!("tidelog-group-{group}"))
-                .spawn(move || heartbeat_loop(&beat, &shared, &tx, interval))?
-        };
-        Ok(GroupConsumer {
+        let mut consumer = GroupConsumer {
             client: client.clone(),
             group: group.to_string(),
             topic: topic.to_string(),
             config,
-            shared,
-            heartbeat: Some(heartbeat),
-            notify_id,
+            shared: Arc::new(Shared::default()),
+            heartbeat: None,
+            notify_id: 0,
             inbound_tx,
             inbound,
             streams: BTreeMap::new(),
@@ -206,7 +175,93 @@ impl GroupConsumer {
             buffered: VecDeque::new(),
             listener: None,
             last_auto_commit: Instant::now(),
-        })
+        };
+        consumer.start_membership()?;
+        Ok(consumer)
+    }
+
+    /// Joins on the current connection and starts the heartbeat thread. The first
+    /// heartbeat (the join) runs here, so a bad group or topic fails at once.
+    fn start_membership(&mut self) -> Result<()> {
+        let session_timeout_ms = u32::try_from(self.config.session_timeout.as_millis())
+            .map_err(|_| ClientError::InvalidArgument("session timeout too long".into()))?;
+        let shared = Arc::new(Shared::default());
+        let notify_id = {
+            let (shared, tx) = (shared.clone(), self.inbound_tx.clone());
+            self.client.register_push(move |_notice| {
+                let mut m = shared.lock();
+                m.noticed = true;
+                shared.changed.notify_all();
+                drop(m);
+                let _ = tx.send(Inbound::Membership);
+            })
+        };
+        let beat = Beat {
+            client: self.client.clone(),
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            session_timeout_ms,
+            notify_id,
+        };
+        let interval = match beat.send(&shared) {
+            Ok(interval) => interval,
+            Err(e) => {
+                self.client.forget_subscription(notify_id);
+                return Err(e);
+            }
+        };
+        let heartbeat = {
+            let (shared, tx) = (shared.clone(), self.inbound_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("tidelog-group-{}", self.group))
+                .spawn(move || heartbeat_loop(&beat, &shared, &tx, interval))?
+        };
+        self.shared = shared;
+        self.notify_id = notify_id;
+        self.heartbeat = Some(heartbeat);
+        Ok(())
+    }
+
+    /// After the connection dropped (a server restart, a network cut): every partition
+    /// is lost (no commit is possible), the consumer connects again to the same address
+    /// and joins as a new member; its partitions come back through `poll`, from the
+    /// group's committed offsets.
+    fn reconnect(&mut self) -> Result<()> {
+        {
+            let mut m = self.shared.lock();
+            m.stop = true;
+            self.shared.changed.notify_all();
+        }
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.join();
+        }
+        let lost: Vec<u32> = self.streams.keys().copied().collect();
+        self.streams.clear();
+        self.by_subscription.clear();
+        self.buffered.clear();
+        if !lost.is_empty() {
+            self.tell(Rebalance::Lost(&lost));
+        }
+        let address = self.client.server().address;
+        let options = self.client.options().clone();
+        let mut last = ClientError::Disconnected;
+        for _ in 0..RECONNECT_ATTEMPTS {
+            match Client::connect(address, options.clone()) {
+                Ok(c) => {
+                    self.client = c;
+                    match self.start_membership() {
+                        Ok(()) => {
+                            tracing::info!(group = self.group, "group member reconnected");
+                            return Ok(());
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(RECONNECT_PAUSE);
+        }
+        Err(last)
     }
 
     /// Called (on the `poll` thread) when partitions are assigned, revoked or lost.
@@ -249,7 +304,24 @@ impl GroupConsumer {
 
     /// Records of the member's partitions, waiting up to `timeout` for some; applies
     /// rebalances first. Empty when nothing arrived in time.
+    /// A dropped connection is repaired here: see [`GroupConsumer`]'s reconnect (every
+    /// partition is reported lost, then comes back).
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
+        match self.poll_once(timeout) {
+            Err(ClientError::Disconnected | ClientError::Io(_)) if !self.client_alive() => {
+                self.reconnect()?;
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    /// Still usable, or closed on purpose (no reconnect then).
+    fn client_alive(&self) -> bool {
+        !self.client.is_closed() || self.client.is_closed_here()
+    }
+
+    fn poll_once(&mut self, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
         let deadline = Instant::now() + timeout;
         loop {
             self.reconcile()?;

@@ -614,3 +614,73 @@ fn the_rebalance_listener_hears_assignments_and_revocations() {
         Some(format!("Assigned({revoked:?})"))
     );
 }
+
+/// A member outlives a server restart: its connection drops, its partitions are reported
+/// lost, it reconnects to the same address, joins again and resumes from the committed
+/// offsets; every record is processed, and twice only if it came after the last commit.
+#[test]
+fn a_member_reconnects_after_a_server_restart_and_resumes_at_the_committed_offsets() {
+    let mut server = Server::start();
+    let addr = server.addr;
+    let admin = server.client();
+    create(&admin, "jobs", 3);
+    publish(&admin, "jobs", 3, 0, 100);
+    let dir_guard = server.take_dir();
+    let dir = server.data_dir.clone();
+    let client = server.client();
+    let mut consumer = GroupConsumer::join(&client, "survivors", "jobs", config()).expect("join");
+    let lost: Arc<Mutex<Vec<u32>>> = Arc::default();
+    {
+        let lost = lost.clone();
+        consumer.on_rebalance(move |r| {
+            if let tidelog_client::Rebalance::Lost(p) = r {
+                lost.lock().expect("lock").extend_from_slice(p);
+            }
+        });
+    }
+    let mut seen: HashMap<(u32, u64), u32> = HashMap::new();
+    let mut committed: BTreeMap<u32, u64> = BTreeMap::new();
+    let consume_until = |consumer: &mut GroupConsumer,
+                         n: usize,
+                         seen: &mut HashMap<(u32, u64), u32>,
+                         committed: &mut BTreeMap<u32, u64>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < n {
+            assert!(Instant::now() < deadline, "consumed {} of {n}", seen.len());
+            for r in consumer.poll(Duration::from_millis(100)).expect("poll") {
+                *seen.entry((r.partition, r.offset)).or_default() += 1;
+            }
+            if consumer.commit().is_ok() {
+                for p in consumer.assignment() {
+                    if let Some(o) = consumer.position(p) {
+                        committed.insert(p, o);
+                    }
+                }
+            }
+        }
+    };
+    consume_until(&mut consumer, 300, &mut seen, &mut committed);
+    let committed_before = committed.clone();
+    server.kill();
+    let server = Server::start_in_at(&dir, &addr.to_string(), &[]);
+    publish(&server.client(), "jobs", 3, 100, 50);
+    consume_until(&mut consumer, 450, &mut seen, &mut committed);
+    assert!(
+        !lost.lock().expect("lock").is_empty(),
+        "the partitions were reported lost"
+    );
+    for p in 0..3u32 {
+        for o in 0..150u64 {
+            let times = seen.get(&(p, o)).copied().unwrap_or(0);
+            assert!(times >= 1, "{p}/{o} never processed");
+            if times > 1 {
+                assert!(
+                    o >= committed_before.get(&p).copied().unwrap_or(0),
+                    "{p}/{o} processed twice though committed before the restart"
+                );
+            }
+        }
+    }
+    consumer.close().expect("leave");
+    drop(dir_guard);
+}
