@@ -51,6 +51,7 @@ pub struct QueuedRecord {
 pub struct QueueConsumer {
     client: Client,
     group: String,
+    topic: String,
     member_id: String,
     settings: QueueConfig,
     queued: Vec<(u32, u64, Settle, String)>,
@@ -111,6 +112,7 @@ impl QueueConsumer {
         Ok(QueueConsumer {
             client: client.clone(),
             group: group.to_string(),
+            topic: topic.to_string(),
             member_id,
             settings,
             queued: Vec::new(),
@@ -122,6 +124,47 @@ impl QueueConsumer {
 
     pub fn member_id(&self) -> &str {
         &self.member_id
+    }
+
+    /// After the connection dropped (`Disconnected`): connects again to the same address
+    /// (up to 10 s of attempts) and joins under the same member id, so leases still held
+    /// on a server that stayed up remain this member's. Settlements sent but not answered
+    /// are forgotten: their records come back if the server did not apply them
+    /// (at-least-once); queued ones are sent with the next poll.
+    pub fn reconnect(&mut self) -> Result<()> {
+        let address = self.client.server().address;
+        let options = self.client.options().clone();
+        self.in_flight.clear();
+        let mut last = ClientError::Disconnected;
+        for _ in 0..crate::extract::RECONNECT_ATTEMPTS {
+            match Client::connect(address, options.clone()) {
+                Ok(c) => {
+                    let joined = c.request(&Request::Group(GroupRequest::QueueJoin {
+                        group: &self.group,
+                        topic: &self.topic,
+                        member_id: &self.member_id,
+                        settings: QueueSettings {
+                            visibility_timeout_ms: 0,
+                            max_deliveries: 0,
+                            per_key_ordering: false,
+                            max_in_flight: 0,
+                            dead_letter_topic: "",
+                            backoff_ms: Vec::new(),
+                        },
+                    }));
+                    match joined.and_then(|f| f.response().map(|_| ())) {
+                        Ok(()) => {
+                            self.client = c;
+                            return Ok(());
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(crate::extract::RECONNECT_PAUSE);
+        }
+        Err(last)
     }
 
     /// The group's settings in effect.

@@ -549,3 +549,58 @@ fn per_key_ordering_holds_a_key_back_while_its_earlier_record_is_unsettled() {
     assert!(!got.contains(&10));
     q.flush().expect("flush");
 }
+
+#[test]
+fn a_queue_member_reconnects_after_a_server_restart() {
+    let mut server = Server::start();
+    let addr = server.addr;
+    let client = server.client();
+    client
+        .create_topic("jobs", TopicSettings::default())
+        .expect("create");
+    publish_numbers(&client, "jobs", 1, 2000);
+    let dir_guard = server.take_dir();
+    let dir = server.data_dir.clone();
+    let mut q = QueueConsumer::join(&client, "rq", "jobs", &QueueConfig::default()).expect("join");
+    let mut acked: BTreeSet<u64> = BTreeSet::new();
+    let mut confirmed: BTreeSet<u64> = BTreeSet::new();
+    let mut restarted = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while confirmed.len() < 2000 {
+        assert!(Instant::now() < deadline, "{} of 2000", confirmed.len());
+        if !restarted && confirmed.len() >= 500 {
+            server.kill();
+            server = Server::start_in_at(&dir, &addr.to_string(), &[]);
+            restarted = true;
+        }
+        let batch = match q.poll(100, Duration::from_millis(200)) {
+            Ok(b) => b,
+            Err(_) => {
+                q.reconnect().expect("reconnect");
+                continue;
+            }
+        };
+        let numbers: Vec<u64> = batch.iter().map(number).collect();
+        for n in &numbers {
+            assert!(
+                !confirmed.contains(n),
+                "{n} redelivered after its ack was confirmed"
+            );
+        }
+        for r in &batch {
+            q.ack(r);
+        }
+        acked.extend(&numbers);
+        if q.flush().is_ok() {
+            confirmed.extend(numbers);
+        } else {
+            q.reconnect().expect("reconnect");
+        }
+    }
+    assert!(restarted);
+    assert_eq!(acked.len(), 2000);
+    q.close().expect("leave");
+    let info = server.client().group_describe("rq").expect("describe");
+    assert_eq!(info.partitions[0].lag, 0);
+    drop(dir_guard);
+}

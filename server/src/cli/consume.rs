@@ -205,9 +205,15 @@ fn consume_queue(
     let result = (|| {
         while printed < limit && !stopped(stop) {
             let want = u32::try_from((limit - printed).min(500)).unwrap_or(500);
-            let records = consumer
-                .poll(want, Duration::from_millis(100))
-                .map_err(|e| e.to_string())?;
+            let records = match consumer.poll(want, Duration::from_millis(100)) {
+                Ok(r) => r,
+                // The server went away (a restart): join again and carry on.
+                Err(ClientError::Disconnected | ClientError::Io(_)) => {
+                    consumer.reconnect().map_err(|e| e.to_string())?;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             if records.is_empty() {
                 if !args.follow && last_record.elapsed() >= Duration::from_millis(args.idle_ms) {
                     break;
