@@ -21,6 +21,67 @@ pub struct Fetched {
     pub high_watermark: u64,
 }
 
+/// The result of [`Client::fetch_batches`]: CRC-checked batches, read in place.
+#[derive(Debug)]
+pub struct FetchedBatches {
+    frame: Frame,
+    batches_at: usize,
+    batches_len: usize,
+    /// Records before this offset (at the start of the first batch) are skipped.
+    from: u64,
+    /// Where the next fetch should start.
+    pub next_offset: u64,
+    /// The partition's next offset to be written, when the fetch was served.
+    pub high_watermark: u64,
+}
+
+impl FetchedBatches {
+    fn bytes(&self) -> &[u8] {
+        &self.frame.body()[self.batches_at..self.batches_at + self.batches_len]
+    }
+
+    /// Bytes of batches received.
+    pub fn len(&self) -> usize {
+        self.batches_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches_len == 0
+    }
+
+    fn check(&self) -> Result<()> {
+        let bytes = self.bytes();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let view = tidelog_protocol::batch::check_frame(&bytes[pos..])
+                .map_err(|e| ClientError::Corrupt(format!("batch at byte {pos}: {e}")))?;
+            pos += view.bytes().len();
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every record at or after the fetch's start offset, in order.
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(&tidelog_protocol::record::RecordView<'_>),
+    ) -> Result<()> {
+        let bytes = self.bytes();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let view = tidelog_protocol::batch::view_stored(&bytes[pos..])
+                .map_err(|e| ClientError::Corrupt(format!("batch at byte {pos}: {e}")))?;
+            for r in view.records() {
+                let r = r.map_err(ClientError::Corrupt)?;
+                if r.offset >= self.from {
+                    f(&r);
+                }
+            }
+            pos += view.bytes().len();
+        }
+        Ok(())
+    }
+}
+
 fn unexpected(what: &str, r: &Response<'_>) -> ClientError {
     ClientError::Protocol(format!("unexpected response to {what}: {r:?}"))
 }
@@ -135,6 +196,50 @@ impl Client {
             return Ok(Vec::new());
         };
         published(pending.wait()?)
+    }
+
+    /// As [`Client::fetch`], without decoding the records into owned values: the batches
+    /// stay in the received frame, are CRC-checked here, and their records are read in
+    /// place through [`FetchedBatches::for_each`] — no allocation per record.
+    pub fn fetch_batches(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: StartAt,
+        max_bytes: u32,
+        tenant: Option<&[u8]>,
+    ) -> Result<FetchedBatches> {
+        let frame = self.request(&Request::Fetch {
+            topic,
+            partition,
+            start,
+            max_bytes,
+            max_wait_ms: 0,
+            tenant,
+        })?;
+        let (offset_in_frame, len, next_offset, high_watermark) = {
+            let response = frame.response()?;
+            let Response::Fetched(b) = response else {
+                return Err(unexpected("FETCH", &response));
+            };
+            let body = frame.body();
+            // The batches are the body's tail.
+            let at = body.len() - b.batches.len();
+            (at, b.batches.len(), b.next_offset, b.high_watermark)
+        };
+        let fetched = FetchedBatches {
+            frame,
+            batches_at: offset_in_frame,
+            batches_len: len,
+            from: match start {
+                StartAt::Offset(o) => o,
+                _ => 0,
+            },
+            next_offset,
+            high_watermark,
+        };
+        fetched.check()?;
+        Ok(fetched)
     }
 
     /// Fetches records from `start`, waiting up to `max_wait` for data when there is none.
