@@ -140,7 +140,7 @@ pub struct SharePartition {
     pub dirty: bool,
     /// Slot keys are known (false after a restart until the window is read again).
     pub keys_known: bool,
-    /// Why each pending dead letter failed.
+    /// Why each pending dead letter failed: one entry per slot in state `DeadLetter`.
     pub reasons: HashMap<u64, String>,
     /// A scan found nothing deliverable; nothing changed since.
     stalled: bool,
@@ -219,6 +219,8 @@ impl SharePartition {
         if lost > 0 {
             self.dirty = true;
         }
+        let start = self.start;
+        self.reasons.retain(|o, _| *o >= start);
         lost
     }
 
@@ -392,14 +394,12 @@ impl SharePartition {
         }
     }
 
-    /// Offsets waiting to be dead-lettered.
+    /// Offsets waiting to be dead-lettered, ascending. Exactly the slots with a failure
+    /// reason, so this costs nothing when there are none (it runs every poll tick).
     pub fn pending_dead_letters(&self) -> Vec<u64> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.state == SlotState::DeadLetter)
-            .map(|(i, _)| self.start + i as u64)
-            .collect()
+        let mut offsets: Vec<u64> = self.reasons.keys().copied().collect();
+        offsets.sort_unstable();
+        offsets
     }
 
     /// Those offsets are now in the dead-letter topic.
