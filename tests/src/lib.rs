@@ -158,3 +158,31 @@ impl Drop for Server {
         }
     }
 }
+
+/// Creates topic `name` with `partitions` partitions (the server's defaults otherwise).
+pub fn create_topic(client: &Client, name: &str, partitions: u32) {
+    client
+        .create_topic(
+            name,
+            tidelog_client::TopicSettings {
+                partitions,
+                ..tidelog_client::TopicSettings::default()
+            },
+        )
+        .expect("create topic");
+}
+
+/// Publishes `records` as one batch to `partition` of `topic`, ack `written`; returns the
+/// batch's base offset.
+pub fn publish_batch(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    records: &[tidelog_client::Record],
+) -> u64 {
+    let batch = tidelog_client::build_batch(records, tidelog_client::ProducerStamp::default());
+    client
+        .publish(topic, partition, tidelog_client::Ack::Written, &batch)
+        .expect("publish")[0]
+        .base_offset
+}

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tidelog_client::{build_batch, Ack, ProducerStamp, Record, StartAt};
-use tidelog_e2e::{binary, Server};
+use tidelog_client::{Record, StartAt};
+use tidelog_e2e::{binary, publish_batch, Server};
 
 #[test]
 fn a_compact_topic_shrinks_in_the_background_and_keeps_its_state() {
@@ -42,15 +42,8 @@ fn a_compact_topic_shrinks_in_the_background_and_keeps_its_state() {
                 headers: Vec::new(),
             })
             .collect();
-        let published = client
-            .publish(
-                "kv",
-                0,
-                Ack::Written,
-                &build_batch(&records, ProducerStamp::default()),
-            )
-            .expect("publish");
-        let base = published[0].base_offset;
+        let published = publish_batch(&client, "kv", 0, &records);
+        let base = published;
         for k in 0..10u64 {
             latest.insert(format!("key-{k}"), (base + k, format!("{round}:")));
         }

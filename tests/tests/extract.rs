@@ -12,7 +12,7 @@ use tidelog_client::{
     build_batch, Ack, ExtractCriteria, ExtractEvent, ExtractMode, ProducerStamp, Record, StartAt,
     TopicSettings,
 };
-use tidelog_e2e::Server;
+use tidelog_e2e::{create_topic, publish_batch, Server};
 use tidelog_protocol::partitioner;
 
 type State = BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>;
@@ -56,14 +56,7 @@ fn writer(
                     headers: Vec::new(),
                 })
                 .collect();
-            client
-                .publish(
-                    "t",
-                    partition,
-                    Ack::Written,
-                    &build_batch(&records, ProducerStamp::default()),
-                )
-                .expect("publish");
+            publish_batch(&client, "t", partition, &records);
         }
     })
 }
@@ -217,15 +210,7 @@ fn extract_then_follow_has_no_gap_and_no_duplicate_under_concurrent_writes() {
 
 /// A tenant with `keys` live keys in a fresh topic; returns its partition.
 fn seed_tenant(admin: &tidelog_client::Client, keys: u64) -> u32 {
-    admin
-        .create_topic(
-            "t",
-            TopicSettings {
-                partitions: 1,
-                ..TopicSettings::default()
-            },
-        )
-        .expect("create");
+    create_topic(admin, "t", 1);
     let partition = partitioner::partition_for(Some(b"acme"), None, 1).expect("partition");
     for chunk in 0..keys / 100 {
         let records: Vec<Record> = (chunk * 100..chunk * 100 + 100)
@@ -236,14 +221,7 @@ fn seed_tenant(admin: &tidelog_client::Client, keys: u64) -> u32 {
                 ..Record::default()
             })
             .collect();
-        admin
-            .publish(
-                "t",
-                partition,
-                Ack::Written,
-                &build_batch(&records, ProducerStamp::default()),
-            )
-            .expect("publish");
+        publish_batch(admin, "t", partition, &records);
     }
     partition
 }
@@ -306,14 +284,7 @@ fn an_interrupted_extraction_resumes_from_its_cursor_and_the_live_stream_too() {
                 ..Record::default()
             })
             .collect();
-        admin
-            .publish(
-                "t",
-                partition,
-                Ack::Written,
-                &build_batch(&records, ProducerStamp::default()),
-            )
-            .expect("publish");
+        publish_batch(&admin, "t", partition, &records);
     };
     publish(0);
     let mut live = Vec::new();
@@ -389,15 +360,7 @@ fn a_resume_after_the_window_is_a_clear_error() {
 fn a_topic_wide_extraction_has_one_watermark_per_partition_and_no_seam() {
     let server = Server::start();
     let admin = server.client();
-    admin
-        .create_topic(
-            "t",
-            TopicSettings {
-                partitions: 3,
-                ..TopicSettings::default()
-            },
-        )
-        .expect("create");
+    create_topic(&admin, "t", 3);
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..3u32)
         .map(|p| writer(server.addr, p, 77 + u64::from(p), stop.clone()))
@@ -525,15 +488,7 @@ fn a_topic_wide_extraction_has_one_watermark_per_partition_and_no_seam() {
 fn tenant_info_and_bad_extractions_get_clear_answers() {
     let server = Server::start();
     let client = server.client();
-    client
-        .create_topic(
-            "t",
-            TopicSettings {
-                partitions: 4,
-                ..TopicSettings::default()
-            },
-        )
-        .expect("create");
+    create_topic(&client, "t", 4);
     let home = partitioner::partition_for(Some(b"acme"), None, 4).expect("partition");
     let records: Vec<Record> = (0..10)
         .map(|i| Record {
@@ -544,17 +499,14 @@ fn tenant_info_and_bad_extractions_get_clear_answers() {
             headers: Vec::new(),
         })
         .collect();
-    let published = client
-        .publish(
-            "t",
-            home,
-            Ack::Written,
-            &build_batch(&records, ProducerStamp::default()),
-        )
-        .expect("publish");
+    let base = publish_batch(&client, "t", home, &records);
     let info = client.tenant_info("t", b"acme").expect("info");
     assert_eq!(info.partition, home);
-    assert_eq!(info.latest_offset, Some(published[0].last_offset));
+    assert_eq!(
+        info.latest_offset,
+        Some(base + 9),
+        "the 10th record is the latest event"
+    );
     assert_eq!(
         info.live_keys, 3,
         "k0..k3 written, k1 (the 10th record's key) deleted"
@@ -600,9 +552,7 @@ fn tenant_info_and_bad_extractions_get_clear_answers() {
         "{err}"
     );
     // A resume token used with another topic is refused, clearly.
-    client
-        .create_topic("u", TopicSettings::default())
-        .expect("create u");
+    create_topic(&client, "u", 1);
     let frame = client
         .request(&tidelog_protocol::Request::Extract {
             extraction: 2,
@@ -700,9 +650,7 @@ fn the_handoff_holds_across_server_restarts() {
     let mut server = Server::start();
     let addr = server.addr;
     let admin = server.client();
-    admin
-        .create_topic("t", TopicSettings::default())
-        .expect("create");
+    create_topic(&admin, "t", 1);
     let dir_guard = server.take_dir();
     let dir = server.data_dir.clone();
     let stop = Arc::new(AtomicBool::new(false));

@@ -13,7 +13,7 @@ use tidelog_client::{
     build_batch, Ack, Client, ErrorCode, GroupConfig, GroupConsumer, ProducerStamp, Record,
     StartAt, TopicSettings,
 };
-use tidelog_e2e::Server;
+use tidelog_e2e::{publish_batch, Server};
 use tidelog_protocol::group::{CommitEntry, GroupRequest, GroupResponse};
 use tidelog_protocol::{Request, Response};
 
@@ -46,14 +46,7 @@ fn publish(client: &Client, topic: &str, partitions: u32, first: u64, n: u64) {
         let records: Vec<Record> = (first..first + n)
             .map(|i| Record::value(i as i64, format!("{p}:{i}")))
             .collect();
-        client
-            .publish(
-                topic,
-                p,
-                Ack::Written,
-                &build_batch(&records, ProducerStamp::default()),
-            )
-            .expect("publish");
+        publish_batch(client, topic, p, &records);
     }
 }
 

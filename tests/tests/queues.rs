@@ -10,11 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tidelog_client::{
-    build_batch, Ack, Client, ErrorCode, ProducerStamp, QueueConfig, QueueConsumer, Record,
-    StartAt, TopicSettings,
-};
-use tidelog_e2e::Server;
+use tidelog_client::{Client, ErrorCode, QueueConfig, QueueConsumer, Record, StartAt};
+use tidelog_e2e::{create_topic, publish_batch, Server};
 use tidelog_protocol::group::{GroupRequest, GroupResponse, Settle, SettleEntry};
 use tidelog_protocol::{Request, Response};
 
@@ -59,14 +56,7 @@ fn publish_numbers(client: &Client, topic: &str, partitions: u32, total: u64) {
                 })
                 .collect();
             n += batch.len() as u64;
-            client
-                .publish(
-                    topic,
-                    p,
-                    Ack::Written,
-                    &build_batch(&batch, ProducerStamp::default()),
-                )
-                .expect("publish");
+            publish_batch(client, topic, p, &batch);
         }
     }
 }
@@ -96,15 +86,7 @@ fn eight_consumers_ack_nack_defer_and_dead_letter() {
     let total = records();
     let server = Server::start();
     let admin = server.client();
-    admin
-        .create_topic(
-            "work",
-            TopicSettings {
-                partitions: 4,
-                ..TopicSettings::default()
-            },
-        )
-        .expect("create");
+    create_topic(&admin, "work", 4);
     publish_numbers(&admin, "work", 4, total);
     let config = QueueConfig {
         visibility_timeout: Duration::from_secs(30),
@@ -266,15 +248,7 @@ fn eight_consumers_ack_nack_defer_and_dead_letter() {
 fn a_killed_server_redelivers_nothing_acknowledged_and_loses_nothing() {
     let mut server = Server::start();
     let admin = server.client();
-    admin
-        .create_topic(
-            "jobs",
-            TopicSettings {
-                partitions: 3,
-                ..TopicSettings::default()
-            },
-        )
-        .expect("create");
+    create_topic(&admin, "jobs", 3);
     let total = 30_000;
     publish_numbers(&admin, "jobs", 3, total);
     let config = QueueConfig::default();
@@ -415,9 +389,7 @@ fn settle(
 fn bad_settlements_and_groups_get_clear_errors() {
     let server = Server::start();
     let client = server.client();
-    client
-        .create_topic("t", TopicSettings::default())
-        .expect("create");
+    create_topic(&client, "t", 1);
     publish_numbers(&client, "t", 1, 10);
     let mut a = QueueConsumer::join(&client, "q", "t", &QueueConfig::default()).expect("join a");
     let b = QueueConsumer::join(&client, "q", "t", &QueueConfig::default()).expect("join b");
@@ -485,23 +457,14 @@ fn bad_settlements_and_groups_get_clear_errors() {
 fn per_key_ordering_holds_a_key_back_while_its_earlier_record_is_unsettled() {
     let server = Server::start();
     let client = server.client();
-    client
-        .create_topic("ordered", TopicSettings::default())
-        .expect("create");
+    create_topic(&client, "ordered", 1);
     let records: Vec<Record> = (0..40u64)
         .map(|i| Record {
             key: Some(format!("k{}", i % 10).into_bytes()),
             ..Record::value(i as i64, i.to_string())
         })
         .collect();
-    client
-        .publish(
-            "ordered",
-            0,
-            Ack::Written,
-            &build_batch(&records, ProducerStamp::default()),
-        )
-        .expect("publish");
+    publish_batch(&client, "ordered", 0, &records);
     let config = QueueConfig {
         per_key_ordering: true,
         ..QueueConfig::default()
@@ -555,9 +518,7 @@ fn a_queue_member_reconnects_after_a_server_restart() {
     let mut server = Server::start();
     let addr = server.addr;
     let client = server.client();
-    client
-        .create_topic("jobs", TopicSettings::default())
-        .expect("create");
+    create_topic(&client, "jobs", 1);
     publish_numbers(&client, "jobs", 1, 2000);
     let dir_guard = server.take_dir();
     let dir = server.data_dir.clone();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tidelog_client::{
     build_batch, Ack, ProducerStamp, Record, StartAt, TopicSettings, WINDOW_BYTES_DEFAULT,
 };
-use tidelog_e2e::Server;
+use tidelog_e2e::{create_topic, publish_batch, Server};
 use tidelog_protocol::Request;
 
 fn batch(first: u64, n: u64, tenant: Option<&str>, value_len: usize) -> Vec<u8> {
@@ -106,15 +106,7 @@ fn subscriber_sees_everything_after_it_subscribed_across_segment_rolls() {
 fn tenant_filtered_subscription_gets_only_that_tenant() {
     let server = Server::start();
     let client = server.client();
-    client
-        .create_topic(
-            "t",
-            TopicSettings {
-                partitions: 1,
-                ..TopicSettings::default()
-            },
-        )
-        .expect("create");
+    create_topic(&client, "t", 1);
     let mut sub = server
         .client()
         .subscribe(
@@ -143,14 +135,7 @@ fn tenant_filtered_subscription_gets_only_that_tenant() {
             ..Record::default()
         })
         .collect();
-    client
-        .publish(
-            "t",
-            0,
-            Ack::Written,
-            &build_batch(&mixed, ProducerStamp::default()),
-        )
-        .expect("publish");
+    publish_batch(&client, "t", 0, &mixed);
     let mut got = Vec::new();
     while got.len() < 8 {
         let r = sub
@@ -176,15 +161,7 @@ fn a_slow_subscriber_costs_bounded_memory_and_does_not_slow_others() {
         .unwrap_or(1 << 30);
     let server = Server::start();
     let client = server.client();
-    client
-        .create_topic(
-            "t",
-            TopicSettings {
-                partitions: 1,
-                ..TopicSettings::default()
-            },
-        )
-        .expect("create");
+    create_topic(&client, "t", 1);
     // The slow one: subscribes with 1 MiB of credit and never grants more or reads.
     let slow = server.client();
     let slow_request = Request::Subscribe {
@@ -245,9 +222,7 @@ fn a_slow_subscriber_costs_bounded_memory_and_does_not_slow_others() {
 fn a_filtered_subscription_receives_only_matching_records() {
     let server = Server::start();
     let client = server.client();
-    client
-        .create_topic("t", TopicSettings::default())
-        .expect("create");
+    create_topic(&client, "t", 1);
     let records: Vec<Record> = (0..300u64)
         .map(|i| Record {
             timestamp_ms: 1_000 + i as i64,
@@ -269,14 +244,7 @@ fn a_filtered_subscription_receives_only_matching_records() {
         })
         .collect();
     for chunk in records.chunks(37) {
-        client
-            .publish(
-                "t",
-                0,
-                Ack::Written,
-                &build_batch(chunk, ProducerStamp::default()),
-            )
-            .expect("publish");
+        publish_batch(&client, "t", 0, chunk);
     }
     let criteria = tidelog_client::ExtractCriteria {
         since_ms: Some(1_050),
