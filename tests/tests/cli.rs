@@ -436,8 +436,29 @@ fn consume_queue_members_share_records_and_ack_each_once() {
     ];
     let mut a = follower(&server, &args, &a_values);
     let mut b = follower(&server, &args, &b_values);
-    let lines: String = (1..=600).map(|i| format!("v{i}\n")).collect();
-    ok(&tidelog(&server, &["publish", "jobs"], &lines));
+    // Both members joined, then records arrive a few at a time while both poll: each
+    // takes a share (a queue group gives records to whoever asks).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let d = ok(&tidelog(
+            &server,
+            &["group", "describe", "q", "--format", "json"],
+            "",
+        ));
+        let d: serde_json::Value = serde_json::from_str(&d).expect("json");
+        if d["members"].as_array().is_some_and(|m| m.len() == 2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "members did not join");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for chunk in 0..12 {
+        let lines: String = (chunk * 50 + 1..=chunk * 50 + 50)
+            .map(|i| format!("v{i}\n"))
+            .collect();
+        ok(&tidelog(&server, &["publish", "jobs"], &lines));
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
     let both = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
