@@ -293,6 +293,20 @@ fn group_member(
 
 type Values = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
+/// Members of `group` per `group describe` (0 while the group does not exist yet).
+fn group_members(server: &Server, group: &str) -> usize {
+    let out = tidelog(
+        server,
+        &["group", "describe", group, "--format", "json"],
+        "",
+    );
+    if !out.status.success() {
+        return 0;
+    }
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    d["members"].as_array().map_or(0, Vec::len)
+}
+
 /// Runs a following `consume` and collects the values it prints.
 fn follower(
     server: &Server,
@@ -359,17 +373,12 @@ fn consume_group_members_share_the_work_survive_a_kill_and_stop_cleanly() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         union();
-        let described = ok(&tidelog(
-            &server,
-            &["group", "describe", "g", "--format", "json"],
-            "",
-        ));
-        let d: serde_json::Value = serde_json::from_str(&described).expect("json");
-        let members = d["members"].as_array().expect("members").len();
+        // Until the members have joined, the group does not exist yet.
+        let members = group_members(&server, "g");
         if members == 2 && both.lock().expect("lock").len() >= 400 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{described}");
+        assert!(std::time::Instant::now() < deadline, "{members} members");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     wait_for_values(&both, 400);
@@ -439,16 +448,7 @@ fn consume_queue_members_share_records_and_ack_each_once() {
     // Both members joined, then records arrive a few at a time while both poll: each
     // takes a share (a queue group gives records to whoever asks).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let d = ok(&tidelog(
-            &server,
-            &["group", "describe", "q", "--format", "json"],
-            "",
-        ));
-        let d: serde_json::Value = serde_json::from_str(&d).expect("json");
-        if d["members"].as_array().is_some_and(|m| m.len() == 2) {
-            break;
-        }
+    while group_members(&server, "q") < 2 {
         assert!(std::time::Instant::now() < deadline, "members did not join");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
