@@ -26,6 +26,7 @@ use crate::config::{EngineConfig, TopicConfig};
 use crate::error::{EngineError, Result};
 use crate::flusher::{self, FlushQueue};
 use crate::fsio;
+use crate::indexer::Indexer;
 use crate::notify::Watcher;
 use crate::partition::{Appended, Partition, Services};
 use crate::prefault::Prefaulter;
@@ -96,6 +97,7 @@ pub struct Engine {
     inner: Arc<EngineInner>,
     flusher: Option<JoinHandle<()>>,
     prefaulter: Option<JoinHandle<()>>,
+    indexer: Option<JoinHandle<()>>,
     recovery: Vec<(String, u32, RecoveryReport)>,
 }
 
@@ -112,10 +114,12 @@ impl Engine {
         let started = Instant::now();
 
         let prefaulter = Arc::new(Prefaulter::default());
+        let indexer = Arc::new(Indexer::default());
         let services = Services {
             sync: config.sync.clone(),
             watcher: Arc::new(OnceLock::new()),
             prefaulter: prefaulter.clone(),
+            indexer: indexer.clone(),
         };
         let mut topics = BTreeMap::new();
         let mut reports = Vec::new();
@@ -139,7 +143,7 @@ impl Engine {
                 let (partition, report) =
                     open_partition(&name, p, &dir, &meta.config, &config, clean, &services)?;
                 reports.push((name.to_string(), p, report));
-                partitions.push(Arc::new(partition));
+                partitions.push(partition.into_arc());
             }
             topics.insert(
                 name.to_string(),
@@ -171,6 +175,10 @@ impl Engine {
             .name("tidelog-prefault".into())
             .spawn(move || prefaulter.run())
             .map_err(|e| EngineError::io("spawn prefaulter", "", e))?;
+        let index_thread = std::thread::Builder::new()
+            .name("tidelog-indexer".into())
+            .spawn(move || indexer.run())
+            .map_err(|e| EngineError::io("spawn indexer", "", e))?;
         let weak = Arc::downgrade(&inner);
         let flusher = std::thread::Builder::new()
             .name("tidelog-flusher".into())
@@ -187,6 +195,7 @@ impl Engine {
             inner,
             flusher: Some(flusher),
             prefaulter: Some(prefault_thread),
+            indexer: Some(index_thread),
             recovery: reports,
         })
     }
@@ -245,7 +254,7 @@ impl Engine {
                 false,
                 &self.inner.services,
             )?;
-            partitions.push(Arc::new(partition));
+            partitions.push(partition.into_arc());
         }
         let topic = Arc::new(Topic::new(name_arc, dir, meta, partitions));
         topics.insert(name.to_string(), topic.clone());
@@ -284,7 +293,7 @@ impl Engine {
                 false,
                 &self.inner.services,
             )?;
-            list.push(Arc::new(partition));
+            list.push(partition.into_arc());
         }
         meta.write(topic.dir())?;
         topic.set_partitions(meta, list);
@@ -447,6 +456,10 @@ impl Engine {
         }
         self.inner.services.prefaulter.stop();
         if let Some(handle) = self.prefaulter.take() {
+            let _ = handle.join();
+        }
+        self.inner.services.indexer.stop();
+        if let Some(handle) = self.indexer.take() {
             let _ = handle.join();
         }
     }

@@ -61,6 +61,7 @@ pub mod extract;
 mod flusher;
 pub mod fsio;
 pub mod index;
+mod indexer;
 pub mod key_map;
 pub mod notify;
 pub mod partition;
@@ -71,6 +72,7 @@ pub mod segment;
 mod snapshot_file;
 pub mod tenant_index;
 pub mod topic;
+mod work_queue;
 
 /// The batch format is the wire format too; it lives in `tidelog-protocol`.
 pub use tidelog_protocol::{batch, builder, record, varint};

@@ -8,8 +8,14 @@
 //!   `Arc` and read lock-free from the mappings.
 //! - `flush` is held by the flusher thread while it syncs; it records how far the active
 //!   segment is durable and writes the recovery checkpoint.
+//! - `index` holds the tenant/key index, which follows the log a little behind, off the
+//!   append path (see `indexer.rs`): appenders queue their batches' updates in `pending`;
+//!   the index reflects exactly the offsets below its own `next_offset`, and whoever needs
+//!   it current drains `pending` into it under this lock ([`Partition::index_up_to`]).
 //!
-//! Lock order: `flush` → `writer` → `segments`.
+//! Lock order: `flush` → `writer` → `segments`; `writer` → `pending`; `index` → `pending`
+//! and `index` → `segments`. The index lock is never taken with the writer lock held, nor
+//! the other way round.
 //!
 //! Invariants: offsets are dense and increasing across segments (segment N+1's base is
 //! segment N's next offset); `durable_offset <= next_offset`; every segment but the last is
@@ -19,7 +25,7 @@
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::Instant;
 
 use crate::batch::{self, BatchError};
@@ -28,14 +34,23 @@ use crate::config::TopicConfig;
 use crate::error::{EngineError, Result};
 use crate::extract::TenantSnapshot;
 use crate::fsio::{self, SyncPolicy};
+use crate::indexer::IndexerHandle;
+use crate::key_map::key_hash;
 use crate::notify::{Change, WaitPoint, Watcher};
 use crate::prefault::Prefaulter;
 use crate::producer::{BatchRecord, ProducerState, SequenceCheck};
 use crate::segment::Segment;
-use crate::tenant_index::{IndexUpdate, TenantIndex};
+use crate::tenant_index::{PendingUpdates, TenantIndex, Update};
 
 pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
 pub const TENANT_INDEX_FILE: &str = "tenants.snapshot";
+
+/// Updates the tenant index may trail the log by before an appender applies them itself
+/// (32 bytes each; at most a few milliseconds of index work on one append).
+pub const INDEX_LAG_MAX: usize = 1 << 16;
+/// Updates queued before the indexer thread is woken. Fewer stay queued until someone
+/// needs the index (who then applies them), a roll, or a flush.
+pub const INDEX_POKE_AT: usize = 4096;
 
 /// Per-tenant figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,14 +135,22 @@ impl Deref for Fetched {
 struct Writer {
     active: Arc<Segment>,
     producers: ProducerState,
-    /// Tenant → key → latest offset, updated with every append.
-    tenants: TenantIndex,
-    /// The index as of the latest roll, to be checkpointed once that roll's segment is
-    /// sealed (so a checkpoint never covers data that is not durable).
-    tenants_at_roll: Option<TenantIndex>,
     /// Segments rolled away from but not yet sealed (synced, trimmed) by the flusher.
     /// Sealing is slow (it syncs a whole segment), so it never runs on the append path.
     unsealed: Vec<Arc<Segment>>,
+}
+
+/// The tenant index and its pending checkpoint.
+#[derive(Debug)]
+pub(crate) struct IndexState {
+    /// Tenant → key → latest offset, for the offsets below `tenants.next_offset()`.
+    pub(crate) tenants: TenantIndex,
+    /// The index as of the latest segment boundary it passed, encoded, to be written once
+    /// that boundary is durable (a checkpoint never covers data that is not).
+    at_roll: Option<(u64, Vec<u8>)>,
+    /// The pending updates being applied (swapped with `Partition::pending`, so both
+    /// buffers keep their capacity).
+    drained: PendingUpdates,
 }
 
 #[derive(Debug, Default)]
@@ -147,6 +170,7 @@ pub(crate) struct Services {
     pub sync: SyncPolicy,
     pub watcher: WatcherSlot,
     pub prefaulter: Arc<Prefaulter>,
+    pub indexer: IndexerHandle,
 }
 
 pub struct Partition {
@@ -156,6 +180,14 @@ pub struct Partition {
     config: TopicConfig,
     sync: SyncPolicy,
     writer: Mutex<Writer>,
+    index: Mutex<IndexState>,
+    /// Index updates appended and not yet applied.
+    pending: Mutex<PendingUpdates>,
+    /// Queued with the indexer thread.
+    index_queued: AtomicBool,
+    /// This partition as the indexer thread holds it (set when it is put in its `Arc`).
+    me: OnceLock<Weak<Partition>>,
+    indexer: IndexerHandle,
     segments: RwLock<Arc<Vec<Arc<Segment>>>>,
     next_offset: AtomicU64,
     durable_offset: AtomicU64,
@@ -214,10 +246,17 @@ impl Partition {
             writer: Mutex::new(Writer {
                 active,
                 producers: recovered.producers,
-                tenants: recovered.tenants,
-                tenants_at_roll: None,
                 unsealed: Vec::new(),
             }),
+            index: Mutex::new(IndexState {
+                tenants: recovered.tenants,
+                at_roll: None,
+                drained: PendingUpdates::default(),
+            }),
+            pending: Mutex::new(PendingUpdates::default()),
+            index_queued: AtomicBool::new(false),
+            me: OnceLock::new(),
+            indexer: services.indexer.clone(),
             segments: RwLock::new(Arc::new(recovered.segments)),
             poisoned: AtomicBool::new(false),
             flush: Mutex::new(FlushProgress::default()),
@@ -227,6 +266,13 @@ impl Partition {
             watcher: services.watcher.clone(),
             prefaulter: services.prefaulter.clone(),
         })
+    }
+
+    /// Puts the partition in its `Arc` (the indexer thread holds it weakly).
+    pub(crate) fn into_arc(self) -> Arc<Partition> {
+        let arc = Arc::new(self);
+        let _ = arc.me.set(Arc::downgrade(&arc));
+        arc
     }
 
     pub fn topic(&self) -> &str {
@@ -312,27 +358,36 @@ impl Partition {
                 max,
             });
         }
-        // Records with a tenant, for the tenant index: gathered in the validation walk so
-        // the batch is decoded once.
-        // Sized from the header at the first tenant record (one allocation; none for a
-        // batch without tenants).
-        let tenanted = batch::BatchHeader::parse(batch_bytes)
-            .map_or(0, |h| h.record_count as usize)
-            .min(1 << 16);
-        let mut updates: Vec<IndexUpdate<'_>> = Vec::new();
-        let mut reserved = false;
+        // The batch's tenant records as the index needs them, gathered in the validation
+        // walk (keys hashed while their bytes are in the cache), with offsets relative to
+        // the batch until it has its base. Sized from the header at the first tenant
+        // record: one allocation, none for a batch without tenants. A tenant-uniform
+        // batch names its tenant once; other batches carry one per update.
+        let header = batch::BatchHeader::parse(batch_bytes);
+        let records = header.map_or(0, |h| h.record_count as usize).min(1 << 16);
+        let uniform = header.is_some_and(|h| h.is_tenant_uniform());
+        let mut updates: Vec<Update> = Vec::new();
+        let mut tenants: Vec<&[u8]> = Vec::new();
         let view = batch::validate_each(batch_bytes, |r| {
-            if r.tenant.is_some() && !reserved {
-                updates.reserve_exact(tenanted);
-                reserved = true;
+            let Some(tenant) = r.tenant else { return };
+            if updates.capacity() == 0 {
+                updates.reserve_exact(records);
             }
-            if let Some(tenant) = r.tenant {
-                updates.push(IndexUpdate {
-                    offset_delta: r.offset_delta,
-                    tenant,
-                    key: r.key,
-                    live: r.value.is_some(),
-                });
+            let (key, mut flags) = match r.key {
+                Some(k) => (key_hash(k), Update::HAS_KEY),
+                None => (0, 0),
+            };
+            if r.value.is_some() {
+                flags |= Update::LIVE;
+            }
+            updates.push(Update {
+                key,
+                offset: u64::from(r.offset_delta),
+                tenant: 0,
+                flags,
+            });
+            if !uniform || tenants.is_empty() {
+                tenants.push(tenant);
             }
         })
         .map_err(|e| match e {
@@ -362,8 +417,31 @@ impl Partition {
         }
         let base_offset = self.next_offset.load(Ordering::Relaxed);
         w.active.append(batch_bytes, &header, base_offset);
-        let next = base_offset + u64::from(header.last_offset_delta) + 1;
-        w.tenants.apply_updates(&updates, base_offset, next);
+        // Queued before the offsets are published: whoever sees the offsets and then
+        // drains the queue finds these.
+        let queued = if updates.is_empty() {
+            0
+        } else {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if let [tenant] = tenants[..] {
+                let id = pending.intern(tenant);
+                pending.updates.extend(updates.iter().map(|u| Update {
+                    offset: base_offset + u.offset,
+                    tenant: id,
+                    ..*u
+                }));
+            } else {
+                for (u, tenant) in updates.iter().zip(&tenants) {
+                    let id = pending.intern(tenant);
+                    pending.updates.push(Update {
+                        offset: base_offset + u.offset,
+                        tenant: id,
+                        ..*u
+                    });
+                }
+            }
+            pending.updates.len()
+        };
         self.prefaulter.poke(&w.active);
         let last_offset = base_offset + u64::from(header.last_offset_delta);
         if header.producer_id != 0 {
@@ -378,6 +456,14 @@ impl Partition {
         }
         self.next_offset.store(last_offset + 1, Ordering::SeqCst);
         drop(w);
+        if queued > INDEX_LAG_MAX {
+            // The indexer thread is not keeping up: pay for the index here.
+            drop(self.index_up_to(last_offset + 1));
+        } else if queued >= INDEX_POKE_AT && queued - updates.len() < INDEX_POKE_AT {
+            // Wake the indexer once per INDEX_POKE_AT updates, not per append (a wake-up
+            // is a system call).
+            self.poke_indexer();
+        }
         self.emit(Change::Appended {
             next_offset: last_offset + 1,
         });
@@ -421,7 +507,13 @@ impl Partition {
         self.prefaulter.poke(&seg);
         let old = std::mem::replace(&mut w.active, seg);
         w.unsealed.push(old);
-        w.tenants_at_roll = Some(w.tenants.clone()); // O(1): a persistent map
+        // Where the index will checkpoint (once this roll is durable).
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rolls
+            .push(next);
+        self.poke_indexer();
         tracing::debug!(topic = %self.topic, partition = self.id, base = next, "rolled segment");
         Ok(())
     }
@@ -630,6 +722,16 @@ impl Partition {
                 durable_offset: next,
             });
         }
+        let index_behind = !self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if !unsealed.is_empty() || index_behind {
+            // A sealed roll may make the tenant index's pending checkpoint writable, and
+            // updates short of a wake-up's worth should not wait for more appends.
+            self.poke_indexer();
+        }
         Ok(())
     }
 
@@ -688,12 +790,18 @@ impl Partition {
             return Ok(stats);
         }
         let _serial = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
-        let (index, candidates) = {
+        let candidates = {
             let w = self.lock_writer();
             let segs = self.segments();
             let sealed = segs.len().saturating_sub(1 + w.unsealed.len());
-            (w.tenants.clone(), segs[..sealed].to_vec())
+            segs[..sealed].to_vec()
         };
+        // An index that covers every candidate (it may cover more: a record it does not
+        // name as its key's latest has a later version, wherever that is).
+        let covered = candidates.last().map_or(0, |s| s.next_offset());
+        // A copy (O(keys)): compaction reads it for a while; this runs every
+        // cleanup interval on compacted topics only.
+        let index = self.index_up_to(covered).tenants.clone();
         let pinned: compaction::Pinned = candidates
             .iter()
             .filter_map(|s| compaction::pinned_key(s, &index))
@@ -741,7 +849,15 @@ impl Partition {
             self.poison(&e);
             return Err(e);
         }
-        fsio::write_atomic(&self.dir.join(TENANT_INDEX_FILE), &w.tenants.encode(), true)?;
+        let next = self.next_offset();
+        drop(w);
+        let encoded = {
+            let mut state = self.index_up_to(next);
+            state.at_roll = None;
+            state.tenants.encode()
+        };
+        fsio::write_atomic(&self.dir.join(TENANT_INDEX_FILE), &encoded, true)?;
+        let w = self.lock_writer();
         fsio::write_atomic(
             &self.dir.join(PRODUCER_SNAPSHOT_FILE),
             &w.producers.encode(self.next_offset()),
@@ -749,44 +865,96 @@ impl Partition {
         )
     }
 
+    /// The tenant index, caught up by the caller: every update queued so far is applied,
+    /// and the index then covers every offset below `target` — which must have been read
+    /// from [`Partition::next_offset`] before this call (the updates of those offsets were
+    /// queued before it was published). Returns with the index locked, so the caller can
+    /// freeze it at that instant.
+    pub(crate) fn index_up_to(&self, target: u64) -> MutexGuard<'_, IndexState> {
+        let mut state = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut drained = std::mem::take(&mut state.drained);
+        std::mem::swap(
+            &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()),
+            &mut drained,
+        );
+        if !drained.is_empty() {
+            let mut stash = None;
+            state.tenants.apply_pending(&drained, |index| {
+                // A segment boundary: the index as of the roll, checkpointed once durable.
+                // Encoded here (O(keys), once per segment; appends go on meanwhile).
+                stash = Some((index.next_offset(), index.encode()));
+            });
+            if stash.is_some() {
+                state.at_roll = stash;
+            }
+            drained.clear();
+        }
+        state.drained = drained;
+        state.tenants.advance_to(target);
+        state
+    }
+
+    /// The indexer thread's round for this partition: catch the index up, then write its
+    /// checkpoint if the roll it was taken at is durable now.
+    pub(crate) fn index_in_background(&self) {
+        self.index_queued.store(false, Ordering::Release);
+        let due = {
+            let mut state = self.index_up_to(self.next_offset());
+            let durable = self.durable_offset();
+            match &state.at_roll {
+                Some((covers, _)) if *covers <= durable => state.at_roll.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, encoded)) = due {
+            if let Err(e) = fsio::write_atomic(&self.dir.join(TENANT_INDEX_FILE), &encoded, true) {
+                tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "could not write tenant index checkpoint");
+            }
+        }
+    }
+
+    /// Asks the indexer thread for a round (after a flush made a pending checkpoint
+    /// durable).
+    pub(crate) fn poke_indexer(&self) {
+        if let Some(me) = self.me.get() {
+            self.indexer.poke(me, &self.index_queued);
+        }
+    }
+
     /// Freezes `tenant`'s live keys at the watermark — the partition's last offset — in
     /// one critical section with appends, so nothing can interleave (see `extract.rs`).
     /// An empty `tenant` freezes every tenant's (a topic-wide extraction's part for this
     /// partition): the whole index is persistent at the tenant level, so that is O(1) too.
     pub fn tenant_snapshot(&self, tenant: &[u8]) -> TenantSnapshot {
-        if tenant.is_empty() {
-            let (watermark, index, segments) = {
-                let w = self.lock_writer();
-                let next = self.next_offset.load(Ordering::Acquire);
-                (next.checked_sub(1), w.tenants.clone(), self.segments())
-            };
-            let offsets = index
-                .names()
-                .iter()
-                .filter_map(|t| index.tenant(t))
-                .flat_map(|t| t.keys.values())
-                .collect();
-            return TenantSnapshot::new(Vec::new(), watermark, offsets, segments);
-        }
-        let (watermark, keys, segments) = {
-            let w = self.lock_writer();
-            let next = self.next_offset.load(Ordering::Acquire);
-            let keys = w.tenants.tenant(tenant).map(|t| t.keys.clone()); // O(shards)
-            (next.checked_sub(1), keys, self.segments())
+        // The watermark is where the index stands once caught up to the log's end as of
+        // this call (it may be further: the indexer thread runs on); the segment list is
+        // taken after the freeze, so it holds every offset up to the watermark.
+        let target = self.next_offset();
+        let state = self.index_up_to(target);
+        let watermark = state.tenants.next_offset().checked_sub(1);
+        let offsets: Vec<u64> = if tenant.is_empty() {
+            state.tenants.all_keys().flat_map(|k| k.values()).collect()
+        } else {
+            state
+                .tenants
+                .tenant(tenant)
+                .map(|t| t.keys.values().collect())
+                .unwrap_or_default()
         };
-        let offsets = keys.map(|k| k.values().collect()).unwrap_or_default();
+        let segments = self.segments();
+        drop(state);
         TenantSnapshot::new(tenant.to_vec(), watermark, offsets, segments)
     }
 
     /// Every tenant with at least one record in the index (any order).
     pub fn tenant_names(&self) -> Vec<Vec<u8>> {
-        self.lock_writer().tenants.names()
+        self.index_up_to(self.next_offset()).tenants.names()
     }
 
     /// A tenant's latest event id and live key count.
     pub fn tenant_info(&self, tenant: &[u8]) -> Option<TenantInfo> {
-        let w = self.lock_writer();
-        w.tenants.tenant(tenant).map(|t| TenantInfo {
+        let state = self.index_up_to(self.next_offset());
+        state.tenants.tenant(tenant).map(|t| TenantInfo {
             latest_offset: t.latest_offset,
             live_keys: t.keys.len() as u64,
             events: t.events,

@@ -7,55 +7,32 @@
 //! appender when the writer gets within the low-water mark again. If the prefaulter lags,
 //! appends are still correct: the copy takes the faults itself.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use crate::segment::Segment;
+use crate::work_queue::WorkQueue;
 
 #[derive(Debug, Default)]
 pub(crate) struct Prefaulter {
-    queue: Mutex<VecDeque<Arc<Segment>>>,
-    cond: Condvar,
-    stop: AtomicBool,
+    queue: WorkQueue<Arc<Segment>>,
 }
 
 impl Prefaulter {
     /// Queues `segment` if it wants prefaulting.
     pub(crate) fn poke(&self, segment: &Arc<Segment>) {
         if segment.wants_prefault() {
-            self.queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_back(segment.clone());
-            self.cond.notify_one();
+            self.queue.push(segment.clone());
         }
     }
 
     pub(crate) fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        drop(self.queue.lock());
-        self.cond.notify_all();
+        self.queue.stop();
     }
 
     pub(crate) fn run(&self) {
-        loop {
-            let segment = {
-                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                loop {
-                    if self.stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    if let Some(s) = queue.pop_front() {
-                        break s;
-                    }
-                    queue = self.cond.wait(queue).unwrap_or_else(|p| p.into_inner());
-                }
-            };
-            while !self.stop.load(Ordering::Relaxed) {
-                if !segment.prefault_step() {
-                    break;
-                }
+        while let Some(segments) = self.queue.take() {
+            for segment in segments {
+                while !self.queue.is_stopping() && segment.prefault_step() {}
             }
         }
     }

@@ -1,17 +1,20 @@
 //! The tenant/key index of a partition: for every tenant, the offset of the latest record
 //! of each live key (a tombstone removes the key), and the tenant's latest event.
 //!
-//! It is what makes a `state` extraction exact and cheap: under the partition's writer
-//! lock, the watermark is read and the tenant's key map is frozen at the same instant —
-//! no append can interleave — and the records at those offsets never change. Tenants are
-//! in a persistent map (`imbl`, structurally shared) and each tenant's keys in a
-//! [`KeyMap`] (128-bit key hashes in copy-on-write shards), so freezing is O(shards) and
-//! never stalls appends for more than one shard's copy, however many keys a tenant has.
+//! It is what makes a `state` extraction exact and cheap. The index follows the log on the
+//! indexer thread (see `indexer.rs`) and reflects exactly the offsets below its
+//! `next_offset`: under the partition's index lock, an extraction catches it up to the
+//! log's end, takes W = `next_offset - 1` and copies the tenant's live offsets — nothing
+//! can interleave, since only the holder of that lock changes the index, and the records
+//! at those offsets never change. Appends never take that lock, so the copy (O(the
+//! tenant's keys)) never stalls them. Each tenant's keys are a [`KeyMap`] (128-bit key
+//! hashes in flat tables).
 //!
-//! Persistence: a checkpoint (`tenants.snapshot`) of the whole index as of a segment roll
-//! is written by the flusher after it seals that segment (so the checkpoint never covers
-//! data that is not durable), and at clean shutdown. On open the checkpoint is loaded and
-//! the log after it replayed: at most the unsealed tail, never the whole log.
+//! Persistence: a checkpoint (`tenants.snapshot`) of the whole index as of a segment
+//! boundary, encoded when the index passes it and written by the indexer thread once the
+//! segment before it is sealed (so the checkpoint never covers data that is not durable),
+//! and at clean shutdown. On open the checkpoint is loaded and the log after it replayed:
+//! at most the segments since the last sealed one, never the whole log.
 //!
 //! ```text
 //! tenants.snapshot:
@@ -25,23 +28,73 @@
 
 use std::sync::Arc;
 
-/// Persistent maps with a fast, per-process-seeded hasher: the index is updated for every
-/// tenant record appended, and SipHash was half of that cost.
-type PersistentMap<K, V> =
-    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+/// Tenants by name, with a fast, per-process-seeded hasher (looked up once per batch).
+type TenantMap = std::collections::HashMap<Arc<[u8]>, TenantKeys, foldhash::fast::RandomState>;
 use tidelog_protocol::batch::BatchView;
 
 use crate::key_map::{key_hash, KeyMap};
 use crate::snapshot_file;
 
-/// A tenant record of a batch being appended, as the index needs it.
-#[derive(Debug, Clone, Copy)]
-pub struct IndexUpdate<'a> {
-    pub offset_delta: u32,
-    pub tenant: &'a [u8],
-    pub key: Option<&'a [u8]>,
-    /// False for a tombstone.
-    pub live: bool,
+/// A tenant record appended but not yet in the index: what the appender extracted from
+/// it while validating its batch (the key is hashed there, while its bytes are in the
+/// CPU's cache; hashing on the indexer instead, from the log, measured the same), for the
+/// indexer to apply. 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Update {
+    /// The key's hash ([`key_hash`]); meaningless without [`Update::HAS_KEY`].
+    pub key: u128,
+    pub offset: u64,
+    /// The tenant, as an index into [`PendingUpdates`]' names.
+    pub tenant: u32,
+    pub flags: u32,
+}
+
+impl Update {
+    pub const HAS_KEY: u32 = 1;
+    /// Clear for a tombstone.
+    pub const LIVE: u32 = 2;
+}
+
+/// Updates appended but not yet applied, in offset order, with the segment boundaries
+/// among them (where the index checkpoints). Filled by appenders under the partition's
+/// writer lock, drained by whoever catches the index up.
+#[derive(Debug, Default)]
+pub struct PendingUpdates {
+    pub updates: Vec<Update>,
+    names: Vec<Arc<[u8]>>,
+    ids: std::collections::HashMap<Arc<[u8]>, u32, foldhash::fast::RandomState>,
+    /// Base offsets of segments rolled to, ascending.
+    pub rolls: Vec<u64>,
+}
+
+impl PendingUpdates {
+    /// The id of `tenant` in this buffer (a batch's records mostly share one).
+    pub fn intern(&mut self, tenant: &[u8]) -> u32 {
+        if let Some(last) = self.names.last() {
+            if **last == *tenant {
+                return self.names.len() as u32 - 1;
+            }
+        }
+        if let Some(&id) = self.ids.get(tenant) {
+            return id;
+        }
+        let name: Arc<[u8]> = Arc::from(tenant);
+        let id = self.names.len() as u32;
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.updates.is_empty() && self.rolls.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.updates.clear();
+        self.names.clear();
+        self.ids.clear();
+        self.rolls.clear();
+    }
 }
 
 /// One tenant's part of the index.
@@ -57,12 +110,15 @@ pub struct TenantKeys {
 
 #[derive(Debug, Clone, Default)]
 pub struct TenantIndex {
-    tenants: PersistentMap<Arc<[u8]>, TenantKeys>,
+    tenants: TenantMap,
     /// Offsets below this are reflected in the index.
     next_offset: u64,
 }
 
 const MAGIC: &[u8; 4] = b"TLT2";
+/// Updates hashed and prefetched together (more than the CPU's outstanding misses gains
+/// nothing; the hashes live on the stack).
+const PREFETCH_CHUNK: usize = 32;
 
 impl TenantIndex {
     pub fn next_offset(&self) -> u64 {
@@ -73,6 +129,11 @@ impl TenantIndex {
         self.tenants.get(tenant)
     }
 
+    /// Every tenant's keys (any order).
+    pub fn all_keys(&self) -> impl Iterator<Item = &KeyMap> + '_ {
+        self.tenants.values().map(|t| &t.keys)
+    }
+
     pub fn names(&self) -> Vec<Vec<u8>> {
         self.tenants.keys().map(|t| t.to_vec()).collect()
     }
@@ -81,66 +142,113 @@ impl TenantIndex {
         self.tenants.len()
     }
 
-    /// Applies the tenant records of a batch appended at `base_offset` (collected while the
-    /// batch was validated), then marks everything below `next_offset` reflected.
-    pub fn apply_updates(
+    /// Applies pending updates (in offset order), calling `at_roll` with the index as it
+    /// stands at each segment boundary among them.
+    pub fn apply_pending(
         &mut self,
-        updates: &[IndexUpdate<'_>],
-        base_offset: u64,
-        next_offset: u64,
+        pending: &PendingUpdates,
+        mut at_roll: impl FnMut(&TenantIndex),
     ) {
-        let mut rest = updates;
-        while let Some(first) = rest.first() {
-            // One lookup per run of records of the same tenant (a whole uniform batch).
-            let run = rest.iter().take_while(|u| u.tenant == first.tenant).count();
-            let entry = Self::entry(&mut self.tenants, first.tenant);
-            for u in &rest[..run] {
-                Self::apply_record(
-                    entry,
-                    base_offset + u64::from(u.offset_delta),
-                    u.key,
-                    u.live,
-                );
+        let updates = &pending.updates;
+        let mut start = 0;
+        let mut rolls = pending.rolls.iter().copied();
+        loop {
+            let roll = rolls.next();
+            // Up to the next boundary (or the end).
+            let bound = roll.unwrap_or(u64::MAX);
+            let end = start + updates[start..].partition_point(|u| u.offset < bound);
+            self.apply_run(&updates[start..end], &pending.names);
+            start = end;
+            match roll {
+                Some(boundary) => {
+                    self.next_offset = self.next_offset.max(boundary);
+                    at_roll(self);
+                }
+                None => break,
             }
-            rest = &rest[run..];
         }
-        self.next_offset = self.next_offset.max(next_offset);
     }
 
-    /// Applies a stored (stamped) batch. Batches must be applied in offset order.
+    fn apply_run(&mut self, mut updates: &[Update], names: &[Arc<[u8]>]) {
+        while let Some(first) = updates.first() {
+            // One tenant lookup per run of its records (a whole uniform batch, or more).
+            let run = updates
+                .iter()
+                .take_while(|u| u.tenant == first.tenant)
+                .count();
+            let Some(name) = names.get(first.tenant as usize) else {
+                break;
+            };
+            let entry = Self::entry(&mut self.tenants, name);
+            // Prefetch a chunk's slots, then update them: the cache misses overlap instead
+            // of each update waiting for its own.
+            for chunk in updates[..run].chunks(PREFETCH_CHUNK) {
+                for u in chunk.iter().filter(|u| u.flags & Update::HAS_KEY != 0) {
+                    entry.keys.prefetch(u.key);
+                }
+                for u in chunk {
+                    let key = (u.flags & Update::HAS_KEY != 0).then_some(u.key);
+                    Self::apply_hashed(entry, u.offset, key, u.flags & Update::LIVE != 0);
+                }
+            }
+            if let Some(last) = updates[..run].last() {
+                self.next_offset = self.next_offset.max(last.offset + 1);
+            }
+            updates = &updates[run..];
+        }
+    }
+
+    /// Applies a stored (stamped) batch (recovery's replay). Batches must be applied in
+    /// offset order.
     pub fn apply(&mut self, view: &BatchView<'_>) {
         // The hot path: a tenant-uniform batch looks its tenant up once.
         if let Some(tenant) = view.uniform_tenant() {
             let entry = Self::entry(&mut self.tenants, tenant);
-            for record in view.records().filter_map(Result::ok) {
-                Self::apply_record(entry, record.offset, record.key, record.value.is_some());
+            // Hash and prefetch a chunk's keys, then update them: the slots' cache misses
+            // overlap instead of each update waiting for its own.
+            let mut chunk = [(0u64, None, false); PREFETCH_CHUNK];
+            let mut n = 0;
+            for record in view.keyed_records() {
+                let key = record.key.map(key_hash);
+                if let Some(k) = key {
+                    entry.keys.prefetch(k);
+                }
+                chunk[n] = (record.offset, key, record.live);
+                n += 1;
+                if n == PREFETCH_CHUNK {
+                    Self::apply_chunk(entry, &chunk);
+                    n = 0;
+                }
             }
+            Self::apply_chunk(entry, &chunk[..n]);
         } else {
-            for record in view.records().filter_map(Result::ok) {
+            for record in view.keyed_records() {
                 if let Some(tenant) = record.tenant {
                     let entry = Self::entry(&mut self.tenants, tenant);
-                    Self::apply_record(entry, record.offset, record.key, record.value.is_some());
+                    Self::apply_hashed(entry, record.offset, record.key.map(key_hash), record.live);
                 }
             }
         }
         self.next_offset = self.next_offset.max(view.header.next_offset());
     }
 
-    fn entry<'m>(
-        tenants: &'m mut PersistentMap<Arc<[u8]>, TenantKeys>,
-        tenant: &[u8],
-    ) -> &'m mut TenantKeys {
+    fn entry<'m>(tenants: &'m mut TenantMap, tenant: &[u8]) -> &'m mut TenantKeys {
         if !tenants.contains_key(tenant) {
             tenants.insert(Arc::from(tenant), TenantKeys::default());
         }
         tenants.get_mut(tenant).expect("present")
     }
 
-    fn apply_record(entry: &mut TenantKeys, offset: u64, key: Option<&[u8]>, live: bool) {
+    fn apply_chunk(entry: &mut TenantKeys, chunk: &[(u64, Option<u128>, bool)]) {
+        for &(offset, key, live) in chunk {
+            Self::apply_hashed(entry, offset, key, live);
+        }
+    }
+
+    fn apply_hashed(entry: &mut TenantKeys, offset: u64, key: Option<u128>, live: bool) {
         entry.latest_offset = Some(offset);
         entry.events += 1;
         let Some(key) = key else { return };
-        let key = key_hash(key);
         if live {
             entry.keys.insert(key, offset);
         } else {
@@ -177,7 +285,7 @@ impl TenantIndex {
         let mut r = snapshot_file::open(bytes, MAGIC)?;
         let next_offset = r.u64()?;
         let count = r.u32()?;
-        let mut tenants = PersistentMap::default();
+        let mut tenants = TenantMap::default();
         for _ in 0..count {
             let len = usize::from(r.u8()?);
             let tenant: Arc<[u8]> = Arc::from(r.take(len)?);
@@ -256,5 +364,37 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert!(TenantIndex::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn pending_updates_apply_in_order_and_stop_at_each_roll() {
+        let mut pending = PendingUpdates::default();
+        let key = |k: &str| key_hash(k.as_bytes());
+        for offset in 0..10u64 {
+            let tenant = pending.intern(if offset % 3 == 0 { b"b" } else { b"a" });
+            pending.updates.push(Update {
+                key: key(&format!("k{}", offset % 4)),
+                offset,
+                tenant,
+                flags: Update::HAS_KEY | if offset == 8 { 0 } else { Update::LIVE },
+            });
+        }
+        pending.rolls.push(5);
+        let mut index = TenantIndex::default();
+        let mut at_roll = Vec::new();
+        index.apply_pending(&pending, |i| {
+            let a = i.tenant(b"a").expect("a");
+            at_roll.push((i.next_offset(), a.keys.len(), a.latest_offset));
+        });
+        // At the roll: offsets 0..5 only (a: 1, 2, 4 → keys k1, k2, k0).
+        assert_eq!(at_roll, vec![(5, 3, Some(4))]);
+        let a = index.tenant(b"a").expect("a");
+        // After: a's k0 tombstoned at 8; k1 → 5, k2 → 2, k3 → 7.
+        assert_eq!(a.keys.get(key("k0")), None);
+        assert_eq!(a.keys.get(key("k1")), Some(5));
+        assert_eq!(a.keys.get(key("k3")), Some(7));
+        let b = index.tenant(b"b").expect("b");
+        assert_eq!((b.events, b.latest_offset), (4, Some(9)));
+        assert_eq!(index.next_offset(), 10);
     }
 }

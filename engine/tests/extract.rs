@@ -219,6 +219,51 @@ fn tenant_index_survives_clean_and_crash_restarts() {
 }
 
 #[test]
+fn a_crash_replays_the_index_from_its_last_checkpointed_roll_not_the_whole_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut next = rng(11);
+    let tenants = ["acme", "zeta"];
+    let total = {
+        let engine = open(dir.path());
+        engine
+            .create_topic("t", small_topic(64 << 10))
+            .expect("create");
+        let p = partition0(&engine, "t");
+        while p.segments().len() < 8 {
+            p.append(&random_batch(&mut next, &tenants))
+                .expect("append");
+        }
+        // Seals the rolled segments; the indexer then writes the index as of the last roll.
+        p.flush().expect("flush");
+        let checkpoint = p.dir().join(tidelog_engine::partition::TENANT_INDEX_FILE);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !checkpoint.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no index checkpoint after the rolls became durable"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        p.size_bytes()
+        // Dropped without close: a crash.
+    };
+    let engine = open(dir.path());
+    let report = &engine.recovery_reports()[0].2;
+    assert!(
+        report.index_replayed_bytes < total / 2,
+        "a crash replays the segments since the last roll, not the log ({} of {total})",
+        report.index_replayed_bytes
+    );
+    let p = partition0(&engine, "t");
+    for t in tenants {
+        let end = p.next_offset() - 1;
+        let (w, state) = snapshot_state(&p, t.as_bytes());
+        assert_eq!(w, Some(end));
+        assert_eq!(state, replay(&p, t.as_bytes(), 0, end), "tenant {t}");
+    }
+}
+
+#[test]
 fn history_returns_the_tenants_matching_events_in_offset_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = open(dir.path());

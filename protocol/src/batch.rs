@@ -27,7 +27,7 @@
 //! offset_delta` with deltas strictly increasing up to `last_offset_delta`.
 #![deny(clippy::indexing_slicing)]
 
-use crate::record::{RecordIter, RecordView, RECORD_HAS_TENANT};
+use crate::record::{KeyedRecordIter, RecordIter, RecordView, RECORD_HAS_TENANT};
 
 pub const BASE_OFFSET_AT: usize = 0;
 pub const BATCH_LEN_AT: usize = BASE_OFFSET_AT + 8;
@@ -146,6 +146,17 @@ impl<'a> BatchView<'a> {
         } else {
             None
         }
+    }
+
+    /// The records of the batch, in order, decoded only as far as the tenant index needs
+    /// (see [`KeyedRecordIter`]): for batches read back from the log.
+    pub fn keyed_records(&self) -> KeyedRecordIter<'a> {
+        let start = HEADER_LEN + usize::from(self.header.tenant_len);
+        KeyedRecordIter::new(
+            self.header.base_offset,
+            self.uniform_tenant(),
+            self.bytes.get(start..).unwrap_or(&[]),
+        )
     }
 
     /// The records of the batch, in order.

@@ -112,6 +112,7 @@ impl<'a> Iterator for RecordIter<'a> {
     }
 }
 
+#[inline(always)]
 fn decode_one<'a>(
     buf: &mut &'a [u8],
     header: &BatchHeader,
@@ -179,33 +180,121 @@ struct Cursor<'a> {
     buf: &'a [u8],
 }
 
+// Every record of every batch goes through these (validation on append, the tenant index,
+// filters): inlined, with the error strings built out of line.
 impl<'a> Cursor<'a> {
+    #[inline(always)]
     fn u8(&mut self) -> Result<u8, String> {
-        let (&b, rest) = self
-            .buf
-            .split_first()
-            .ok_or("record ends inside attributes")?;
+        let Some((&b, rest)) = self.buf.split_first() else {
+            return Err(fail("record ends inside attributes"));
+        };
         self.buf = rest;
         Ok(b)
     }
 
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, String> {
-        let (v, n) = varint::get_u64(self.buf).ok_or("bad or truncated varint")?;
+        let Some((v, n)) = varint::get_u64(self.buf) else {
+            return Err(fail("bad or truncated varint"));
+        };
         self.buf = self.buf.get(n..).unwrap_or(&[]);
         Ok(v)
     }
 
+    #[inline(always)]
     fn bytes(&mut self) -> Result<&'a [u8], String> {
         let len = self.varint()?;
-        let len = usize::try_from(len).map_err(|_| "length overflows usize")?;
-        if len > self.buf.len() {
-            return Err(format!(
-                "field of {len} bytes, only {} left",
-                self.buf.len()
-            ));
+        match usize::try_from(len) {
+            Ok(len) if len <= self.buf.len() => {
+                let (field, rest) = self.buf.split_at(len);
+                self.buf = rest;
+                Ok(field)
+            }
+            _ => Err(field_overruns(len, self.buf.len())),
         }
-        let (field, rest) = self.buf.split_at(len);
-        self.buf = rest;
-        Ok(field)
+    }
+}
+
+#[cold]
+fn fail(why: &str) -> String {
+    why.to_string()
+}
+
+#[cold]
+fn field_overruns(len: u64, left: usize) -> String {
+    format!("field of {len} bytes, only {left} left")
+}
+
+/// What the tenant index needs of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedRecord<'a> {
+    pub offset: u64,
+    pub tenant: Option<&'a [u8]>,
+    pub key: Option<&'a [u8]>,
+    /// False for a tombstone.
+    pub live: bool,
+}
+
+/// Iterates over the records of a batch read back from the log (validated on arrival),
+/// decoding only what the tenant index needs and stepping over the rest by the record's
+/// length: the timestamp is skipped, value and headers are never walked. Ends at the
+/// first malformed record (which a validated batch does not have).
+#[derive(Debug, Clone)]
+pub struct KeyedRecordIter<'a> {
+    base_offset: u64,
+    uniform_tenant: Option<&'a [u8]>,
+    buf: &'a [u8],
+}
+
+impl<'a> KeyedRecordIter<'a> {
+    pub(crate) fn new(base_offset: u64, uniform_tenant: Option<&'a [u8]>, buf: &'a [u8]) -> Self {
+        KeyedRecordIter {
+            base_offset,
+            uniform_tenant,
+            buf,
+        }
+    }
+
+    fn decode(&mut self) -> Result<KeyedRecord<'a>, String> {
+        let mut outer = Cursor { buf: self.buf };
+        let body = outer.bytes()?;
+        self.buf = outer.buf;
+        let mut c = Cursor { buf: body };
+        let attributes = c.u8()?;
+        let offset_delta = c.varint()?;
+        c.varint()?; // timestamp delta
+        let tenant = if attributes & RECORD_HAS_TENANT != 0 {
+            Some(c.bytes()?)
+        } else {
+            self.uniform_tenant
+        };
+        let key = if attributes & RECORD_HAS_KEY != 0 {
+            Some(c.bytes()?)
+        } else {
+            None
+        };
+        Ok(KeyedRecord {
+            offset: self.base_offset + offset_delta,
+            tenant,
+            key,
+            live: attributes & RECORD_HAS_VALUE != 0,
+        })
+    }
+}
+
+impl<'a> Iterator for KeyedRecordIter<'a> {
+    type Item = KeyedRecord<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        match self.decode() {
+            Ok(r) => Some(r),
+            Err(_) => {
+                self.buf = &[];
+                None
+            }
+        }
     }
 }

@@ -37,7 +37,7 @@ pub fn unzigzag(value: u64) -> i64 {
 
 /// Reads a LEB128 u64 from the front of `buf`; returns the value and the bytes consumed,
 /// or `None` when `buf` ends early or the encoding overflows 64 bits.
-#[inline]
+#[inline(always)]
 pub fn get_u64(buf: &[u8]) -> Option<(u64, usize)> {
     // Most varints in a batch (lengths, deltas, counts) are below 128: one byte.
     if let Some(&b) = buf.first() {

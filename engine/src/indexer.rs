@@ -1,0 +1,58 @@
+//! The indexer thread: keeps every partition's tenant/key index right behind its log, off
+//! the append path.
+//!
+//! Updating the index for a keyed record means hashing its key and updating a slot in a
+//! table of up to millions of keys — with keys updated at random, a cache miss per
+//! record, which on the appending thread cost as much again as the append itself. So the
+//! index is a consumer of its own log: the appender only notes that there is work
+//! ([`Indexer::poke`]); this thread reads the new batches back from the mapping (still in
+//! the CPU caches) and applies them, on another core.
+//!
+//! Invariants (the index's side is in `Partition::index_up_to`):
+//! - the index reflects exactly the offsets below its `next_offset`, every one of them:
+//!   batches are applied whole and in order, by whoever holds the partition's index lock;
+//! - whoever needs the index current — an extraction fixing its watermark, tenant info,
+//!   compaction, retention, close — catches it up itself under that lock, so nobody waits
+//!   on this thread and nobody reads an index missing an acknowledged record;
+//! - the lag is bounded: an appender that finds the index more than
+//!   `partition::INDEX_LAG_MAX` records behind catches it up itself before returning —
+//!   the back-pressure when this thread cannot keep up.
+//!
+//! A partition is queued at most once (its `index_queued` flag), so a busy partition costs
+//! one wake-up per round of this thread, not one per append.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use crate::partition::Partition;
+use crate::work_queue::WorkQueue;
+
+#[derive(Debug, Default)]
+pub(crate) struct Indexer {
+    queue: WorkQueue<Weak<Partition>>,
+}
+
+impl Indexer {
+    /// Queues `partition` unless it is queued already (`queued` is its flag).
+    pub(crate) fn poke(&self, partition: &Weak<Partition>, queued: &AtomicBool) {
+        if queued.load(Ordering::Relaxed) || queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.queue.push(partition.clone());
+    }
+
+    pub(crate) fn stop(&self) {
+        self.queue.stop();
+    }
+
+    pub(crate) fn run(&self) {
+        while let Some(partitions) = self.queue.take() {
+            for partition in partitions.iter().filter_map(Weak::upgrade) {
+                partition.index_in_background();
+            }
+        }
+    }
+}
+
+/// Keeps the indexer thread's handle with the engine's services.
+pub(crate) type IndexerHandle = Arc<Indexer>;
