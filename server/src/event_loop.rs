@@ -68,6 +68,7 @@ impl EventLoop {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut draining_until: Option<Instant> = None;
+        self.state.notices.set_loop_thread();
         loop {
             let timeout = self.next_timeout();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -117,7 +118,11 @@ impl EventLoop {
         let mut timeout = Duration::from_secs(1); // idle-connection sweep
         let limit = self.state.limits.buffered_bytes_max;
         let readable = |c: &Connection| c.read_ready && !c.closing && c.outbox.bytes() < limit;
-        if !self.state.to_pump.is_empty() || self.conns.iter().flatten().any(readable) {
+        if !self.state.to_pump.is_empty()
+            || self.conns.iter().flatten().any(readable)
+            // Changes this thread made after the tick took the notices (it woke nobody).
+            || self.state.notices.any()
+        {
             return Duration::ZERO;
         }
         for lp in &self.state.long_polls {

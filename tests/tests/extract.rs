@@ -655,7 +655,16 @@ fn the_handoff_holds_across_server_restarts() {
     let dir = server.data_dir.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = resilient_writer(addr, 0, stop.clone());
-    std::thread::sleep(Duration::from_millis(300));
+    // A snapshot several credit windows long, so the kill below lands while it is read
+    // (on a loaded machine the writer may need longer than usual to get there).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin
+        .tenant_info("t", b"acme")
+        .map_or(true, |i| i.live_keys < 200)
+    {
+        assert!(Instant::now() < deadline, "the writer made too few keys");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let listen = addr.to_string();
     let connect = || tidelog_client::Client::connect(addr, Default::default()).expect("connect");
     let start = |c: &tidelog_client::Client| {
@@ -664,7 +673,7 @@ fn the_handoff_holds_across_server_restarts() {
             b"acme",
             ExtractMode::State,
             ExtractCriteria::default(),
-            64 << 10,
+            16 << 10,
         )
         .expect("extract")
     };
