@@ -239,7 +239,7 @@ pub fn rewrite(
         let seg = Segment::create(&scratch, base, capacity.max(1), index_interval_bytes)?;
         for (offset, bytes) in batches {
             let view = view_stored(bytes).map_err(|e| EngineError::InvalidBatch(e.to_string()))?;
-            seg.append(bytes, &view.header, *offset);
+            seg.append(bytes, &view.header, *offset)?;
         }
         seg.seal(0, sync)?;
         // Check what was written before committing to it.

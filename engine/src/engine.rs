@@ -29,7 +29,6 @@ use crate::fsio;
 use crate::indexer::Indexer;
 use crate::notify::Watcher;
 use crate::partition::{Appended, Partition, Services};
-use crate::prefault::Prefaulter;
 use crate::recovery::{self, RecoveryReport};
 use crate::topic::{self, Topic, TopicMeta};
 
@@ -96,7 +95,6 @@ impl EngineInner {
 pub struct Engine {
     inner: Arc<EngineInner>,
     flusher: Option<JoinHandle<()>>,
-    prefaulter: Option<JoinHandle<()>>,
     indexer: Option<JoinHandle<()>>,
     recovery: Vec<(String, u32, RecoveryReport)>,
 }
@@ -113,12 +111,10 @@ impl Engine {
         let clean = fs::read(&marker).is_ok_and(|b| b == CLEAN_MAGIC);
         let started = Instant::now();
 
-        let prefaulter = Arc::new(Prefaulter::default());
         let indexer = Arc::new(Indexer::default());
         let services = Services {
             sync: config.sync.clone(),
             watcher: Arc::new(OnceLock::new()),
-            prefaulter: prefaulter.clone(),
             indexer: indexer.clone(),
         };
         let mut topics = BTreeMap::new();
@@ -171,10 +167,6 @@ impl Engine {
             flush_queue: flush_queue.clone(),
             _lock: lock,
         });
-        let prefault_thread = std::thread::Builder::new()
-            .name("tidelog-prefault".into())
-            .spawn(move || prefaulter.run())
-            .map_err(|e| EngineError::io("spawn prefaulter", "", e))?;
         let index_thread = std::thread::Builder::new()
             .name("tidelog-indexer".into())
             .spawn(move || indexer.run())
@@ -194,7 +186,6 @@ impl Engine {
         Ok(Engine {
             inner,
             flusher: Some(flusher),
-            prefaulter: Some(prefault_thread),
             indexer: Some(index_thread),
             recovery: reports,
         })
@@ -452,10 +443,6 @@ impl Engine {
     fn stop_flusher(&mut self) {
         self.inner.flush_queue.wake_to_stop();
         if let Some(handle) = self.flusher.take() {
-            let _ = handle.join();
-        }
-        self.inner.services.prefaulter.stop();
-        if let Some(handle) = self.prefaulter.take() {
             let _ = handle.join();
         }
         self.inner.services.indexer.stop();

@@ -92,21 +92,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     Ok(())
 }
 
-/// Asks the kernel to fault in `[ptr, ptr+len)` writable now, in one call, so appends into
-/// that range are plain memcpy with no page faults. Best effort: errors are ignored
-/// (kernels before 5.14 lack MADV_POPULATE_WRITE; the cost then moves to the faults).
-pub fn populate_write(ptr: *mut u8, len: usize) {
-    const MADV_POPULATE_WRITE: libc::c_int = 23;
-    if len == 0 {
-        return;
-    }
-    // SAFETY: the caller passes a range inside a live shared mapping; madvise does not
-    // change its contents (populating a shared file mapping only faults pages in).
-    unsafe {
-        libc::madvise(ptr.cast(), len, MADV_POPULATE_WRITE);
-    }
-}
-
 /// Starts write-back of a file range without waiting, so dirty pages do not pile up and
 /// the next fsync has little left to do.
 pub fn start_writeback(file: &File, offset: u64, len: u64) {
@@ -149,4 +134,48 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Writes all of `parts`, in order, at `offset` of `file`: one `pwritev` when the kernel
+/// takes it all (it does for regular files short of an error), more if it stops short.
+pub fn pwrite_all(file: &File, parts: &[&[u8]], mut offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut first = 0;
+    while first < parts.len() {
+        let iov: Vec<libc::iovec> = parts[first..]
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        let at = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: every iovec points into a slice alive for the duration of the call.
+        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), iov.len() as i32, at) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut written = n as usize;
+        offset += written as u64;
+        while written > 0 {
+            let part = parts[first];
+            if written >= part.len() {
+                written -= part.len();
+                first += 1;
+            } else {
+                parts[first] = &part[written..];
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }

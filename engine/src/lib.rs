@@ -11,7 +11,7 @@
 //! - `segment.rs` — one segment file and its mapping; `index.rs` — its offset and time
 //!   indexes over `entry_file.rs`, a mapped array of fixed-size entries.
 //! - `flusher.rs` — the background thread: group commit, periodic sync, retention;
-//!   `prefault.rs` — the thread that faults pages in ahead of each writer.
+//!   `indexer.rs` — the thread that keeps each partition's tenant index behind its log.
 //! - `checkpoint.rs` — how far the active segment is durable; `recovery.rs` — opening a
 //!   partition after a clean or unclean stop; `producer.rs` — idempotent producer state;
 //!   `snapshot_file.rs` — the magic + CRC framing of the snapshot files.
@@ -65,7 +65,6 @@ mod indexer;
 pub mod key_map;
 pub mod notify;
 pub mod partition;
-mod prefault;
 pub mod producer;
 pub mod recovery;
 pub mod segment;

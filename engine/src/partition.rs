@@ -37,7 +37,6 @@ use crate::fsio::{self, SyncPolicy};
 use crate::indexer::IndexerHandle;
 use crate::key_map::key_hash;
 use crate::notify::{Change, WaitPoint, Watcher};
-use crate::prefault::Prefaulter;
 use crate::producer::{BatchRecord, ProducerState, SequenceCheck};
 use crate::segment::Segment;
 use crate::tenant_index::{PendingUpdates, TenantIndex, Update};
@@ -169,7 +168,6 @@ pub(crate) type WatcherSlot = Arc<OnceLock<Arc<dyn Watcher>>>;
 pub(crate) struct Services {
     pub sync: SyncPolicy,
     pub watcher: WatcherSlot,
-    pub prefaulter: Arc<Prefaulter>,
     pub indexer: IndexerHandle,
 }
 
@@ -198,7 +196,6 @@ pub struct Partition {
     checkpoint: CheckpointFile,
     wait: WaitPoint,
     watcher: WatcherSlot,
-    prefaulter: Arc<Prefaulter>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -234,7 +231,6 @@ impl Partition {
         })?;
         let next = active.next_offset();
         let checkpoint = CheckpointFile::open(&dir)?;
-        services.prefaulter.poke(&active);
         Ok(Partition {
             topic,
             id,
@@ -264,7 +260,6 @@ impl Partition {
             checkpoint,
             wait: WaitPoint::default(),
             watcher: services.watcher.clone(),
-            prefaulter: services.prefaulter.clone(),
         })
     }
 
@@ -416,7 +411,7 @@ impl Partition {
             self.roll(&mut w)?;
         }
         let base_offset = self.next_offset.load(Ordering::Relaxed);
-        w.active.append(batch_bytes, &header, base_offset);
+        w.active.append(batch_bytes, &header, base_offset)?;
         // Queued before the offsets are published: whoever sees the offsets and then
         // drains the queue finds these.
         let queued = if updates.is_empty() {
@@ -442,7 +437,6 @@ impl Partition {
             }
             pending.updates.len()
         };
-        self.prefaulter.poke(&w.active);
         let last_offset = base_offset + u64::from(header.last_offset_delta);
         if header.producer_id != 0 {
             w.producers.record(
@@ -490,7 +484,6 @@ impl Partition {
             self.config.segment_bytes,
             self.config.index_interval_bytes,
         )?);
-        w.active.close_for_writes();
         // Bounds the replay of producer state on open to the segments after `next`. Not
         // fsynced: losing it only makes recovery replay more.
         let snapshot = w.producers.encode(next);
@@ -504,7 +497,6 @@ impl Partition {
             segs.push(seg.clone());
             *list = Arc::new(segs);
         }
-        self.prefaulter.poke(&seg);
         let old = std::mem::replace(&mut w.active, seg);
         w.unsealed.push(old);
         // Where the index will checkpoint (once this roll is durable).

@@ -1,4 +1,4 @@
-//! A queue feeding one background thread (the prefaulter, the indexer): producers push
+//! A queue feeding one background thread (the indexer): producers push
 //! and wake it; it takes everything queued at once, or learns that it must stop.
 //!
 //! Invariant: once `stop` is called, `take` returns `None` (after at most the round in
@@ -38,10 +38,6 @@ impl<T> WorkQueue<T> {
         // Taking the lock orders the flag before a waiter's next check.
         drop(self.items.lock());
         self.cond.notify_all();
-    }
-
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
     }
 
     /// Blocks until something is queued (all of it is returned, oldest first) or the
