@@ -44,9 +44,13 @@ use crate::tenant_index::{PendingUpdates, TenantIndex, Update};
 pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
 pub const TENANT_INDEX_FILE: &str = "tenants.snapshot";
 
-/// Updates the tenant index may trail the log by before an appender applies them itself
-/// (32 bytes each; at most a few milliseconds of index work on one append).
-pub const INDEX_LAG_MAX: usize = 1 << 16;
+/// Updates queued (32 bytes each) past which an appender applies them itself — unless the
+/// indexer thread holds the index (a round can be long: a table of millions of keys
+/// doubling), in which case appends go on.
+pub const INDEX_LAG_MAX: usize = 1 << 18;
+/// Updates queued past which an appender waits for the index whatever it is doing: the
+/// bound on the queue's memory (64 MiB) and on the index's lag.
+pub const INDEX_LAG_HARD: usize = 1 << 21;
 /// Updates queued before the indexer thread is woken. Fewer stay queued until someone
 /// needs the index (who then applies them), a roll, or a flush.
 pub const INDEX_POKE_AT: usize = 4096;
@@ -450,9 +454,19 @@ impl Partition {
         }
         self.next_offset.store(last_offset + 1, Ordering::SeqCst);
         drop(w);
-        if queued > INDEX_LAG_MAX {
-            // The indexer thread is not keeping up: pay for the index here.
+        if queued > INDEX_LAG_HARD {
+            // The index is far behind: wait for it (and help).
             drop(self.index_up_to(last_offset + 1));
+        } else if queued > INDEX_LAG_MAX {
+            // Behind: pay for the index here, unless the indexer is at it already — it has
+            // taken the queue, and these updates came in during its round.
+            match self.index.try_lock() {
+                Ok(mut state) => self.catch_up(&mut state, last_offset + 1),
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    self.catch_up(&mut p.into_inner(), last_offset + 1)
+                }
+                Err(std::sync::TryLockError::WouldBlock) => self.poke_indexer(),
+            }
         } else if queued >= INDEX_POKE_AT && queued - updates.len() < INDEX_POKE_AT {
             // Wake the indexer once per INDEX_POKE_AT updates, not per append (a wake-up
             // is a system call).
@@ -864,6 +878,12 @@ impl Partition {
     /// freeze it at that instant.
     pub(crate) fn index_up_to(&self, target: u64) -> MutexGuard<'_, IndexState> {
         let mut state = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        self.catch_up(&mut state, target);
+        state
+    }
+
+    /// [`Partition::index_up_to`] with the index lock already held.
+    fn catch_up(&self, state: &mut IndexState, target: u64) {
         let mut drained = std::mem::take(&mut state.drained);
         std::mem::swap(
             &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()),
@@ -883,7 +903,6 @@ impl Partition {
         }
         state.drained = drained;
         state.tenants.advance_to(target);
-        state
     }
 
     /// The indexer thread's round for this partition: catch the index up, then write its
