@@ -109,6 +109,30 @@ pub struct EngineConfig {
     pub sync: SyncPolicy,
     /// Defaults for topics created without explicit settings.
     pub topic_defaults: TopicConfig,
+    /// How far a partition's tenant index may trail its log (see `indexer.rs`).
+    pub index_lag: IndexLag,
+}
+
+/// Bounds on the tenant index's lag behind the log, in queued updates (32 bytes each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexLag {
+    /// Past this an appender applies the queue itself, unless the indexer thread is at it
+    /// (a round can be long: a table of millions of keys doubling).
+    pub soft: usize,
+    /// Past this an appender waits for the index whatever it is doing: the bound on the
+    /// queue's memory and on the lag.
+    pub hard: usize,
+}
+
+impl Default for IndexLag {
+    fn default() -> Self {
+        // 8 MiB and 64 MiB of queued updates; a doubling of a million-key table takes
+        // ~50 ms, about 350 000 appended records at full speed.
+        IndexLag {
+            soft: 1 << 18,
+            hard: 1 << 21,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -119,6 +143,7 @@ impl Default for EngineConfig {
             recovery_policy: RecoveryPolicy::default(),
             sync: SyncPolicy::default(),
             topic_defaults: TopicConfig::default(),
+            index_lag: IndexLag::default(),
         }
     }
 }

@@ -116,6 +116,7 @@ impl Engine {
             sync: config.sync.clone(),
             watcher: Arc::new(OnceLock::new()),
             indexer: indexer.clone(),
+            index_lag: config.index_lag,
         };
         let mut topics = BTreeMap::new();
         let mut reports = Vec::new();

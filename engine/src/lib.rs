@@ -78,7 +78,7 @@ pub use tidelog_protocol::{batch, builder, record, varint};
 
 pub use builder::{build_batch, build_batch_into, ProducerStamp, Record};
 pub use checkpoint::{Checkpoint, CHECKPOINT_FILE};
-pub use config::{CleanupPolicy, EngineConfig, RecoveryPolicy, TopicConfig};
+pub use config::{CleanupPolicy, EngineConfig, IndexLag, RecoveryPolicy, TopicConfig};
 pub use engine::{AckLevel, Engine, PartitionInfo, TopicInfo, CLEAN_SHUTDOWN_FILE};
 pub use error::{EngineError, Result};
 pub use extract::TenantSnapshot;

@@ -44,13 +44,6 @@ use crate::tenant_index::{PendingUpdates, TenantIndex, Update};
 pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
 pub const TENANT_INDEX_FILE: &str = "tenants.snapshot";
 
-/// Updates queued (32 bytes each) past which an appender applies them itself — unless the
-/// indexer thread holds the index (a round can be long: a table of millions of keys
-/// doubling), in which case appends go on.
-pub const INDEX_LAG_MAX: usize = 1 << 18;
-/// Updates queued past which an appender waits for the index whatever it is doing: the
-/// bound on the queue's memory (64 MiB) and on the index's lag.
-pub const INDEX_LAG_HARD: usize = 1 << 21;
 /// Updates queued before the indexer thread is woken. Fewer stay queued until someone
 /// needs the index (who then applies them), a roll, or a flush.
 pub const INDEX_POKE_AT: usize = 4096;
@@ -173,6 +166,7 @@ pub(crate) struct Services {
     pub sync: SyncPolicy,
     pub watcher: WatcherSlot,
     pub indexer: IndexerHandle,
+    pub index_lag: crate::config::IndexLag,
 }
 
 pub struct Partition {
@@ -190,6 +184,7 @@ pub struct Partition {
     /// This partition as the indexer thread holds it (set when it is put in its `Arc`).
     me: OnceLock<Weak<Partition>>,
     indexer: IndexerHandle,
+    index_lag: crate::config::IndexLag,
     segments: RwLock<Arc<Vec<Arc<Segment>>>>,
     next_offset: AtomicU64,
     durable_offset: AtomicU64,
@@ -257,6 +252,7 @@ impl Partition {
             index_queued: AtomicBool::new(false),
             me: OnceLock::new(),
             indexer: services.indexer.clone(),
+            index_lag: services.index_lag,
             segments: RwLock::new(Arc::new(recovered.segments)),
             poisoned: AtomicBool::new(false),
             flush: Mutex::new(FlushProgress::default()),
@@ -454,10 +450,10 @@ impl Partition {
         }
         self.next_offset.store(last_offset + 1, Ordering::SeqCst);
         drop(w);
-        if queued > INDEX_LAG_HARD {
+        if queued > self.index_lag.hard {
             // The index is far behind: wait for it (and help).
             drop(self.index_up_to(last_offset + 1));
-        } else if queued > INDEX_LAG_MAX {
+        } else if queued > self.index_lag.soft {
             // Behind: pay for the index here, unless the indexer is at it already — it has
             // taken the queue, and these updates came in during its round.
             match self.index.try_lock() {

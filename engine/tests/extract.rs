@@ -10,7 +10,9 @@ use std::sync::Arc;
 use common::*;
 use tidelog_engine::batch::check_frame;
 use tidelog_engine::extract::{history_step, Criteria};
-use tidelog_engine::{build_batch, Partition, ProducerStamp, Record, TopicConfig};
+use tidelog_engine::{
+    build_batch, EngineConfig, IndexLag, Partition, ProducerStamp, Record, TopicConfig,
+};
 
 fn rng(seed: u64) -> impl FnMut() -> u64 {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -88,9 +90,26 @@ fn snapshot_state(p: &Partition, tenant: &[u8]) -> (Option<u64>, State) {
 
 #[test]
 fn snapshot_plus_events_after_the_watermark_is_the_state_under_concurrent_writes() {
-    for seed in 1..=12u64 {
+    handoff_under_concurrent_writes(quick_config(), 1..=12);
+}
+
+/// The same with the tenant index allowed to trail the log by only a few updates: the
+/// appenders keep applying the queue themselves, racing the indexer thread and the
+/// snapshots for the index lock.
+#[test]
+fn the_handoff_holds_when_appenders_apply_the_index_themselves() {
+    let config = EngineConfig {
+        index_lag: IndexLag { soft: 4, hard: 24 },
+        ..quick_config()
+    };
+    handoff_under_concurrent_writes(config, 13..=18);
+}
+
+fn handoff_under_concurrent_writes(config: EngineConfig, seeds: std::ops::RangeInclusive<u64>) {
+    for seed in seeds {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine = Arc::new(open(dir.path()));
+        let engine =
+            Arc::new(tidelog_engine::Engine::open(dir.path(), config.clone()).expect("open"));
         let cfg = TopicConfig {
             retention_bytes: 96 << 10,
             ..small_topic(64 << 10)
