@@ -392,9 +392,15 @@ fn read_frame(reader: &mut impl Read) -> std::io::Result<Frame> {
             "frame length out of range",
         ));
     }
-    let mut bytes = vec![0u8; frame_len + 4];
-    bytes[..HEADER_LEN].copy_from_slice(&header);
-    reader.read_exact(&mut bytes[HEADER_LEN..])?;
+    // Read into spare capacity (no zeroing of a buffer about to be overwritten: fetch
+    // responses are megabytes).
+    let mut bytes = Vec::with_capacity(frame_len + 4);
+    bytes.extend_from_slice(&header);
+    let rest = (frame_len + 4 - HEADER_LEN) as u64;
+    reader.by_ref().take(rest).read_to_end(&mut bytes)?;
+    if bytes.len() != frame_len + 4 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let parsed = frame::check(&bytes, u32::MAX)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "short frame"))?;

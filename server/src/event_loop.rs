@@ -25,6 +25,8 @@ use crate::dispatch;
 use crate::notices::Pending;
 use crate::state::State;
 
+/// Quiet time after which a connection's large input buffer is given back.
+const INPUT_SHRINK_AFTER: Duration = Duration::from_secs(1);
 const LISTENER: Token = Token(0);
 pub const WAKER: Token = Token(1);
 const FIRST_CONNECTION: usize = 2;
@@ -261,7 +263,9 @@ impl EventLoop {
                     tracing::info!(peer = %conn.peer, "closing idle connection");
                 }
                 self.close(index);
-            } else {
+            } else if now.duration_since(conn.last_active) > INPUT_SHRINK_AFTER {
+                // Only once the connection has gone quiet: a busy one drains its buffer
+                // every tick, and re-growing it means zeroing it again.
                 conn.input.shrink_if_idle();
             }
         }
