@@ -225,12 +225,40 @@ impl KeyMap {
         self.len -= 1;
     }
 
+    /// Doubles the table. Every key moves once, so this is as much work as the updates
+    /// that filled the table: the moves skip what an update checks (the keys are distinct
+    /// and the new table has room) and are prefetched a chunk at a time.
     fn grow(&mut self) {
+        const CHUNK: usize = 16;
         let mut bigger = KeyMap::with_slots((self.mask + 1) * 2);
-        for (k, v) in self.iter() {
-            bigger.insert(k, v);
+        let mut chunk = [(0u128, 0u64); CHUNK];
+        let mut n = 0;
+        for entry in self.iter() {
+            bigger.prefetch(entry.0);
+            chunk[n] = entry;
+            n += 1;
+            if n == CHUNK {
+                chunk.iter().for_each(|&(k, v)| bigger.place_new(k, v));
+                n = 0;
+            }
         }
+        chunk[..n].iter().for_each(|&(k, v)| bigger.place_new(k, v));
         *self = bigger;
+    }
+
+    /// Puts a key known to be absent (stored form) in the first free slot of its run.
+    /// The caller made sure there is room.
+    fn place_new(&mut self, key: u128, offset: u64) {
+        let mask = self.mask;
+        let mut i = self.home(key);
+        let words = self.words.words_mut();
+        while words[i * WORDS] != 0 || words[i * WORDS + 1] != 0 {
+            i = (i + 1) & mask;
+        }
+        words[i * WORDS] = key as u64;
+        words[i * WORDS + 1] = (key >> 64) as u64;
+        words[i * WORDS + 2] = offset;
+        self.len += 1;
     }
 
     /// Every (key hash, offset), in no particular order.
