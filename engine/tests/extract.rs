@@ -252,14 +252,23 @@ fn a_crash_replays_the_index_from_its_last_checkpointed_roll_not_the_whole_log()
             p.append(&random_batch(&mut next, &tenants))
                 .expect("append");
         }
-        // Seals the rolled segments; the indexer then writes the index as of the last roll.
+        // Seals the rolled segments; the indexer then writes the index as of the last roll
+        // (earlier rolls' checkpoints may be there already: wait for that one).
         p.flush().expect("flush");
+        let last_roll = p.segments().last().expect("segments").base_offset();
         let checkpoint = p.dir().join(tidelog_engine::partition::TENANT_INDEX_FILE);
+        let covers = || {
+            std::fs::read(&checkpoint)
+                .ok()
+                .and_then(|b| tidelog_engine::tenant_index::TenantIndex::decode(&b).ok())
+                .map(|i| i.next_offset())
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !checkpoint.exists() {
+        while covers() != Some(last_roll) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "no index checkpoint after the rolls became durable"
+                "no index checkpoint of the last roll after it became durable ({:?})",
+                covers()
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
