@@ -1,15 +1,16 @@
 //! Tenant snapshots: the state extraction's consistent cut.
 //!
 //! [`Partition::tenant_snapshot`](crate::Partition::tenant_snapshot) takes, under the
-//! writer lock, the watermark W (the partition's last offset) and the tenant's key map as
-//! of W (an O(1) clone of a persistent map). Every offset in it is ≤ W and names the
+//! partition's index lock and once every update queued by appends is applied, the
+//! watermark W (the last offset the index covers, at or past the log's end when asked)
+//! and a copy of the tenant's live offsets as of W. Every offset in it is ≤ W and names the
 //! latest record of a live key as of W; those records are immutable. The snapshot also
 //! holds the segment list of that instant, so retention cannot pull a segment it still
 //! needs (a deleted file's mapping lives as long as the snapshot).
 //!
 //! Snapshot ∪ (the tenant's records after W) = the tenant's state at any later point: the
-//! handoff has no gap and no overlap, because W is read in the same critical section as
-//! the map is frozen.
+//! handoff has no gap and no overlap, because only the holder of the index lock changes
+//! the index, so W is read in the same critical section as the offsets are copied.
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //!
 //! Group commit: a durable append asks for a flush of its partition and waits. The
 //! flusher takes every pending request at once, syncs each requested partition once
-//! (one msync covering every batch appended so far), then publishes the new durable
+//! (one `fdatasync` covering every batch appended so far), then publishes the new durable
 //! offset, which releases every waiter at or below it. Requests that arrive while a
 //! sync runs are served together by the next round, so N concurrent durable producers
 //! cost about one sync per round, not N.

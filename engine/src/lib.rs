@@ -1,23 +1,24 @@
 //! tidelog's storage engine: topics of partitions, each an append-only log of CRC-checked
-//! batches in memory-mapped segment files, with sparse offset and time indexes, group
+//! batches in segment files (written with `pwritev`, read through memory mappings), with sparse offset and time indexes, group
 //! commit, crash recovery and retention. No networking here.
 //!
 //! # Layout (in data-path order)
 //! - (`tidelog-protocol`) `builder`, `batch`, `record`: the batch format, shared with the
 //!   wire; validated once on arrival.
-//! - `partition.rs` — append (validate → producer dedup → roll → copy into the mapping →
-//!   index → publish), read (index lookup → whole batches as a borrowed slice), flush,
+//! - `partition.rs` — append (validate → producer dedup → roll → `pwritev` into the
+//!   segment → offset index → queue the tenant index's updates → publish), read (index lookup → whole batches as a borrowed slice), flush,
 //!   retention.
 //! - `segment.rs` — one segment file and its mapping; `index.rs` — its offset and time
 //!   indexes over `entry_file.rs`, a mapped array of fixed-size entries.
 //! - `flusher.rs` — the background thread: group commit, periodic sync, retention;
-//!   `indexer.rs` — the thread that keeps each partition's tenant index behind its log.
+//!   `indexer.rs` — the thread that keeps each partition's tenant index behind its log,
+//!   fed through `work_queue.rs`.
 //! - `checkpoint.rs` — how far the active segment is durable; `recovery.rs` — opening a
 //!   partition after a clean or unclean stop; `producer.rs` — idempotent producer state;
 //!   `snapshot_file.rs` — the magic + CRC framing of the snapshot files.
-//! - `key_map.rs` — one tenant's keys: 128-bit key hashes in copy-on-write shards.
-//! - `tenant_index.rs` — tenant → key → latest offset, maintained on append and
-//!   checkpointed; `extract.rs` — the frozen tenant snapshot a state extraction reads.
+//! - `key_map.rs` — one tenant's keys: 128-bit key hashes in a flat, huge-page table.
+//! - `tenant_index.rs` — tenant → key → latest offset, applied from the updates appends
+//!   queue, and checkpointed; `extract.rs` — the frozen tenant snapshot a state extraction reads.
 //! - `topic.rs` — topic metadata; `engine.rs` — the data directory, topics, clean shutdown.
 //! - `notify.rs` — change notification for long polls and subscriptions; `fsio.rs` —
 //!   fallocate, atomic writes, the sync seam for fault injection; `config.rs`, `error.rs`.

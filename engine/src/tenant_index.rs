@@ -180,17 +180,13 @@ impl TenantIndex {
                 break;
             };
             let entry = Self::entry(&mut self.tenants, name);
-            // Prefetch a chunk's slots, then update them: the cache misses overlap instead
-            // of each update waiting for its own.
-            for chunk in updates[..run].chunks(PREFETCH_CHUNK) {
-                for u in chunk.iter().filter(|u| u.flags & Update::HAS_KEY != 0) {
-                    entry.keys.prefetch(u.key);
-                }
-                for u in chunk {
+            Self::apply_prefetched(
+                entry,
+                updates[..run].iter().map(|u| {
                     let key = (u.flags & Update::HAS_KEY != 0).then_some(u.key);
-                    Self::apply_hashed(entry, u.offset, key, u.flags & Update::LIVE != 0);
-                }
-            }
+                    (u.offset, key, u.flags & Update::LIVE != 0)
+                }),
+            );
             if let Some(last) = updates[..run].last() {
                 self.next_offset = self.next_offset.max(last.offset + 1);
             }
@@ -204,23 +200,11 @@ impl TenantIndex {
         // The hot path: a tenant-uniform batch looks its tenant up once.
         if let Some(tenant) = view.uniform_tenant() {
             let entry = Self::entry(&mut self.tenants, tenant);
-            // Hash and prefetch a chunk's keys, then update them: the slots' cache misses
-            // overlap instead of each update waiting for its own.
-            let mut chunk = [(0u64, None, false); PREFETCH_CHUNK];
-            let mut n = 0;
-            for record in view.keyed_records() {
-                let key = record.key.map(key_hash);
-                if let Some(k) = key {
-                    entry.keys.prefetch(k);
-                }
-                chunk[n] = (record.offset, key, record.live);
-                n += 1;
-                if n == PREFETCH_CHUNK {
-                    Self::apply_chunk(entry, &chunk);
-                    n = 0;
-                }
-            }
-            Self::apply_chunk(entry, &chunk[..n]);
+            Self::apply_prefetched(
+                entry,
+                view.keyed_records()
+                    .map(|r| (r.offset, r.key.map(key_hash), r.live)),
+            );
         } else {
             for record in view.keyed_records() {
                 if let Some(tenant) = record.tenant {
@@ -239,10 +223,32 @@ impl TenantIndex {
         tenants.get_mut(tenant).expect("present")
     }
 
-    fn apply_chunk(entry: &mut TenantKeys, chunk: &[(u64, Option<u128>, bool)]) {
-        for &(offset, key, live) in chunk {
-            Self::apply_hashed(entry, offset, key, live);
+    /// Applies one tenant's updates (offset, key hash, live), a chunk at a time: every
+    /// slot of the chunk is prefetched before the first is updated, so the cache misses
+    /// overlap instead of each update waiting for its own.
+    fn apply_prefetched(
+        entry: &mut TenantKeys,
+        updates: impl Iterator<Item = (u64, Option<u128>, bool)>,
+    ) {
+        let mut chunk = [(0u64, None, false); PREFETCH_CHUNK];
+        let mut n = 0;
+        let flush = |entry: &mut TenantKeys, chunk: &[(u64, Option<u128>, bool)]| {
+            for &(offset, key, live) in chunk {
+                Self::apply_hashed(entry, offset, key, live);
+            }
+        };
+        for update in updates {
+            if let Some(k) = update.1 {
+                entry.keys.prefetch(k);
+            }
+            chunk[n] = update;
+            n += 1;
+            if n == PREFETCH_CHUNK {
+                flush(entry, &chunk);
+                n = 0;
+            }
         }
+        flush(entry, &chunk[..n]);
     }
 
     fn apply_hashed(entry: &mut TenantKeys, offset: u64, key: Option<u128>, live: bool) {
