@@ -32,7 +32,7 @@ use std::sync::Arc;
 type TenantMap = std::collections::HashMap<Arc<[u8]>, TenantKeys, foldhash::fast::RandomState>;
 use tidelog_protocol::batch::BatchView;
 
-use crate::key_map::{key_hash, KeyMap};
+use crate::key_map::{key_hash, KeyChange, KeyMap};
 use crate::snapshot_file;
 
 /// A tenant record appended but not yet in the index: what the appender extracted from
@@ -209,7 +209,8 @@ impl TenantIndex {
             for record in view.keyed_records() {
                 if let Some(tenant) = record.tenant {
                     let entry = Self::entry(&mut self.tenants, tenant);
-                    Self::apply_hashed(entry, record.offset, record.key.map(key_hash), record.live);
+                    let update = (record.offset, record.key.map(key_hash), record.live);
+                    Self::apply_prefetched(entry, std::iter::once(update));
                 }
             }
         }
@@ -223,43 +224,27 @@ impl TenantIndex {
         tenants.get_mut(tenant).expect("present")
     }
 
-    /// Applies one tenant's updates (offset, key hash, live), a chunk at a time: every
-    /// slot of the chunk is prefetched before the first is updated, so the cache misses
-    /// overlap instead of each update waiting for its own.
+    /// Applies one tenant's updates (offset, key hash, live), in offset order; the key
+    /// changes go to the key map a chunk at a time, so their cache misses overlap
+    /// ([`KeyMap::apply`]).
     fn apply_prefetched(
         entry: &mut TenantKeys,
         updates: impl Iterator<Item = (u64, Option<u128>, bool)>,
     ) {
-        let mut chunk = [(0u64, None, false); PREFETCH_CHUNK];
+        let mut chunk = [KeyChange::default(); PREFETCH_CHUNK];
         let mut n = 0;
-        let flush = |entry: &mut TenantKeys, chunk: &[(u64, Option<u128>, bool)]| {
-            for &(offset, key, live) in chunk {
-                Self::apply_hashed(entry, offset, key, live);
-            }
-        };
-        for update in updates {
-            if let Some(k) = update.1 {
-                entry.keys.prefetch(k);
-            }
-            chunk[n] = update;
+        for (offset, key, live) in updates {
+            entry.latest_offset = Some(offset);
+            entry.events += 1;
+            let Some(key) = key else { continue };
+            chunk[n] = KeyChange { key, offset, live };
             n += 1;
             if n == PREFETCH_CHUNK {
-                flush(entry, &chunk);
+                entry.keys.apply(&chunk);
                 n = 0;
             }
         }
-        flush(entry, &chunk[..n]);
-    }
-
-    fn apply_hashed(entry: &mut TenantKeys, offset: u64, key: Option<u128>, live: bool) {
-        entry.latest_offset = Some(offset);
-        entry.events += 1;
-        let Some(key) = key else { return };
-        if live {
-            entry.keys.insert(key, offset);
-        } else {
-            entry.keys.remove(key);
-        }
+        entry.keys.apply(&chunk[..n]);
     }
 
     /// Marks offsets below `next` as reflected (for batches without tenants, or after a

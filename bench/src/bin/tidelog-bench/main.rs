@@ -107,7 +107,18 @@ struct Options {
 #[derive(Debug, Subcommand)]
 enum Scenario {
     /// Producers publish; the result is read back and verified.
-    Publish(Options),
+    Publish {
+        #[command(flatten)]
+        options: Options,
+        /// Tenant of every record (all producers then publish to its partition, and the
+        /// tenant index follows it) [default: records without a tenant].
+        #[arg(long)]
+        tenant: Option<String>,
+        /// With --tenant: every record gets a key drawn at random from this many
+        /// (`key-0000000042`), so the index updates one key per record [default: none].
+        #[arg(long, default_value_t = 0, requires = "tenant")]
+        keys: u64,
+    },
     /// Consumers fetch data already in the log from earliest.
     Consume(Options),
     /// A tenant's state extraction under concurrent writers, then the live catch-up.
@@ -163,6 +174,10 @@ pub struct Common {
     pub partitions: u32,
     pub duration: Option<Duration>,
     pub timeout: Duration,
+    /// Tenant of the published records (publish only).
+    pub tenant: Option<Vec<u8>>,
+    /// Keys the published records' keys are drawn from, 0 for no key (publish only).
+    pub keys: u64,
 }
 
 impl Common {
@@ -182,11 +197,13 @@ impl Common {
             partitions: o.partitions.max(1),
             duration: o.duration_secs.map(Duration::from_secs_f64),
             timeout: Duration::from_secs(o.timeout_secs),
+            tenant: None,
+            keys: 0,
         }
     }
 
     pub fn settings(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut settings = serde_json::json!({
             "record_size": self.record_size,
             "batch": self.batch,
             "in_flight": self.in_flight,
@@ -194,7 +211,12 @@ impl Common {
             "producers": self.producers,
             "consumers": self.consumers,
             "partitions": self.partitions,
-        })
+        });
+        if let Some(tenant) = &self.tenant {
+            settings["tenant"] = String::from_utf8_lossy(tenant).into();
+            settings["keys"] = self.keys.into();
+        }
+        settings
     }
 }
 
@@ -296,17 +318,21 @@ fn main() -> ExitCode {
     let counter = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let (name, options) = match &cli.scenario {
-        Scenario::Publish(o) => ("publish", o),
+        Scenario::Publish { options, .. } => ("publish", options),
         Scenario::Consume(o) => ("consume", o),
         Scenario::E2e { options, .. } => ("e2e", options),
         Scenario::Extract { options, .. } => ("extract", options),
         Scenario::Group { options, .. } => ("group", options),
         Scenario::Queue { options, .. } => ("queue", options),
     };
-    let common = Common::from(options, name);
+    let mut common = Common::from(options, name);
+    if let Scenario::Publish { tenant, keys, .. } = &cli.scenario {
+        common.tenant = tenant.as_ref().map(|t| t.as_bytes().to_vec());
+        common.keys = *keys;
+    }
     let bar = progress_bar(common.count, counter.clone(), done.clone());
     let result = match &cli.scenario {
-        Scenario::Publish(_) => scenarios::publish(&target, &common, &counter),
+        Scenario::Publish { .. } => scenarios::publish(&target, &common, &counter),
         Scenario::Consume(_) => scenarios::consume(&target, &common, &counter),
         Scenario::E2e { rate, .. } => scenarios::e2e(&target, &common, *rate, &counter),
         Scenario::Extract {

@@ -54,7 +54,10 @@ fn produce(
     progress: &AtomicU64,
 ) -> Result<(u64, u64, Histogram<u64>), String> {
     let client = target.connect()?;
-    let partition = producer % c.partitions;
+    // A tenant's records all go to its partition (as every client routes them).
+    let partition = c.tenant.as_deref().map_or(producer % c.partitions, |t| {
+        tidelog_protocol::partitioner::partition_for(Some(t), None, c.partitions).unwrap_or(0)
+    });
     let mut latency = histogram();
     let mut pending = VecDeque::new();
     let mut template: Option<Template> = None;
@@ -72,7 +75,7 @@ fn produce(
         }
         let n = (c.batch as u64).min(count - seq);
         if template.as_ref().is_none_or(|t| t.records != n as usize) {
-            template = Some(Template::new(n as usize, c.record_size, producer));
+            template = Some(Template::new(n as usize, c, producer));
         }
         let t = template.as_mut().expect("just built");
         let batch = t.fill(seq, payload::now_ns());
@@ -111,29 +114,49 @@ struct Template {
     bytes: Vec<u8>,
     /// Start of each record's value within `bytes`.
     value_at: Vec<usize>,
+    /// Start of each record's key's digits within `bytes` (empty without keys).
+    key_at: Vec<usize>,
+    /// Keys drawn from, and the state of the generator drawing them.
+    keys: u64,
+    draw: u64,
+}
+
+/// A key as the bench writes it: fixed width, so it can be rewritten in place.
+fn bench_key(n: u64) -> String {
+    format!("key-{n:010}")
 }
 
 impl Template {
-    fn new(records: usize, record_size: usize, producer: u32) -> Template {
+    fn new(records: usize, c: &Common, producer: u32) -> Template {
         let mut value = Vec::new();
-        payload::write(&mut value, record_size, producer, 0, 0);
+        payload::write(&mut value, c.record_size, producer, 0, 0);
+        let keyed = c.tenant.is_some() && c.keys > 0;
         let list: Vec<Record> = (0..records)
             .map(|_| Record {
                 value: Some(value.clone()),
+                tenant: c.tenant.clone(),
+                key: keyed.then(|| bench_key(0).into_bytes()),
                 ..Record::default()
             })
             .collect();
         let bytes = build_batch(&list, ProducerStamp::default());
         let view = tidelog_protocol::batch::validate(&bytes).expect("a built batch is valid");
         let base = bytes.as_ptr() as usize;
-        let value_at = view
-            .records()
-            .map(|r| r.expect("valid").value.expect("has a value").as_ptr() as usize - base)
-            .collect();
+        let (mut value_at, mut key_at) = (Vec::new(), Vec::new());
+        for r in view.records() {
+            let r = r.expect("valid");
+            value_at.push(r.value.expect("has a value").as_ptr() as usize - base);
+            if let Some(key) = r.key {
+                key_at.push(key.as_ptr() as usize - base + "key-".len());
+            }
+        }
         Template {
             records,
             bytes,
             value_at,
+            key_at,
+            keys: c.keys,
+            draw: 0x9E37_79B9_7F4A_7C15 ^ u64::from(producer).wrapping_mul(0xA24B_AED4_963E_E407),
         }
     }
 
@@ -144,6 +167,17 @@ impl Template {
         for (i, &at) in self.value_at.iter().enumerate() {
             self.bytes[at + 4..at + 12].copy_from_slice(&(first_seq + i as u64).to_le_bytes());
             self.bytes[at + 12..at + 20].copy_from_slice(&sent_ns.to_le_bytes());
+        }
+        for &at in &self.key_at {
+            // xorshift64: uniform enough over the keys, and the same sequence every run.
+            self.draw ^= self.draw << 13;
+            self.draw ^= self.draw >> 7;
+            self.draw ^= self.draw << 17;
+            let mut n = self.draw % self.keys;
+            for digit in self.bytes[at..at + 10].iter_mut().rev() {
+                *digit = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
         }
         let ts = ((sent_ns / 1_000_000) as i64).to_le_bytes();
         self.bytes[FIRST_TIMESTAMP_AT..FIRST_TIMESTAMP_AT + 8].copy_from_slice(&ts);

@@ -1,0 +1,77 @@
+//! The tenant index's hot path: applying queued updates (what the indexer thread does for
+//! every keyed record) to a tenant that already has many live keys, updated at random, and
+//! hashing a key (what the appender does per keyed record).
+//!
+//! Run: `cargo bench -p tidelog-bench --bench tenant_index`. Figures go in
+//! docs/BENCHMARKS.md.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tidelog_engine::key_map::key_hash;
+use tidelog_engine::tenant_index::{PendingUpdates, TenantIndex, Update};
+
+/// Updates applied per iteration (a few indexer rounds' worth).
+const UPDATES: usize = 16_384;
+
+fn queue(keys: u64, seed: &mut u64, first_offset: u64) -> PendingUpdates {
+    let mut pending = PendingUpdates::default();
+    let tenant = pending.intern(b"tenant-0042");
+    for i in 0..UPDATES {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        pending.updates.push(Update {
+            key: key_hash(format!("file-{:08}", *seed % keys).as_bytes()),
+            offset: first_offset + i as u64,
+            tenant,
+            flags: Update::HAS_KEY | Update::LIVE,
+        });
+    }
+    pending
+}
+
+fn apply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tenant_index_apply");
+    group.throughput(Throughput::Elements(UPDATES as u64));
+    for keys in [10_000u64, 1_000_000] {
+        let mut seed = 0x9E37_79B9_7F4A_7C15;
+        // The tenant's keys all present first: the steady state of a long-lived tenant
+        // (updates of existing keys at random, no table growth).
+        let mut index = TenantIndex::default();
+        let mut offset = 0;
+        let mut fill = PendingUpdates::default();
+        let tenant = fill.intern(b"tenant-0042");
+        for k in 0..keys {
+            fill.updates.push(Update {
+                key: key_hash(format!("file-{k:08}").as_bytes()),
+                offset: k,
+                tenant,
+                flags: Update::HAS_KEY | Update::LIVE,
+            });
+        }
+        index.apply_pending(&fill, |_| {});
+        offset += keys;
+        // Several queues, so one iteration does not find the previous one's slots cached.
+        let queues: Vec<PendingUpdates> = (0..8)
+            .map(|i| queue(keys, &mut seed, offset + (i * UPDATES) as u64))
+            .collect();
+        let mut next = 0;
+        group.bench_function(BenchmarkId::new("random_updates", keys), |b| {
+            b.iter(|| {
+                index.apply_pending(black_box(&queues[next % queues.len()]), |_| {});
+                next += 1;
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("key_hash");
+    let key = b"file-00123456";
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("xxh3_128_13B", |b| b.iter(|| key_hash(black_box(key))));
+    group.finish();
+}
+
+criterion_group!(benches, apply);
+criterion_main!(benches);
