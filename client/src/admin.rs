@@ -7,7 +7,7 @@ use tidelog_protocol::{
     TopicSettings,
 };
 
-use crate::connection::{Client, Frame};
+use crate::connection::{Client, Frame, PendingReply};
 use crate::error::{ClientError, Result};
 use crate::records::{decode_batches, ConsumedRecord};
 
@@ -33,6 +33,39 @@ pub struct FetchedBatches {
     pub next_offset: u64,
     /// The partition's next offset to be written, when the fetch was served.
     pub high_watermark: u64,
+}
+
+/// A [`Client::send_fetch_batches`] request in flight.
+#[derive(Debug)]
+pub struct PendingFetch {
+    reply: PendingReply,
+    from: u64,
+}
+
+impl PendingFetch {
+    /// Waits for the response; its batches are CRC-checked before they are returned.
+    pub fn wait(self) -> Result<FetchedBatches> {
+        let frame = self.reply.wait()?;
+        let (batches_at, batches_len, next_offset, high_watermark) = {
+            let response = frame.response()?;
+            let Response::Fetched(b) = response else {
+                return Err(unexpected("FETCH", &response));
+            };
+            // The batches are the body's tail.
+            let at = frame.body().len() - b.batches.len();
+            (at, b.batches.len(), b.next_offset, b.high_watermark)
+        };
+        let fetched = FetchedBatches {
+            frame,
+            batches_at,
+            batches_len,
+            from: self.from,
+            next_offset,
+            high_watermark,
+        };
+        fetched.check()?;
+        Ok(fetched)
+    }
 }
 
 impl FetchedBatches {
@@ -209,37 +242,39 @@ impl Client {
         max_bytes: u32,
         tenant: Option<&[u8]>,
     ) -> Result<FetchedBatches> {
-        let frame = self.request(&Request::Fetch {
-            topic,
-            partition,
-            start,
-            max_bytes,
-            max_wait_ms: 0,
-            tenant,
-        })?;
-        let (offset_in_frame, len, next_offset, high_watermark) = {
-            let response = frame.response()?;
-            let Response::Fetched(b) = response else {
-                return Err(unexpected("FETCH", &response));
-            };
-            let body = frame.body();
-            // The batches are the body's tail.
-            let at = body.len() - b.batches.len();
-            (at, b.batches.len(), b.next_offset, b.high_watermark)
-        };
-        let fetched = FetchedBatches {
-            frame,
-            batches_at: offset_in_frame,
-            batches_len: len,
+        self.send_fetch_batches(topic, partition, start, max_bytes, tenant)?
+            .wait()
+    }
+
+    /// Sends a [`Client::fetch_batches`] request without waiting for its response: a
+    /// consumer asks for the next range (from the previous response's `next_offset`)
+    /// before it processes the current one, so the server and the network work while it
+    /// does — as Kafka's consumer prefetches.
+    pub fn send_fetch_batches(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: StartAt,
+        max_bytes: u32,
+        tenant: Option<&[u8]>,
+    ) -> Result<PendingFetch> {
+        let reply = self
+            .send(&Request::Fetch {
+                topic,
+                partition,
+                start,
+                max_bytes,
+                max_wait_ms: 0,
+                tenant,
+            })?
+            .ok_or_else(|| ClientError::Protocol("FETCH expects a response".into()))?;
+        Ok(PendingFetch {
+            reply,
             from: match start {
                 StartAt::Offset(o) => o,
                 _ => 0,
             },
-            next_offset,
-            high_watermark,
-        };
-        fetched.check()?;
-        Ok(fetched)
+        })
     }
 
     /// Fetches records from `start`, waiting up to `max_wait` for data when there is none.

@@ -48,7 +48,7 @@ mod queue;
 mod records;
 mod subscription;
 
-pub use admin::{parse_ack, published, Fetched, FetchedBatches, TenantInfo};
+pub use admin::{parse_ack, published, Fetched, FetchedBatches, PendingFetch, TenantInfo};
 pub use connection::{Client, ConnectOptions, Frame, PendingReply, ServerInfo};
 pub use error::{ClientError, Result};
 pub use extract::{ExtractCriteria, ExtractEvent, ExtractThenFollow, TopicExtraction};

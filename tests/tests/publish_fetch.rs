@@ -88,6 +88,44 @@ fn publish_then_fetch_round_trips_every_field() {
 }
 
 #[test]
+fn pipelined_fetches_read_the_partition_exactly_once_in_order() {
+    let server = Server::start();
+    let client = server.client();
+    client.create_topic("t", settings(1)).expect("create");
+    for first in (0..2_000).step_by(100) {
+        let batch = build_batch(&records(first, 100), ProducerStamp::default());
+        client
+            .publish("t", 0, Ack::Written, &batch)
+            .expect("publish");
+    }
+    // Small fetches, the next one sent before the previous is read (as a prefetching
+    // consumer does), starting in the middle of a batch.
+    let fetch = |at: u64| {
+        client
+            .send_fetch_batches("t", 0, StartAt::Offset(at), 3_000, None)
+            .expect("send fetch")
+    };
+    let mut seen = Vec::new();
+    let mut next = Some(fetch(250));
+    let mut fetches = 0;
+    while let Some(pending) = next.take() {
+        let f = pending.wait().expect("fetch");
+        fetches += 1;
+        if f.next_offset < 2_000 {
+            next = Some(fetch(f.next_offset));
+        }
+        f.for_each(|r| seen.push((r.offset, r.value.map(<[u8]>::to_vec))))
+            .expect("records");
+    }
+    assert!(fetches > 10, "the partition took {fetches} fetches");
+    let expected: Vec<_> = (250..2_000u64)
+        .map(|i| (i, Some(format!("value {i}").into_bytes())))
+        .collect();
+    assert_eq!(seen, expected);
+    server.stop();
+}
+
+#[test]
 fn long_poll_returns_as_soon_as_data_arrives() {
     let server = Server::start();
     let client = server.client();
