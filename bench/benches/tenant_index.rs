@@ -8,53 +8,29 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tidelog_bench::{index_updates, random_keys};
 use tidelog_engine::key_map::key_hash;
-use tidelog_engine::tenant_index::{PendingUpdates, TenantIndex, Update};
+use tidelog_engine::tenant_index::{PendingUpdates, TenantIndex};
 
 /// Updates applied per iteration (a few indexer rounds' worth).
 const UPDATES: usize = 16_384;
-
-fn queue(keys: u64, seed: &mut u64, first_offset: u64) -> PendingUpdates {
-    let mut pending = PendingUpdates::default();
-    let tenant = pending.intern(b"tenant-0042");
-    for i in 0..UPDATES {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        pending.updates.push(Update {
-            key: key_hash(format!("file-{:08}", *seed % keys).as_bytes()),
-            offset: first_offset + i as u64,
-            tenant,
-            flags: Update::HAS_KEY | Update::LIVE,
-        });
-    }
-    pending
-}
+const TENANT: &[u8] = b"tenant-0042";
 
 fn apply(c: &mut Criterion) {
     let mut group = c.benchmark_group("tenant_index_apply");
     group.throughput(Throughput::Elements(UPDATES as u64));
     for keys in [10_000u64, 1_000_000] {
-        let mut seed = 0x9E37_79B9_7F4A_7C15;
         // The tenant's keys all present first: the steady state of a long-lived tenant
         // (updates of existing keys at random, no table growth).
         let mut index = TenantIndex::default();
-        let mut offset = 0;
-        let mut fill = PendingUpdates::default();
-        let tenant = fill.intern(b"tenant-0042");
-        for k in 0..keys {
-            fill.updates.push(Update {
-                key: key_hash(format!("file-{k:08}").as_bytes()),
-                offset: k,
-                tenant,
-                flags: Update::HAS_KEY | Update::LIVE,
-            });
-        }
-        index.apply_pending(&fill, |_| {});
-        offset += keys;
+        index.apply_pending(&index_updates(TENANT, 0..keys, 0), |_| {});
         // Several queues, so one iteration does not find the previous one's slots cached.
+        let mut seed = 0x9E37_79B9_7F4A_7C15;
         let queues: Vec<PendingUpdates> = (0..8)
-            .map(|i| queue(keys, &mut seed, offset + (i * UPDATES) as u64))
+            .map(|i| {
+                let first = keys + (i * UPDATES) as u64;
+                index_updates(TENANT, random_keys(&mut seed, keys, UPDATES), first)
+            })
             .collect();
         let mut next = 0;
         group.bench_function(BenchmarkId::new("random_updates", keys), |b| {

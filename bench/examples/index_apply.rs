@@ -6,10 +6,11 @@
 
 use std::time::Instant;
 
-use tidelog_engine::key_map::key_hash;
-use tidelog_engine::tenant_index::{PendingUpdates, TenantIndex, Update};
+use tidelog_bench::{index_updates, random_keys};
+use tidelog_engine::tenant_index::{PendingUpdates, TenantIndex};
 
 const QUEUE: u64 = 16_384;
+const TENANT: &[u8] = b"tenant-0042";
 
 fn main() {
     let args: Vec<u64> = std::env::args()
@@ -22,37 +23,14 @@ fn main() {
     let mut index = TenantIndex::default();
     let mut offset = 0;
     if warm {
-        let mut fill = PendingUpdates::default();
-        let tenant = fill.intern(b"tenant-0042");
-        for k in 0..keys {
-            fill.updates.push(Update {
-                key: key_hash(format!("file-{k:08}").as_bytes()),
-                offset: k,
-                tenant,
-                flags: Update::HAS_KEY | Update::LIVE,
-            });
-        }
-        index.apply_pending(&fill, |_| {});
+        index.apply_pending(&index_updates(TENANT, 0..keys, 0), |_| {});
         offset = keys;
     }
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let queues: Vec<PendingUpdates> = (0..updates.div_ceil(QUEUE))
-        .map(|_| {
-            let mut p = PendingUpdates::default();
-            let tenant = p.intern(b"tenant-0042");
-            for _ in 0..QUEUE {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                p.updates.push(Update {
-                    key: key_hash(format!("file-{:08}", seed % keys).as_bytes()),
-                    offset,
-                    tenant,
-                    flags: Update::HAS_KEY | Update::LIVE,
-                });
-                offset += 1;
-            }
-            p
+        .map(|q| {
+            let keys = random_keys(&mut seed, keys, QUEUE as usize);
+            index_updates(TENANT, keys, offset + q * QUEUE)
         })
         .collect();
     let start = Instant::now();

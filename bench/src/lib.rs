@@ -33,3 +33,39 @@ pub fn big_segment_topic(segment_bytes: u32) -> TopicConfig {
         ..TopicConfig::default()
     }
 }
+
+/// Queued tenant-index updates, as appends leave them for the indexer: one live record of
+/// `tenant` per key number, the key being `file-{n:08}`, at consecutive offsets from
+/// `first_offset`.
+pub fn index_updates(
+    tenant: &[u8],
+    keys: impl IntoIterator<Item = u64>,
+    first_offset: u64,
+) -> tidelog_engine::tenant_index::PendingUpdates {
+    use tidelog_engine::key_map::key_hash;
+    use tidelog_engine::tenant_index::{PendingUpdates, Update};
+    let mut pending = PendingUpdates::default();
+    let id = pending.intern(tenant);
+    for (i, k) in keys.into_iter().enumerate() {
+        pending.updates.push(Update {
+            key: key_hash(format!("file-{k:08}").as_bytes()),
+            offset: first_offset + i as u64,
+            tenant: id,
+            flags: Update::HAS_KEY | Update::LIVE,
+        });
+    }
+    pending
+}
+
+/// `n` key numbers drawn uniformly from `keys` by xorshift64 from `seed` (which it
+/// advances): the same sequence every run.
+pub fn random_keys(seed: &mut u64, keys: u64, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed % keys
+        })
+        .collect()
+}
