@@ -142,3 +142,25 @@ fn every_scenario_runs_and_verifies() {
         );
     }
 }
+
+#[test]
+fn publish_with_a_tenant_and_random_keys_verifies_and_says_so() {
+    let report = run(&[
+        "publish",
+        "--count",
+        "20000",
+        "--record-size",
+        "100",
+        "--producers",
+        "2",
+        "--partitions",
+        "3",
+        "--tenant",
+        "acme",
+        "--keys",
+        "1000",
+    ]);
+    check(&report, "publish", 20000);
+    assert_eq!(report["settings"]["tenant"], "acme", "{report}");
+    assert_eq!(report["settings"]["keys"], 1000, "{report}");
+}

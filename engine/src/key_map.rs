@@ -10,9 +10,9 @@
 //! - With a million keys updated at random nearly every update misses the CPU caches and
 //!   the TLB. So: one table (a key's slot is computed, not found through a shard list),
 //!   changes applied a chunk at a time with all their slots prefetched first
-//!   ([`KeyMap::apply`]) so their misses overlap, and tables of [`HUGE_TABLE_BYTES`] or more in their own anonymous
-//!   mapping advised for transparent huge pages (one TLB entry per 2 MiB instead of per
-//!   4 KiB). Measured on the project machine (C model of the same loop): 25 ns per update
+//!   ([`KeyMap::apply`]) so their misses overlap, and tables of [`HUGE_TABLE_BYTES`] or
+//!   more in their own anonymous mapping advised for transparent huge pages (one TLB
+//!   entry per 2 MiB instead of per 4 KiB). Measured on the project machine (C model of the same loop): 25 ns per update
 //!   with 4096 shards on 4 KiB pages, 14 ns with one table on huge pages.
 //! - The map is owned by its partition's index alone (the indexer thread, or whoever holds
 //!   the index lock): an update is plain loads and stores, no reference count. A snapshot

@@ -4,6 +4,8 @@
 //! ```text
 //! tidelog-bench [--server ADDR | --spawn-server] [--json] SCENARIO [options]
 //!   publish   P producers publish --count records; then all are read back and verified
+//!             (--tenant T [--keys K]: every record of tenant T, with a key drawn at
+//!             random from K, so the tenant index works as it would in production)
 //!   consume   the topic is filled (untimed), then C consumers fetch it from earliest
 //!   e2e       subscribers first, then producers (flat out, or --rate records/s);
 //!             latency = publish call → delivery, from timestamps in the payload
