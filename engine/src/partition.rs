@@ -414,8 +414,8 @@ impl Partition {
         w.active.append(batch_bytes, &header, base_offset)?;
         // Queued before the offsets are published: whoever sees the offsets and then
         // drains the queue finds these.
-        let queued = if updates.is_empty() {
-            0
+        let (queued, roll_queued) = if updates.is_empty() {
+            (0, false)
         } else {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             if let [tenant] = tenants[..] {
@@ -435,7 +435,7 @@ impl Partition {
                     });
                 }
             }
-            pending.updates.len()
+            (pending.updates.len(), !pending.rolls.is_empty())
         };
         let last_offset = base_offset + u64::from(header.last_offset_delta);
         if header.producer_id != 0 {
@@ -453,9 +453,11 @@ impl Partition {
         if queued > self.index_lag.hard {
             // The index is far behind: wait for it (and help).
             drop(self.index_up_to(last_offset + 1));
-        } else if queued > self.index_lag.soft {
+        } else if queued > self.index_lag.soft && !roll_queued {
             // Behind: pay for the index here, unless the indexer is at it already — it has
-            // taken the queue, and these updates came in during its round.
+            // taken the queue, and these updates came in during its round. Not when the
+            // queue holds a segment boundary: passing one encodes the index's checkpoint
+            // (O(keys)), work for the indexer (poked at the roll), not for a publish.
             match self.index.try_lock() {
                 Ok(mut state) => self.catch_up(&mut state, last_offset + 1),
                 Err(std::sync::TryLockError::Poisoned(p)) => {
