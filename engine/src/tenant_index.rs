@@ -116,8 +116,8 @@ pub struct TenantIndex {
 }
 
 const MAGIC: &[u8; 4] = b"TLT2";
-/// Updates hashed and prefetched together (more than the CPU's outstanding misses gains
-/// nothing; the hashes live on the stack).
+/// Key changes handed to [`KeyMap::apply`] at once, their slots prefetched together (more
+/// than the CPU's outstanding misses gains nothing; the chunk lives on the stack).
 const PREFETCH_CHUNK: usize = 32;
 
 impl TenantIndex {
