@@ -5,7 +5,9 @@
 //! tidelog-bench [--server ADDR | --spawn-server] [--json] SCENARIO [options]
 //!   publish   P producers publish --count records; then all are read back and verified
 //!             (--tenant T [--keys K]: every record of tenant T, with a key drawn at
-//!             random from K, so the tenant index works as it would in production)
+//!             random from K, so the tenant index works as it would in production;
+//!             --prefill N: N records first, untimed, for the steady state of a topic
+//!             with history and a long-lived tenant)
 //!   consume   the topic is filled (untimed), then C consumers fetch it from earliest
 //!   e2e       subscribers first, then producers (flat out, or --rate records/s);
 //!             latency = publish call → delivery, from timestamps in the payload
@@ -120,6 +122,11 @@ enum Scenario {
         /// (`key-0000000042`), so the index updates one key per record [default: none].
         #[arg(long, default_value_t = 0, requires = "tenant")]
         keys: u64,
+        /// Records published before the clock starts, with the same settings (not timed,
+        /// not read back): a topic with history, and with --keys a long-lived tenant whose
+        /// keys the index already holds, so the run measures the steady state.
+        #[arg(long, default_value_t = 0)]
+        prefill: u64,
     },
     /// Consumers fetch data already in the log from earliest.
     Consume(Options),
@@ -180,6 +187,8 @@ pub struct Common {
     pub tenant: Option<Vec<u8>>,
     /// Keys the published records' keys are drawn from, 0 for no key (publish only).
     pub keys: u64,
+    /// Records published untimed before the measured run (publish only).
+    pub prefill: u64,
 }
 
 impl Common {
@@ -201,6 +210,7 @@ impl Common {
             timeout: Duration::from_secs(o.timeout_secs),
             tenant: None,
             keys: 0,
+            prefill: 0,
         }
     }
 
@@ -217,6 +227,9 @@ impl Common {
         if let Some(tenant) = &self.tenant {
             settings["tenant"] = String::from_utf8_lossy(tenant).into();
             settings["keys"] = self.keys.into();
+        }
+        if self.prefill > 0 {
+            settings["prefill"] = self.prefill.into();
         }
         settings
     }
@@ -328,9 +341,16 @@ fn main() -> ExitCode {
         Scenario::Queue { options, .. } => ("queue", options),
     };
     let mut common = Common::from(options, name);
-    if let Scenario::Publish { tenant, keys, .. } = &cli.scenario {
+    if let Scenario::Publish {
+        tenant,
+        keys,
+        prefill,
+        ..
+    } = &cli.scenario
+    {
         common.tenant = tenant.as_ref().map(|t| t.as_bytes().to_vec());
         common.keys = *keys;
+        common.prefill = *prefill;
     }
     let bar = progress_bar(common.count, counter.clone(), done.clone());
     let result = match &cli.scenario {

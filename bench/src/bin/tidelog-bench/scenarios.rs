@@ -49,6 +49,7 @@ fn produce(
     target: &Target,
     c: &Common,
     producer: u32,
+    mut keys: Option<KeyDraws>,
     count: u64,
     rate: Option<f64>,
     progress: &AtomicU64,
@@ -78,7 +79,7 @@ fn produce(
             template = Some(Template::new(n as usize, c, producer));
         }
         let t = template.as_mut().expect("just built");
-        let batch = t.fill(seq, payload::now_ns());
+        let batch = t.fill(seq, payload::now_ns(), keys.as_mut());
         let reply = client
             .send(&tidelog_protocol::Request::Publish {
                 topic: &c.topic,
@@ -116,9 +117,61 @@ struct Template {
     value_at: Vec<usize>,
     /// Start of each record's key's digits within `bytes` (empty without keys).
     key_at: Vec<usize>,
-    /// Keys drawn from, and the state of the generator drawing them.
-    keys: u64,
-    draw: u64,
+}
+
+/// Digits of the keys a producer's records get, drawn at random before the clock starts
+/// (a real producer has its keys in hand: making them must not weigh on the figure),
+/// used in turn and cyclically.
+struct KeyDraws {
+    digits: Vec<[u8; 10]>,
+    next: usize,
+}
+
+/// Keys drawn ahead by all producers of a run together, at most (10 bytes each; a run
+/// longer than this reuses its draws in the same order).
+const KEY_DRAWS_MAX: u64 = 1 << 22;
+
+/// "00" to "99": the decimal digits of every number below 100, two bytes each.
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+impl KeyDraws {
+    /// `n` keys drawn uniformly from `keys` by xorshift64 from `seed` (the same draws
+    /// every run).
+    fn new(keys: u64, n: u64, seed: u64) -> KeyDraws {
+        // xorshift64 stays at 0 from 0.
+        let mut draw = if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        };
+        let digits = (0..n.max(1))
+            .map(|_| {
+                draw ^= draw << 13;
+                draw ^= draw >> 7;
+                draw ^= draw << 17;
+                // Lemire's multiply-shift: onto 0..keys without a division.
+                let mut k = ((u128::from(draw) * u128::from(keys)) >> 64) as u64;
+                let mut d = [0u8; 10];
+                for pair in d.chunks_exact_mut(2).rev() {
+                    let two = (k % 100) as usize * 2;
+                    pair.copy_from_slice(&DIGIT_PAIRS[two..two + 2]);
+                    k /= 100;
+                }
+                d
+            })
+            .collect();
+        KeyDraws { digits, next: 0 }
+    }
+
+    fn take(&mut self) -> &[u8; 10] {
+        let i = self.next;
+        self.next = (i + 1) % self.digits.len();
+        &self.digits[i]
+    }
 }
 
 /// A key as the bench writes it: fixed width, so it can be rewritten in place.
@@ -155,12 +208,11 @@ impl Template {
             bytes,
             value_at,
             key_at,
-            keys: c.keys,
-            draw: 0x9E37_79B9_7F4A_7C15 ^ u64::from(producer).wrapping_mul(0xA24B_AED4_963E_E407),
         }
     }
 
-    fn fill(&mut self, first_seq: u64, sent_ns: u64) -> &[u8] {
+    /// The batch for records `first_seq..`, sent at `sent_ns`, keyed from `keys`.
+    fn fill(&mut self, first_seq: u64, sent_ns: u64, keys: Option<&mut KeyDraws>) -> &[u8] {
         use tidelog_protocol::batch::{
             CRC_AT, CRC_COVERED_FROM, FIRST_TIMESTAMP_AT, MAX_TIMESTAMP_AT,
         };
@@ -168,15 +220,9 @@ impl Template {
             self.bytes[at + 4..at + 12].copy_from_slice(&(first_seq + i as u64).to_le_bytes());
             self.bytes[at + 12..at + 20].copy_from_slice(&sent_ns.to_le_bytes());
         }
-        for &at in &self.key_at {
-            // xorshift64: uniform enough over the keys, and the same sequence every run.
-            self.draw ^= self.draw << 13;
-            self.draw ^= self.draw >> 7;
-            self.draw ^= self.draw << 17;
-            let mut n = self.draw % self.keys;
-            for digit in self.bytes[at..at + 10].iter_mut().rev() {
-                *digit = b'0' + (n % 10) as u8;
-                n /= 10;
+        if let Some(keys) = keys {
+            for &at in &self.key_at {
+                self.bytes[at..at + 10].copy_from_slice(keys.take());
             }
         }
         let ts = ((sent_ns / 1_000_000) as i64).to_le_bytes();
@@ -207,7 +253,33 @@ pub fn run_producers(
     rate: Option<f64>,
     progress: &Arc<AtomicU64>,
 ) -> Result<(Vec<u64>, u64, f64, Histogram<u64>), String> {
+    run_producers_round(target, c, 0, rate, progress)
+}
+
+/// [`run_producers`], drawing keys for `round` (0 for the measured run; a prefill
+/// draws others).
+fn run_producers_round(
+    target: &Target,
+    c: &Common,
+    round: u32,
+    rate: Option<f64>,
+    progress: &Arc<AtomicU64>,
+) -> Result<(Vec<u64>, u64, f64, Histogram<u64>), String> {
     let counts = shares(c.count, c.producers);
+    let keyed = c.tenant.is_some() && c.keys > 0;
+    let per_producer = KEY_DRAWS_MAX / u64::from(c.producers.max(1));
+    let mut draws: Vec<Option<KeyDraws>> = counts
+        .iter()
+        .enumerate()
+        .map(|(p, &n)| {
+            keyed.then(|| {
+                let seed = 0x9E37_79B9_7F4A_7C15
+                    ^ (p as u64).wrapping_mul(0xA24B_AED4_963E_E407)
+                    ^ u64::from(round).wrapping_mul(0x9FB2_1C65_1E98_DF25);
+                KeyDraws::new(c.keys, n.min(per_producer), seed)
+            })
+        })
+        .collect();
     let started = Instant::now();
     let handles: Vec<_> = counts
         .iter()
@@ -215,7 +287,8 @@ pub fn run_producers(
         .map(|(p, &n)| {
             let (target, c, progress) = (target.clone(), c.clone(), progress.clone());
             let rate = rate.map(|r| r / f64::from(c.producers.max(1)));
-            std::thread::spawn(move || produce(&target, &c, p as u32, n, rate, &progress))
+            let keys = draws[p].take();
+            std::thread::spawn(move || produce(&target, &c, p as u32, keys, n, rate, &progress))
         })
         .collect();
     let mut latency = histogram();
@@ -236,20 +309,23 @@ const FETCH_BYTES: u32 = 4 << 20;
 
 /// Reads every partition from the earliest offset to its end and feeds the verifier;
 /// with `consumers` threads each owning partitions `i, i + consumers, ...`.
+/// `from`: where to start in each partition (by partition; earliest where absent).
 fn read_back(
     target: &Target,
     c: &Common,
+    from: &[u64],
     verifier: &Arc<Mutex<Verifier>>,
     consumers: u32,
     progress: &Arc<AtomicU64>,
 ) -> Result<(u64, u64), String> {
     let handles: Vec<_> = (0..consumers.max(1))
         .map(|i| {
-            let (target, c, verifier, progress) = (
+            let (target, c, verifier, progress, from) = (
                 target.clone(),
                 c.clone(),
                 verifier.clone(),
                 progress.clone(),
+                from.to_vec(),
             );
             std::thread::spawn(move || -> Result<(u64, u64), String> {
                 let client = target.connect()?;
@@ -270,7 +346,9 @@ fn read_back(
                             )
                             .map_err(|e| format!("fetch: {e}"))
                     };
-                    let mut at = o.earliest;
+                    let mut at = from
+                        .get(o.partition as usize)
+                        .map_or(o.earliest, |&f| f.max(o.earliest));
                     let mut next = (at < o.next).then(|| fetch(at)).transpose()?;
                     while let Some(pending) = next.take() {
                         // Records read in place from the received frame (CRC-checked
@@ -316,12 +394,37 @@ fn read_back(
 }
 
 pub fn publish(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result<Report, String> {
-    create_topic(&target.connect()?, c)?;
+    let client = target.connect()?;
+    create_topic(&client, c)?;
+    let mut from = Vec::new();
+    if c.prefill > 0 {
+        let fill = Common {
+            count: c.prefill,
+            duration: None,
+            ..c.clone()
+        };
+        run_producers_round(target, &fill, 1, None, &Arc::new(AtomicU64::new(0)))?;
+        if let Some(tenant) = &c.tenant {
+            // Asking catches the index up: the prefill's share of its work stays out of
+            // the measured run.
+            client
+                .tenant_info(&c.topic, tenant)
+                .map_err(|e| format!("tenant info: {e}"))?;
+        }
+        let offsets = client.offsets(&c.topic).map_err(|e| e.to_string())?;
+        from = vec![0; c.partitions as usize];
+        for o in offsets {
+            if let Some(f) = from.get_mut(o.partition as usize) {
+                *f = o.next;
+            }
+        }
+    }
     let (counts, bytes, seconds, latency) = run_producers(target, c, None, progress)?;
     let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
     read_back(
         target,
         c,
+        &from,
         &verifier,
         c.consumers,
         &Arc::new(AtomicU64::new(0)),
@@ -347,7 +450,7 @@ pub fn consume(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result
     let (counts, _, _, _) = run_producers(target, &fill, None, &Arc::new(AtomicU64::new(0)))?;
     let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
     let started = Instant::now();
-    let (records, bytes) = read_back(target, c, &verifier, c.consumers, progress)?;
+    let (records, bytes) = read_back(target, c, &[], &verifier, c.consumers, progress)?;
     let seconds = started.elapsed().as_secs_f64();
     let verdict = verifier.lock().unwrap_or_else(|p| p.into_inner()).verdict();
     Ok(Report {
@@ -694,4 +797,55 @@ pub fn extract(
         verdict: Some(verdict),
         settings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_batches_carry_decimal_draws_below_the_key_count_spread_over_it() {
+        let c = Common {
+            topic: "t".into(),
+            count: 0,
+            record_size: 100,
+            batch: 500,
+            in_flight: 1,
+            ack: Ack::Written,
+            producers: 1,
+            consumers: 1,
+            partitions: 1,
+            duration: None,
+            timeout: Duration::from_secs(1),
+            tenant: Some(b"acme".to_vec()),
+            keys: 1000,
+            prefill: 0,
+        };
+        let mut t = Template::new(500, &c, 0);
+        // Fewer draws than records: they are reused in turn.
+        let mut keys = KeyDraws::new(1000, 7000, 42);
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..20 {
+            let bytes = t.fill(round * 500, 1, Some(&mut keys)).to_vec();
+            let view = tidelog_protocol::batch::validate(&bytes).expect("refilled batch is valid");
+            for r in view.records() {
+                let key = std::str::from_utf8(r.expect("valid").key.expect("keyed")).unwrap();
+                let n: u64 = key
+                    .strip_prefix("key-")
+                    .expect("prefix")
+                    .parse()
+                    .expect("digits");
+                assert!(n < 1000, "{key}");
+                assert_eq!(key, bench_key(n), "fixed width");
+                seen.insert(n);
+            }
+        }
+        // 7 000 uniform draws over 1 000 keys miss a given key with probability e^-7.
+        assert!(seen.len() > 980, "{} distinct keys", seen.len());
+        // Another seed, other draws.
+        assert_ne!(
+            KeyDraws::new(1000, 50, 43).digits,
+            KeyDraws::new(1000, 50, 42).digits
+        );
+    }
 }
