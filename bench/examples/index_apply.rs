@@ -23,7 +23,7 @@ fn main() {
     let mut index = TenantIndex::default();
     let mut offset = 0;
     if warm {
-        index.apply_pending(&index_updates(TENANT, 0..keys, 0), |_| {});
+        index.apply_pending(&index_updates(TENANT, 0..keys, 0));
         offset = keys;
     }
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -35,7 +35,7 @@ fn main() {
         .collect();
     let start = Instant::now();
     for q in &queues {
-        index.apply_pending(q, |_| {});
+        index.apply_pending(q);
     }
     let elapsed = start.elapsed();
     let n = queues.len() as u64 * QUEUE;

@@ -1,12 +1,13 @@
 //! The indexer thread: keeps every partition's tenant/key index right behind its log, off
 //! the append path.
 //!
-//! Updating the index for a keyed record means hashing its key and updating a slot in a
-//! table of up to millions of keys — with keys updated at random, a cache miss per
-//! record, which on the appending thread cost as much again as the append itself. So the
-//! index is a consumer of its own log: the appender only notes that there is work
-//! ([`Indexer::poke`]); this thread reads the new batches back from the mapping (still in
-//! the CPU caches) and applies them, on another core.
+//! Updating the index for a keyed record means updating a slot in a table of up to
+//! millions of keys — with keys updated at random, a cache miss per record, which on the
+//! appending thread cost as much again as the append itself. So the appender only queues
+//! what each tenant record changes (key hash, offset, tombstone: 32 bytes, noted in the
+//! batch's validation walk while its bytes are in the cache) and wakes this thread once
+//! per `partition::INDEX_POKE_AT` queued updates ([`Indexer::poke`]); this thread applies
+//! the queue, on the other core.
 //!
 //! Invariants (the index's side is in `Partition::index_up_to`):
 //! - the index reflects exactly the offsets below its `next_offset`, every one of them:
@@ -14,9 +15,10 @@
 //! - whoever needs the index current — an extraction fixing its watermark, tenant info,
 //!   compaction, retention, close — catches it up itself under that lock, so nobody waits
 //!   on this thread and nobody reads an index missing an acknowledged record;
-//! - the lag is bounded: an appender that finds the index more than
-//!   `partition::INDEX_LAG_MAX` records behind catches it up itself before returning —
-//!   the back-pressure when this thread cannot keep up.
+//! - the lag is bounded (`config::IndexLag`): an appender that finds more than `soft`
+//!   updates queued applies them itself unless this thread is at it, and past `hard` it
+//!   waits for the index whatever it is doing — the back-pressure when this thread cannot
+//!   keep up.
 //!
 //! A partition is queued at most once (its `index_queued` flag), so a busy partition costs
 //! one wake-up per round of this thread, not one per append.

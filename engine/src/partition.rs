@@ -141,9 +141,15 @@ struct Writer {
 pub(crate) struct IndexState {
     /// Tenant → key → latest offset, for the offsets below `tenants.next_offset()`.
     pub(crate) tenants: TenantIndex,
-    /// The index as of the latest segment boundary it passed, encoded, to be written once
-    /// that boundary is durable (a checkpoint never covers data that is not).
-    at_roll: Option<(u64, Vec<u8>)>,
+    /// A segment boundary was passed since the last checkpoint was encoded: the indexer
+    /// thread owes one. Only it encodes (O(keys): tens of ms for millions of keys), so
+    /// whoever else catches the index up — an extraction on the event loop, an appender —
+    /// never pays for it.
+    checkpoint_owed: bool,
+    /// The index encoded by the indexer, with the offset it covers (every record below),
+    /// to be written once the log is durable that far (a checkpoint never covers data
+    /// that is not).
+    checkpoint: Option<(u64, Vec<u8>)>,
     /// The pending updates being applied (swapped with `Partition::pending`, so both
     /// buffers keep their capacity).
     drained: PendingUpdates,
@@ -181,6 +187,9 @@ pub struct Partition {
     pending: Mutex<PendingUpdates>,
     /// Queued with the indexer thread.
     index_queued: AtomicBool,
+    /// A tenant index checkpoint is owed or encoded and not yet written: the next flush
+    /// must give the indexer a round.
+    checkpoint_waiting: AtomicBool,
     /// This partition as the indexer thread holds it (set when it is put in its `Arc`).
     me: OnceLock<Weak<Partition>>,
     indexer: IndexerHandle,
@@ -245,11 +254,13 @@ impl Partition {
             }),
             index: Mutex::new(IndexState {
                 tenants: recovered.tenants,
-                at_roll: None,
+                checkpoint_owed: false,
+                checkpoint: None,
                 drained: PendingUpdates::default(),
             }),
             pending: Mutex::new(PendingUpdates::default()),
             index_queued: AtomicBool::new(false),
+            checkpoint_waiting: AtomicBool::new(false),
             me: OnceLock::new(),
             indexer: services.indexer.clone(),
             index_lag: services.index_lag,
@@ -412,12 +423,14 @@ impl Partition {
         }
         let base_offset = self.next_offset.load(Ordering::Relaxed);
         w.active.append(batch_bytes, &header, base_offset)?;
+        let last_offset = base_offset + u64::from(header.last_offset_delta);
         // Queued before the offsets are published: whoever sees the offsets and then
         // drains the queue finds these.
-        let (queued, roll_queued) = if updates.is_empty() {
-            (0, false)
+        let queued = if updates.is_empty() {
+            0
         } else {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.end = last_offset + 1;
             if let [tenant] = tenants[..] {
                 let id = pending.intern(tenant);
                 pending.updates.extend(updates.iter().map(|u| Update {
@@ -435,9 +448,8 @@ impl Partition {
                     });
                 }
             }
-            (pending.updates.len(), !pending.rolls.is_empty())
+            pending.updates.len()
         };
-        let last_offset = base_offset + u64::from(header.last_offset_delta);
         if header.producer_id != 0 {
             w.producers.record(
                 header.producer_id,
@@ -453,17 +465,20 @@ impl Partition {
         if queued > self.index_lag.hard {
             // The index is far behind: wait for it (and help).
             drop(self.index_up_to(last_offset + 1));
-        } else if queued > self.index_lag.soft && !roll_queued {
+        } else if queued > self.index_lag.soft {
             // Behind: pay for the index here, unless the indexer is at it already — it has
-            // taken the queue, and these updates came in during its round. Not when the
-            // queue holds a segment boundary: passing one encodes the index's checkpoint
-            // (O(keys)), work for the indexer (poked at the roll), not for a publish.
-            match self.index.try_lock() {
+            // taken the queue, and these updates came in during its round. (A segment
+            // boundary in the queue costs nothing more here: the checkpoint it calls for
+            // is the indexer's to encode.)
+            let passed_roll = match self.index.try_lock() {
                 Ok(mut state) => self.catch_up(&mut state, last_offset + 1),
                 Err(std::sync::TryLockError::Poisoned(p)) => {
                     self.catch_up(&mut p.into_inner(), last_offset + 1)
                 }
-                Err(std::sync::TryLockError::WouldBlock) => self.poke_indexer(),
+                Err(std::sync::TryLockError::WouldBlock) => true,
+            };
+            if passed_roll {
+                self.poke_indexer();
             }
         } else if queued >= INDEX_POKE_AT && queued - updates.len() < INDEX_POKE_AT {
             // Wake the indexer once per INDEX_POKE_AT updates, not per append (a wake-up
@@ -731,9 +746,9 @@ impl Partition {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty();
-        if !unsealed.is_empty() || index_behind {
-            // A sealed roll may make the tenant index's pending checkpoint writable, and
-            // updates short of a wake-up's worth should not wait for more appends.
+        if index_behind || self.checkpoint_waiting.load(Ordering::Acquire) {
+            // This flush may make the tenant index's checkpoint writable, and updates short
+            // of a wake-up's worth should not wait for more appends.
             self.poke_indexer();
         }
         Ok(())
@@ -857,7 +872,9 @@ impl Partition {
         drop(w);
         let encoded = {
             let mut state = self.index_up_to(next);
-            state.at_roll = None;
+            state.checkpoint = None;
+            state.checkpoint_owed = false;
+            self.checkpoint_waiting.store(false, Ordering::Release);
             state.tenants.encode()
         };
         fsio::write_atomic(&self.dir.join(TENANT_INDEX_FILE), &encoded, true)?;
@@ -876,49 +893,78 @@ impl Partition {
     /// freeze it at that instant.
     pub(crate) fn index_up_to(&self, target: u64) -> MutexGuard<'_, IndexState> {
         let mut state = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        self.catch_up(&mut state, target);
+        if self.catch_up(&mut state, target) {
+            self.poke_indexer(); // for the checkpoint now owed
+        }
         state
     }
 
-    /// [`Partition::index_up_to`] with the index lock already held.
-    fn catch_up(&self, state: &mut IndexState, target: u64) {
+    /// [`Partition::index_up_to`] with the index lock already held. True when the updates
+    /// applied passed a segment boundary (a checkpoint is then owed).
+    fn catch_up(&self, state: &mut IndexState, target: u64) -> bool {
         let mut drained = std::mem::take(&mut state.drained);
         std::mem::swap(
             &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()),
             &mut drained,
         );
+        let passed_roll = !drained.rolls.is_empty();
+        // Whole batches: the index never stops inside one (a checkpoint covers whole
+        // batches, and replay resumes at a batch boundary).
+        let end = drained.end;
         if !drained.is_empty() {
-            let mut stash = None;
-            state.tenants.apply_pending(&drained, |index| {
-                // A segment boundary: the index as of the roll, checkpointed once durable.
-                // Encoded here (O(keys), once per segment; appends go on meanwhile).
-                stash = Some((index.next_offset(), index.encode()));
-            });
-            if stash.is_some() {
-                state.at_roll = stash;
-            }
+            state.tenants.apply_pending(&drained);
             drained.clear();
         }
+        if passed_roll {
+            state.checkpoint_owed = true;
+            self.checkpoint_waiting.store(true, Ordering::Release);
+        }
         state.drained = drained;
-        state.tenants.advance_to(target);
+        state.tenants.advance_to(target.max(end));
+        passed_roll
     }
 
-    /// The indexer thread's round for this partition: catch the index up, then write its
-    /// checkpoint if the roll it was taken at is durable now.
+    /// The indexer thread's round for this partition: catch the index up; encode the
+    /// checkpoint owed since a segment roll (as the index stands now) unless one is
+    /// waiting already; write the newest one the log is durable as far as.
     pub(crate) fn index_in_background(&self) {
         self.index_queued.store(false, Ordering::Release);
-        let due = {
-            let mut state = self.index_up_to(self.next_offset());
+        let (due, waiting_for) = {
+            let mut state = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            self.catch_up(&mut state, self.next_offset());
             let durable = self.durable_offset();
-            match &state.at_roll {
-                Some((covers, _)) if *covers <= durable => state.at_roll.take(),
-                _ => None,
+            let writable = |c: &Option<(u64, Vec<u8>)>| {
+                c.as_ref().is_some_and(|(covers, _)| *covers <= durable)
+            };
+            let mut due = None;
+            if writable(&state.checkpoint) {
+                due = state.checkpoint.take();
             }
+            if state.checkpoint_owed && state.checkpoint.is_none() {
+                // Once per segment roll: O(keys), here rather than on whoever else
+                // drained the roll. Appends go on meanwhile.
+                state.checkpoint = Some((state.tenants.next_offset(), state.tenants.encode()));
+                state.checkpoint_owed = false;
+                if writable(&state.checkpoint) {
+                    due = state.checkpoint.take(); // supersedes an older one
+                }
+            }
+            // Under the index lock, so a roll drained meanwhile is not missed.
+            self.checkpoint_waiting.store(
+                state.checkpoint.is_some() || state.checkpoint_owed,
+                Ordering::Release,
+            );
+            (due, state.checkpoint.as_ref().map(|(covers, _)| *covers))
         };
         if let Some((_, encoded)) = due {
             if let Err(e) = fsio::write_atomic(&self.dir.join(TENANT_INDEX_FILE), &encoded, true) {
                 tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "could not write tenant index checkpoint");
             }
+        }
+        // A flush that made the waiting checkpoint writable during this round may have
+        // seen no checkpoint waiting: another round then.
+        if waiting_for.is_some_and(|covers| covers <= self.durable_offset()) {
+            self.poke_indexer();
         }
     }
 
@@ -968,5 +1014,128 @@ impl Partition {
             live_keys: t.keys.len() as u64,
             events: t.events,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::indexer::Indexer;
+    use tidelog_protocol::builder::{build_batch, ProducerStamp, Record};
+
+    /// A partition whose indexer has no thread: its rounds run only when the test calls
+    /// `index_in_background`.
+    fn partition_without_indexer_thread(dir: &Path) -> Arc<Partition> {
+        let config = TopicConfig {
+            partitions: 1,
+            segment_bytes: 64 << 10,
+            index_interval_bytes: 512,
+            batch_bytes_max: 64 << 10,
+            ..TopicConfig::default()
+        };
+        let sync = SyncPolicy::default();
+        let opened = crate::recovery::open_partition(
+            dir,
+            &config,
+            crate::config::RecoveryPolicy::default(),
+            false,
+            &sync,
+        )
+        .expect("open");
+        let services = Services {
+            sync,
+            watcher: WatcherSlot::default(),
+            indexer: Arc::new(Indexer::default()),
+            index_lag: crate::config::IndexLag::default(),
+        };
+        Partition::from_recovered(
+            "t".into(),
+            0,
+            dir.into(),
+            config,
+            opened.recovered,
+            &services,
+        )
+        .expect("partition")
+        .into_arc()
+    }
+
+    fn keyed_batch(first_key: u64) -> Vec<u8> {
+        let records: Vec<Record> = (first_key..first_key + 10)
+            .map(|k| Record {
+                tenant: Some(b"acme".to_vec()),
+                key: Some(format!("key-{}", k % 300).into_bytes()),
+                value: Some(vec![7; 500]),
+                ..Record::default()
+            })
+            .collect();
+        build_batch(&records, ProducerStamp::default())
+    }
+
+    fn checkpoint_covers(p: &Partition) -> Option<u64> {
+        std::fs::read(p.dir().join(TENANT_INDEX_FILE))
+            .ok()
+            .and_then(|b| TenantIndex::decode(&b).ok())
+            .map(|i| i.next_offset())
+    }
+
+    #[test]
+    fn the_index_stops_only_between_batches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = partition_without_indexer_thread(dir.path());
+        // A tenant record, then one without a tenant (it queues no update).
+        let batch = build_batch(
+            &[
+                Record {
+                    tenant: Some(b"acme".to_vec()),
+                    key: Some(b"k".to_vec()),
+                    value: Some(b"v".to_vec()),
+                    ..Record::default()
+                },
+                Record {
+                    value: Some(b"plain".to_vec()),
+                    ..Record::default()
+                },
+            ],
+            ProducerStamp::default(),
+        );
+        p.append(&batch).expect("append");
+        // A caller whose target was read before the append drains its update: the index
+        // must still cover the whole batch, not stop after the tenant record (a checkpoint
+        // there would make recovery apply the batch's first record twice).
+        let state = p.index_up_to(0);
+        assert_eq!(state.tenants.next_offset(), 2);
+    }
+
+    #[test]
+    fn an_extraction_that_drains_a_roll_leaves_the_checkpoint_to_the_indexer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = partition_without_indexer_thread(dir.path());
+        let mut k = 0;
+        while p.segments().len() < 3 {
+            p.append(&keyed_batch(k)).expect("append");
+            k += 10;
+        }
+        let roll = p.segments().last().expect("segments").base_offset();
+        // The extraction catches the index up past the rolls: the checkpoint they call for
+        // is owed, not encoded on this (the event loop's) thread.
+        let snapshot = p.tenant_snapshot(b"acme");
+        assert_eq!(snapshot.watermark, Some(p.next_offset() - 1));
+        {
+            let state = p.index.lock().expect("index");
+            assert!(state.checkpoint_owed && state.checkpoint.is_none());
+        }
+        // The indexer's round encodes it as the index stands, and writes it once the log
+        // is durable that far.
+        p.index_in_background();
+        assert_eq!(checkpoint_covers(&p), None, "not durable yet");
+        p.flush().expect("flush");
+        p.index_in_background();
+        let covers = checkpoint_covers(&p).expect("checkpoint written");
+        assert!(
+            covers >= roll && covers <= p.next_offset(),
+            "{covers} vs roll {roll}"
+        );
+        assert!(!p.index.lock().expect("index").checkpoint_owed);
     }
 }

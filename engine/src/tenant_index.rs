@@ -10,11 +10,12 @@
 //! tenant's keys)) never stalls them. Each tenant's keys are a [`KeyMap`] (128-bit key
 //! hashes in flat tables).
 //!
-//! Persistence: a checkpoint (`tenants.snapshot`) of the whole index as of a segment
-//! boundary, encoded when the index passes it and written by the indexer thread once the
-//! segment before it is sealed (so the checkpoint never covers data that is not durable),
-//! and at clean shutdown. On open the checkpoint is loaded and the log after it replayed:
-//! at most the segments since the last sealed one, never the whole log.
+//! Persistence: a checkpoint (`tenants.snapshot`) of the whole index, encoded by the
+//! indexer thread once the index has passed a segment boundary (whoever drained the
+//! boundary) and written once the log is durable as far as it covers (so it never covers
+//! data that is not durable), and at clean shutdown. On open the checkpoint is loaded and
+//! the log after it replayed: about the segments since the last roll, never the whole
+//! log.
 //!
 //! ```text
 //! tenants.snapshot:
@@ -56,7 +57,7 @@ impl Update {
 }
 
 /// Updates appended but not yet applied, in offset order, with the segment boundaries
-/// among them (where the index checkpoints). Filled by appenders under the partition's
+/// among them (each calls for an index checkpoint). Filled by appenders under the partition's
 /// writer lock, drained by whoever catches the index up.
 #[derive(Debug, Default)]
 pub struct PendingUpdates {
@@ -65,6 +66,9 @@ pub struct PendingUpdates {
     ids: std::collections::HashMap<Arc<[u8]>, u32, foldhash::fast::RandomState>,
     /// Base offsets of segments rolled to, ascending.
     pub rolls: Vec<u64>,
+    /// The offset after the last batch whose updates are queued (0: none): every offset
+    /// below it is reflected once the queue is applied.
+    pub end: u64,
 }
 
 impl PendingUpdates {
@@ -94,6 +98,7 @@ impl PendingUpdates {
         self.names.clear();
         self.ids.clear();
         self.rolls.clear();
+        self.end = 0;
     }
 }
 
@@ -142,30 +147,13 @@ impl TenantIndex {
         self.tenants.len()
     }
 
-    /// Applies pending updates (in offset order), calling `at_roll` with the index as it
-    /// stands at each segment boundary among them.
-    pub fn apply_pending(
-        &mut self,
-        pending: &PendingUpdates,
-        mut at_roll: impl FnMut(&TenantIndex),
-    ) {
-        let updates = &pending.updates;
-        let mut start = 0;
-        let mut rolls = pending.rolls.iter().copied();
-        loop {
-            let roll = rolls.next();
-            // Up to the next boundary (or the end).
-            let bound = roll.unwrap_or(u64::MAX);
-            let end = start + updates[start..].partition_point(|u| u.offset < bound);
-            self.apply_run(&updates[start..end], &pending.names);
-            start = end;
-            match roll {
-                Some(boundary) => {
-                    self.next_offset = self.next_offset.max(boundary);
-                    at_roll(self);
-                }
-                None => break,
-            }
+    /// Applies pending updates (in offset order).
+    pub fn apply_pending(&mut self, pending: &PendingUpdates) {
+        self.apply_run(&pending.updates, &pending.names);
+        // Every offset below a queued roll was queued before it (batches without tenant
+        // records leave no update).
+        if let Some(&boundary) = pending.rolls.last() {
+            self.next_offset = self.next_offset.max(boundary);
         }
     }
 
@@ -358,7 +346,7 @@ mod tests {
     }
 
     #[test]
-    fn pending_updates_apply_in_order_and_stop_at_each_roll() {
+    fn pending_updates_apply_in_order() {
         let mut pending = PendingUpdates::default();
         let key = |k: &str| key_hash(k.as_bytes());
         for offset in 0..10u64 {
@@ -372,13 +360,7 @@ mod tests {
         }
         pending.rolls.push(5);
         let mut index = TenantIndex::default();
-        let mut at_roll = Vec::new();
-        index.apply_pending(&pending, |i| {
-            let a = i.tenant(b"a").expect("a");
-            at_roll.push((i.next_offset(), a.keys.len(), a.latest_offset));
-        });
-        // At the roll: offsets 0..5 only (a: 1, 2, 4 → keys k1, k2, k0).
-        assert_eq!(at_roll, vec![(5, 3, Some(4))]);
+        index.apply_pending(&pending);
         let a = index.tenant(b"a").expect("a");
         // After: a's k0 tombstoned at 8; k1 → 5, k2 → 2, k3 → 7.
         assert_eq!(a.keys.get(key("k0")), None);
