@@ -427,6 +427,12 @@ fn consume_group_members_share_the_work_survive_a_kill_and_stop_cleanly() {
             .any(|l| l.starts_with("g\tstream\tjobs\t0\t")),
         "{listed}"
     );
+    // The committed offsets live in an internal topic: listed only with --all.
+    let topics = ok(&tidelog(&server, &["topic", "list"], ""));
+    assert!(topics.contains("jobs\t"), "{topics}");
+    assert!(!topics.contains("__tidelog"), "{topics}");
+    let all = ok(&tidelog(&server, &["topic", "list", "--all"], ""));
+    assert!(all.contains("__tidelog_offsets\t"), "{all}");
     server.stop();
 }
 

@@ -31,8 +31,12 @@ pub enum TopicCommand {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// List topics with their partition counts.
+    /// List topics with their partition counts (not the server's internal `__tidelog*`
+    /// topics, unless --all).
     List {
+        /// Also the internal topics (committed group offsets, queue state).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -92,10 +96,12 @@ pub fn run(command: TopicCommand) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             println!("created topic {name} with {partitions} partition(s)");
         }
-        TopicCommand::List { server } => {
+        TopicCommand::List { all, server } => {
             let client = server.connect()?;
             for (name, partitions) in client.list_topics().map_err(|e| e.to_string())? {
-                println!("{name}\t{partitions}");
+                if all || !name.starts_with(crate::dispatch::INTERNAL_TOPIC_PREFIX) {
+                    println!("{name}\t{partitions}");
+                }
             }
         }
         TopicCommand::Describe { name, server } => {
