@@ -45,6 +45,23 @@ fn main() {
         if warm { "warm" } else { "cold" },
         elapsed.as_nanos() as f64 / n as f64
     );
+    // What a state extraction does on the event loop: the tenant's live offsets, sorted.
+    let start = Instant::now();
+    let keys = &index.tenant(TENANT).expect("the tenant").keys;
+    let mut offsets = Vec::with_capacity(keys.len());
+    offsets.extend(keys.values());
+    let collected = start.elapsed();
+    if std::env::var_os("SORT_UNSTABLE").is_some() {
+        offsets.sort_unstable(); // the comparison sort, for comparison
+    } else {
+        tidelog_engine::offset_sort::sort(&mut offsets);
+    }
+    println!(
+        "snapshot offsets: collect {:.1} ms, sort {:.1} ms ({} offsets)",
+        collected.as_secs_f64() * 1e3,
+        (start.elapsed() - collected).as_secs_f64() * 1e3,
+        offsets.len()
+    );
     // The checkpoint the indexer encodes once per segment roll, under the index lock.
     let start = Instant::now();
     let bytes = index.encode().len();

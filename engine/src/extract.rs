@@ -123,7 +123,7 @@ impl TenantSnapshot {
         mut offsets: Vec<u64>,
         segments: Arc<Vec<Arc<Segment>>>,
     ) -> Self {
-        offsets.sort_unstable();
+        crate::offset_sort::sort(&mut offsets);
         TenantSnapshot {
             tenant,
             watermark,

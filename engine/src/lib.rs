@@ -65,6 +65,7 @@ pub mod index;
 mod indexer;
 pub mod key_map;
 pub mod notify;
+pub mod offset_sort;
 pub mod partition;
 pub mod producer;
 pub mod recovery;

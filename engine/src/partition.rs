@@ -987,15 +987,21 @@ impl Partition {
         let target = self.next_offset();
         let state = self.index_up_to(target);
         let watermark = state.tenants.next_offset().checked_sub(1);
-        let offsets: Vec<u64> = if tenant.is_empty() {
-            state.tenants.all_keys().flat_map(|k| k.values()).collect()
+        // Sized up front (under the index lock: a million keys' offsets).
+        let maps: Vec<&crate::key_map::KeyMap> = if tenant.is_empty() {
+            state.tenants.all_keys().collect()
         } else {
             state
                 .tenants
                 .tenant(tenant)
-                .map(|t| t.keys.values().collect())
-                .unwrap_or_default()
+                .map(|t| &t.keys)
+                .into_iter()
+                .collect()
         };
+        let mut offsets = Vec::with_capacity(maps.iter().map(|k| k.len()).sum());
+        for keys in maps {
+            offsets.extend(keys.values());
+        }
         let segments = self.segments();
         drop(state);
         TenantSnapshot::new(tenant.to_vec(), watermark, offsets, segments)
