@@ -3,7 +3,8 @@
 //! With `warm` = 1 the tenant has all its keys before the clock starts (a long-lived
 //! tenant: updates of existing keys); with 0 it starts empty, as `index_cost` does (new
 //! keys, table growth). Updates are queued 16 384 at a time, as the indexer drains them.
-//! Then times the encoding of the index's checkpoint.
+//! Then times what a state extraction's freeze does with the tenant's offsets (copy,
+//! sort) and the encoding of the index's checkpoint.
 
 use std::time::Instant;
 

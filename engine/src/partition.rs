@@ -968,8 +968,8 @@ impl Partition {
         }
     }
 
-    /// Asks the indexer thread for a round (after a flush made a pending checkpoint
-    /// durable).
+    /// Asks the indexer thread for a round: updates to apply, a checkpoint owed since a
+    /// roll, or one a flush made writable.
     pub(crate) fn poke_indexer(&self) {
         if let Some(me) = self.me.get() {
             self.indexer.poke(me, &self.index_queued);
