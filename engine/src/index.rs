@@ -163,6 +163,21 @@ impl SegmentIndex {
         lo.checked_sub(1).and_then(|i| self.offset_entry(i))
     }
 
+    /// The last entry whose position is <= `position`: the furthest indexed batch start
+    /// that a run of batches from an earlier start can skip to.
+    pub fn lookup_position(&self, position: u32) -> Option<OffsetEntry> {
+        let n = self.offsets.len();
+        let (mut lo, mut hi) = (0usize, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.offset_entry(mid) {
+                Some(e) if e.position <= position => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        lo.checked_sub(1).and_then(|i| self.offset_entry(i))
+    }
+
     /// Where a scan for the first batch with a timestamp >= `timestamp_ms` can start:
     /// the relative offset of the last entry whose running maximum is below the target
     /// (every batch up to it is too old), or `None` to start at the segment's beginning.

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use tidelog_engine::{AckLevel, EngineError, SeekFrom};
+use tidelog_engine::{AckLevel, EngineError, SeekFrom, TopicConfig};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
@@ -42,6 +42,49 @@ proptest! {
         engine.close().expect("close");
         let engine = open(dir.path());
         prop_assert_eq!(read_all(&partition0(&engine, "t")), expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// A read returns exactly the run of whole batches a header-by-header walk would —
+    /// the sparse index lets it skip most headers, never change the answer.
+    #[test]
+    fn a_read_is_the_longest_run_of_whole_batches_within_the_limit(
+        batches in proptest::collection::vec((1u64..20, 8usize..400), 1..80),
+        index_interval in 64u32..4096,
+        limits in proptest::collection::vec(1u32..40_000, 1..8),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path());
+        let config = TopicConfig { index_interval_bytes: index_interval, ..small_topic(1 << 20) };
+        engine.create_topic("t", config).expect("create");
+        let p = partition0(&engine, "t");
+        // (base offset, length) of every batch.
+        let mut layout = Vec::new();
+        let mut n = 0u64;
+        for (count, value_len) in &batches {
+            let batch = batch_of(n, *count, *value_len);
+            p.append(&batch).expect("append");
+            layout.push((n, batch.len()));
+            n += count;
+        }
+        for (i, &(base, _)) in layout.iter().enumerate() {
+            for &limit in &limits {
+                let mut take = 1;
+                let mut bytes = layout[i].1;
+                while i + take < layout.len() && bytes + layout[i + take].1 <= limit as usize {
+                    bytes += layout[i + take].1;
+                    take += 1;
+                }
+                let next = layout.get(i + take).map_or(n, |&(b, _)| b);
+                let f = p.read(base, limit).expect("read");
+                prop_assert_eq!((f.len(), f.next_offset), (bytes, next), "from {} limit {}", base, limit);
+            }
+        }
+        drop(p);
+        engine.close().expect("close");
     }
 }
 
