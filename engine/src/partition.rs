@@ -976,8 +976,10 @@ impl Partition {
         }
     }
 
-    /// Freezes `tenant`'s live keys at the watermark — the partition's last offset — in
-    /// one critical section with appends, so nothing can interleave (see `extract.rs`).
+    /// Freezes `tenant`'s live keys at the watermark: the index is caught up to the log's
+    /// end and copied under its lock, so the copy holds every update up to the watermark
+    /// and none after it, while appends go on (see `extract.rs`). Costs time in
+    /// proportion to the tenant's live keys: the server calls it off its event loop.
     /// An empty `tenant` freezes every tenant's (a topic-wide extraction's part for this
     /// partition): the whole index is persistent at the tenant level, so that is O(1) too.
     pub fn tenant_snapshot(&self, tenant: &[u8]) -> TenantSnapshot {

@@ -46,6 +46,17 @@ pub struct Connection {
     pub subscriptions: HashMap<u32, Subscription>,
     /// Extractions in progress, by id (ids are shared with subscriptions).
     pub extractions: HashMap<u32, Extraction>,
+    /// State extractions whose snapshot the freezer is taking, by id: not answered yet.
+    pub freezing: HashMap<u32, Freezing>,
+}
+
+/// A state extraction waiting for its snapshot.
+#[derive(Debug)]
+pub struct Freezing {
+    /// The freezer job's token: its result is this extraction's only if they match.
+    pub token: u64,
+    /// Credit granted so far (the request's, plus any granted meanwhile).
+    pub credit_bytes: u64,
 }
 
 /// The input buffer: unparsed bytes are `buf[start..filled]`.
@@ -81,6 +92,7 @@ impl Connection {
             last_active: Instant::now(),
             subscriptions: HashMap::new(),
             extractions: HashMap::new(),
+            freezing: HashMap::new(),
         }
     }
 

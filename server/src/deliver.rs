@@ -166,6 +166,14 @@ const FIRST_CHUNK_BYTES: u32 = 64 << 10;
 /// Bytes of log one pump may scan, so one filtered subscription cannot hold the loop.
 const PUMP_SCAN_BYTES_MAX: usize = 16 << 20;
 
+/// An extraction's chunks after the first are at most this large, and one pump of an
+/// extraction stops once it has run this long (it goes on next tick, after the other
+/// connections' input): a state extraction reads its records at random from the log, a
+/// few ms per MiB, so 16 MiB pumps held the loop for 20-80 ms and every other client's
+/// publishes waited that long.
+const EXTRACT_CHUNK_BYTES: u32 = 256 << 10;
+const EXTRACT_PUMP_TIME: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Pushes what subscription or extraction `id` may receive now.
 pub fn pump(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
     if conn.subscriptions.contains_key(&id) {
@@ -177,6 +185,7 @@ pub fn pump(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
 
 /// Streams an extraction: EXTRACT_DATA chunks within its credit, then EXTRACT_END.
 fn pump_extraction(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
+    let started = std::time::Instant::now();
     let mut scanned = 0usize;
     loop {
         if conn.outbox.bytes() >= limits.buffered_bytes_max {
@@ -189,18 +198,18 @@ fn pump_extraction(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
         if ex.credit_bytes == 0 {
             return Pumped::Idle;
         }
-        if scanned >= PUMP_SCAN_BYTES_MAX {
+        if scanned >= PUMP_SCAN_BYTES_MAX || started.elapsed() >= EXTRACT_PUMP_TIME {
             return Pumped::More;
         }
         // The first chunk is small and goes out with this tick's writes: the client has
         // its first records after one small read, not after a full scan budget.
         let first = ex.records_sent == 0;
         let want = ex.credit_bytes.min(u64::from(limits.fetch_bytes_max)) as u32;
-        let want = if first {
-            want.min(FIRST_CHUNK_BYTES)
+        let want = want.min(if first {
+            FIRST_CHUNK_BYTES
         } else {
-            want
-        };
+            EXTRACT_CHUNK_BYTES
+        });
         match ex.step(want) {
             Ok(Step::Chunk(bytes, cursor)) => {
                 scanned += bytes.len().max(want as usize / 4);

@@ -4,10 +4,11 @@
 //! Every failure becomes an error response with its code; nothing here panics on client
 //! input. Framing errors are handled by the caller (the connection closes).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidelog_engine::extract::Criteria;
-use tidelog_engine::{CleanupPolicy, SeekFrom, TopicConfig};
+use tidelog_engine::{CleanupPolicy, Partition, SeekFrom, TopicConfig};
 use tidelog_protocol::frame::{FrameHeader, HEADER_LEN};
 use tidelog_protocol::response::{encode_error, encode_response};
 use tidelog_protocol::{
@@ -16,9 +17,10 @@ use tidelog_protocol::{
     PROTOCOL_VERSION,
 };
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Freezing};
 use crate::deliver;
-use crate::extraction::{Resumable, ResumeSpec};
+use crate::extraction::{Extraction, Resumable, ResumeSpec};
+use crate::freezer;
 use crate::state::{key_of, to_protocol, LongPoll, State};
 use crate::subscription::Subscription;
 
@@ -321,6 +323,8 @@ fn execute<'a>(
                 &mut sub.credit_bytes
             } else if let Some(ex) = conn.extractions.get_mut(&subscription) {
                 &mut ex.credit_bytes
+            } else if let Some(f) = conn.freezing.get_mut(&subscription) {
+                &mut f.credit_bytes
             } else {
                 return Err(unknown_subscription(subscription));
             };
@@ -359,6 +363,7 @@ fn execute<'a>(
         } => {
             if conn.subscriptions.contains_key(&extraction)
                 || conn.extractions.contains_key(&extraction)
+                || conn.freezing.contains_key(&extraction)
             {
                 return Err(ProtocolError::new(
                     ErrorCode::SubscriptionExists,
@@ -390,15 +395,28 @@ fn execute<'a>(
                 let partitions = engine.topic(topic).map_err(e)?.partitions().len() as u32;
                 check_tenant_partition(&p, partitions, tenant)?;
                 let criteria = criteria_of(&filter);
-                let (watermark, total, spec, start) = match mode {
+                let ex_token = state.next_token;
+                state.next_token = state.next_token.wrapping_add(2);
+                match mode {
                     ExtractMode::State => {
-                        let snapshot = p.tenant_snapshot(tenant);
-                        let total = if criteria.is_empty() {
-                            snapshot.len() as u64
-                        } else {
-                            u64::MAX
-                        };
-                        (snapshot.watermark, total, ResumeSpec::State(snapshot), 0)
+                        // Frozen on the freezer's thread; answered when it is done.
+                        conn.freezing.insert(
+                            extraction,
+                            Freezing {
+                                token: ex_token,
+                                credit_bytes: u64::from(credit_bytes),
+                            },
+                        );
+                        state.freezer.submit(freezer::Job {
+                            conn: token,
+                            extraction,
+                            correlation,
+                            token: ex_token,
+                            partition: p,
+                            tenant: tenant.to_vec(),
+                            criteria,
+                        });
+                        return Ok(Reply::Handled);
                     }
                     ExtractMode::History => {
                         // Records up to W are immutable: reading W is the whole fence.
@@ -406,45 +424,103 @@ fn execute<'a>(
                         let next = criteria
                             .since_ms
                             .map_or(p.earliest_offset(), |t| p.offset_for_time(t));
-                        (
-                            watermark,
-                            u64::MAX,
-                            ResumeSpec::History(tenant.to_vec(), p.segments()),
+                        let spec = ResumeSpec::History(tenant.to_vec(), p.segments());
+                        let ex = register(state, ex_token, p, watermark, criteria, spec).at(
                             next,
-                        )
+                            u64::from(credit_bytes),
+                            ex_token,
+                        );
+                        (ex, u64::MAX)
                     }
-                };
-                let ex_token = state.next_token;
-                state.next_token = state.next_token.wrapping_add(2);
-                let resumable = Resumable {
-                    partition: p,
-                    watermark,
-                    criteria,
-                    spec,
-                    expires: Instant::now() + window,
-                };
-                let ex = resumable.at(start, u64::from(credit_bytes), ex_token);
-                state.resumable.insert(ex_token, resumable);
-                (ex, total)
+                }
             };
-            let (watermark, ex_token) = (ex.watermark.unwrap_or(u64::MAX), ex.token);
-            conn.extractions.insert(extraction, ex);
-            conn.outbox.encode(|out| {
-                encode_response(
-                    out,
-                    kind::EXTRACT,
-                    correlation,
-                    &Response::Extracting {
-                        watermark,
-                        total,
-                        token: ex_token,
-                    },
-                )
-            });
-            state.to_pump.push((token, extraction));
+            begin_extraction(state, token, conn, extraction, correlation, ex, total);
             Reply::Handled
         }
     })
+}
+
+/// Keeps an extraction resumable (by its token) for the resume window.
+fn register(
+    state: &mut State,
+    ex_token: u64,
+    partition: Arc<Partition>,
+    watermark: Option<u64>,
+    criteria: Criteria,
+    spec: ResumeSpec,
+) -> &Resumable {
+    let resumable = Resumable {
+        partition,
+        watermark,
+        criteria,
+        spec,
+        expires: Instant::now() + state.limits.extract_resume_window,
+    };
+    state.resumable.insert(ex_token, resumable);
+    &state.resumable[&ex_token]
+}
+
+/// A state extraction whose snapshot the freezer has taken: registers it, answers the
+/// EXTRACT and starts streaming.
+pub fn finish_freeze(
+    state: &mut State,
+    conn: &mut Connection,
+    frozen: freezer::Frozen,
+    credit_bytes: u64,
+) {
+    let freezer::Frozen { job, snapshot } = frozen;
+    let total = if job.criteria.is_empty() {
+        snapshot.len() as u64
+    } else {
+        u64::MAX
+    };
+    let watermark = snapshot.watermark;
+    let spec = ResumeSpec::State(snapshot);
+    let ex = register(
+        state,
+        job.token,
+        job.partition,
+        watermark,
+        job.criteria,
+        spec,
+    )
+    .at(0, credit_bytes, job.token);
+    begin_extraction(
+        state,
+        job.conn,
+        conn,
+        job.extraction,
+        job.correlation,
+        ex,
+        total,
+    );
+}
+
+/// Answers an EXTRACT with its watermark and queues the extraction's first pump.
+fn begin_extraction(
+    state: &mut State,
+    token: usize,
+    conn: &mut Connection,
+    extraction: u32,
+    correlation: u64,
+    ex: Extraction,
+    total: u64,
+) {
+    let (watermark, ex_token) = (ex.watermark.unwrap_or(u64::MAX), ex.token);
+    conn.extractions.insert(extraction, ex);
+    conn.outbox.encode(|out| {
+        encode_response(
+            out,
+            kind::EXTRACT,
+            correlation,
+            &Response::Extracting {
+                watermark,
+                total,
+                token: ex_token,
+            },
+        )
+    });
+    state.to_pump.push((token, extraction));
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -107,7 +107,8 @@ impl EventLoop {
                     Instant::now() + SHUTDOWN_DRAIN
                 });
                 let drained = self.conns.iter().flatten().all(|c| c.outbox.is_empty())
-                    && self.state.pending_acks.is_empty();
+                    && self.state.pending_acks.is_empty()
+                    && !self.state.freezer.busy();
                 if drained || Instant::now() >= until {
                     return Ok(());
                 }
@@ -122,6 +123,7 @@ impl EventLoop {
         let readable = |c: &Connection| c.read_ready && !c.closing && c.outbox.bytes() < limit;
         if !self.state.to_pump.is_empty()
             || self.conns.iter().flatten().any(readable)
+            || self.state.freezer.any_done()
             // Changes this thread made after the tick took the notices (it woke nobody).
             || self.state.notices.any()
         {
@@ -142,6 +144,29 @@ impl EventLoop {
             timeout = timeout.min(Duration::from_millis(10));
         }
         timeout
+    }
+
+    /// Answers the state extractions whose snapshots the freezer has taken, on the
+    /// connections still waiting for them.
+    fn finish_freezes(&mut self) {
+        if !self.state.freezer.any_done() {
+            return;
+        }
+        for frozen in self.state.freezer.take_done() {
+            let conn = frozen
+                .job
+                .conn
+                .checked_sub(FIRST_CONNECTION)
+                .and_then(|i| self.conns.get_mut(i))
+                .and_then(Option::as_mut);
+            let Some(conn) = conn else { continue };
+            let id = frozen.job.extraction;
+            if conn.freezing.get(&id).map(|f| f.token) != Some(frozen.job.token) {
+                continue; // closed meanwhile, and the slot reused
+            }
+            let credit_bytes = conn.freezing.remove(&id).map_or(0, |f| f.credit_bytes);
+            crate::dispatch::finish_freeze(&mut self.state, conn, frozen, credit_bytes);
+        }
     }
 
     fn conn_mut(&mut self, token: usize) -> Option<&mut Connection> {
@@ -206,6 +231,7 @@ impl EventLoop {
             };
             handle_input(&mut self.state, token, conn);
         }
+        self.finish_freezes();
         for partition in std::mem::take(&mut self.state.flush_wanted) {
             self.state.engine.request_flush(&partition);
         }

@@ -19,6 +19,7 @@ mod deliver;
 mod dispatch;
 mod event_loop;
 mod extraction;
+mod freezer;
 mod groups;
 mod notices;
 mod outbox;

@@ -217,7 +217,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         topic_defaults: EngineConfig::default().topic_defaults,
         engine: engine.clone(),
         limits: settings.limits,
-        notices,
+        notices: notices.clone(),
         pending_acks: Vec::new(),
         flush_wanted: Vec::new(),
         long_polls: Vec::new(),
@@ -227,6 +227,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         resumable: Default::default(),
         next_token: boot,
         groups,
+        freezer: crate::freezer::Freezer::start(notices.clone()).map_err(|e| e.to_string())?,
     };
     let mut event_loop = EventLoop::new(poll, listener, state, stop).map_err(|e| e.to_string())?;
     tracing::info!(

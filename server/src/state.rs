@@ -95,6 +95,8 @@ pub struct State {
     pub next_token: u64,
     /// Consumer groups.
     pub groups: crate::groups::Coordinator,
+    /// Takes state extractions' snapshots off the loop.
+    pub freezer: crate::freezer::Freezer,
 }
 
 impl State {

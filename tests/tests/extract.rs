@@ -783,3 +783,148 @@ fn the_handoff_holds_across_server_restarts() {
     );
     drop(dir_guard);
 }
+
+/// Raw frames for the test below: (kind, flags, correlation, body).
+fn read_raw(s: &mut std::net::TcpStream) -> std::io::Result<(u16, u8, u64, Vec<u8>)> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    s.read_exact(&mut header)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4")) as usize;
+    let mut body = vec![0u8; len - 12];
+    s.read_exact(&mut body)?;
+    let kind = u16::from_le_bytes([header[4], header[5]]);
+    let correlation = u64::from_le_bytes(header[8..16].try_into().expect("8"));
+    Ok((kind, header[7], correlation, body))
+}
+
+fn raw_connection(server: &Server) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut hello = Vec::new();
+    tidelog_protocol::encode_request(
+        &mut hello,
+        1,
+        &tidelog_protocol::Request::Hello {
+            min_version: 1,
+            max_version: 1,
+            client: "raw",
+        },
+    );
+    s.write_all(&hello).expect("hello");
+    let (kind, flags, _, _) = read_raw(&mut s).expect("hello response");
+    assert_eq!((kind, flags & 0x02), (tidelog_protocol::kind::HELLO, 0));
+    s
+}
+
+fn extract_frame(correlation: u64, extraction: u32, credit_bytes: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    tidelog_protocol::encode_request(
+        &mut out,
+        correlation,
+        &tidelog_protocol::Request::Extract {
+            extraction,
+            topic: "t",
+            partition: 0,
+            tenant: b"acme",
+            mode: tidelog_protocol::ExtractMode::State,
+            filter: tidelog_protocol::ExtractFilter {
+                since_ms: i64::MIN,
+                until_ms: i64::MAX,
+                key_prefix: "",
+                headers: Vec::new(),
+            },
+            credit_bytes,
+            resume_token: 0,
+            resume_cursor: 0,
+        },
+    );
+    out
+}
+
+/// A state extraction's freeze runs off the event loop, and its answer goes only where it
+/// is still awaited: credit granted before the EXTRACT is answered counts, and a connection
+/// closed while its tenant is being frozen gets nothing — nor does the connection that
+/// takes its place — while the server goes on serving.
+#[test]
+fn a_state_extraction_is_answered_after_its_freeze_and_only_to_its_asker() {
+    use std::io::Write;
+    use tidelog_protocol::kind;
+    const KEYS: u64 = 100_000;
+    let server = Server::start();
+    let client = server.client();
+    create_topic(&client, "t", 1);
+    // Enough keys that a freeze takes milliseconds.
+    for chunk in 0..KEYS / 1000 {
+        let records: Vec<Record> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|k| Record {
+                timestamp_ms: 1,
+                tenant: Some(b"acme".to_vec()),
+                key: Some(format!("key-{k}").into_bytes()),
+                value: Some(b"value".to_vec()),
+                headers: Vec::new(),
+            })
+            .collect();
+        publish_batch(&client, "t", 0, &records);
+    }
+
+    // EXTRACT without credit and GRANT_CREDITS in one write: the loop reads both before
+    // the freeze can be collected (results are taken after a tick's input), so the grant
+    // reaches the extraction while it is still being frozen.
+    let mut s = raw_connection(&server);
+    let mut frames = extract_frame(2, 7, 0);
+    tidelog_protocol::encode_request(
+        &mut frames,
+        3,
+        &tidelog_protocol::Request::GrantCredits {
+            subscription: 7,
+            credit_bytes: 1 << 30,
+        },
+    );
+    s.write_all(&frames).expect("extract + credit");
+    let (k, flags, correlation, _) = read_raw(&mut s).expect("EXTRACT response");
+    assert_eq!((k, flags & 0x02, correlation), (kind::EXTRACT, 0, 2));
+    let records = loop {
+        let (k, flags, correlation, body) = read_raw(&mut s).expect("extraction frames");
+        assert_eq!(flags & 0x02, 0, "no error frame (kind {k:#x})");
+        assert_eq!(correlation, 7);
+        if k == kind::EXTRACT_END {
+            break u64::from_le_bytes(body[8..16].try_into().expect("8"));
+        }
+        assert_eq!(k, kind::EXTRACT_DATA);
+    };
+    assert_eq!(
+        records, KEYS,
+        "the whole state, on credit granted mid-freeze"
+    );
+
+    // A connection that asks and leaves at once; new connections right after it (one of
+    // them likely in its slot) must never see that extraction's frames.
+    for round in 0..5 {
+        let mut a = raw_connection(&server);
+        a.write_all(&extract_frame(2, 9, 1 << 20)).expect("extract");
+        drop(a);
+        std::thread::sleep(Duration::from_millis(2));
+        let mut b = raw_connection(&server);
+        let mut ping = Vec::new();
+        tidelog_protocol::encode_request(&mut ping, 5, &tidelog_protocol::Request::Ping);
+        b.write_all(&ping).expect("ping");
+        let (k, _, correlation, _) = read_raw(&mut b).expect("ping response");
+        assert_eq!((k, correlation), (kind::PING, 5), "round {round}");
+        b.set_read_timeout(Some(Duration::from_millis(150)))
+            .expect("timeout");
+        match read_raw(&mut b) {
+            Ok((k, _, c, _)) => panic!("round {round}: stray frame kind {k:#x} correlation {c}"),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{e}"
+            ),
+        }
+    }
+    let info = client.tenant_info("t", b"acme").expect("tenant info");
+    assert_eq!(info.live_keys, KEYS);
+}

@@ -18,7 +18,8 @@
 //!             (settlements batched with the next poll); verified exactly once
 //!   extract   a tenant with --keys live keys, writers updating it throughout: snapshot
 //!             rate and time to first record, the live catch-up, and a plain fetch of
-//!             the same partition for comparison; verified against a full replay
+//!             the same partition for comparison; verified against a full replay;
+//!             latency = the writers' publish → ack while the extraction runs
 //! ```
 //!
 //! Output: a table, or with `--json` one object per scenario (`scenario`, `records`,

@@ -636,10 +636,11 @@ pub fn extract(
     let writers: Vec<_> = (0..c.producers)
         .map(|w| {
             let (target, c, stop) = (target.clone(), c.clone(), stop.clone());
-            std::thread::spawn(move || -> Result<u64, String> {
+            std::thread::spawn(move || -> Result<(u64, Histogram<u64>), String> {
                 let client = target.connect()?;
                 let mut x = u64::from(w) * 7919 + 1;
                 let mut sent = 0;
+                let mut latency = histogram();
                 while !stop.load(Ordering::Relaxed) {
                     let batch: Vec<Record> = (0..10)
                         .map(|_| {
@@ -657,18 +658,16 @@ pub fn extract(
                             }
                         })
                         .collect();
+                    let batch = build_batch(&batch, ProducerStamp::default());
+                    let published = Instant::now();
                     client
-                        .publish(
-                            &c.topic,
-                            partition,
-                            Ack::Written,
-                            &build_batch(&batch, ProducerStamp::default()),
-                        )
+                        .publish(&c.topic, partition, Ack::Written, &batch)
                         .map_err(|e| format!("writer: {e}"))?;
+                    let _ = latency.record(published.elapsed().as_micros().max(1) as u64);
                     sent += 10;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Ok(sent)
+                Ok((sent, latency))
             })
         })
         .collect();
@@ -711,8 +710,11 @@ pub fn extract(
     // Live catch-up: stop the writers; follow up to the tenant's last record.
     stop.store(true, Ordering::Relaxed);
     let mut written = 0;
+    let mut writer_latency = histogram();
     for w in writers {
-        written += w.join().map_err(|_| "a writer panicked".to_string())??;
+        let (sent, latency) = w.join().map_err(|_| "a writer panicked".to_string())??;
+        written += sent;
+        let _ = writer_latency.add(&latency);
     }
     let end = admin.offsets(&c.topic).map_err(|e| e.to_string())?[partition as usize].next;
     let catch_up = Instant::now();
@@ -793,7 +795,9 @@ pub fn extract(
         records: snapshot_records,
         bytes,
         seconds,
-        latency: None,
+        // What the extraction costs everyone else: the concurrent writers' publish → ack
+        // latency while it runs (a freeze on the event loop would show in the tail).
+        latency: Some(writer_latency),
         verdict: Some(verdict),
         settings,
     })
