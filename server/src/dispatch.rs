@@ -400,14 +400,7 @@ fn execute<'a>(
                 match mode {
                     ExtractMode::State => {
                         // Frozen on the freezer's thread; answered when it is done.
-                        conn.freezing.insert(
-                            extraction,
-                            Freezing {
-                                token: ex_token,
-                                credit_bytes: u64::from(credit_bytes),
-                            },
-                        );
-                        state.freezer.submit(freezer::Job {
+                        let submitted = state.freezer.submit(freezer::Job {
                             conn: token,
                             extraction,
                             correlation,
@@ -416,6 +409,19 @@ fn execute<'a>(
                             tenant: tenant.to_vec(),
                             criteria,
                         });
+                        if !submitted {
+                            return Err(ProtocolError::new(
+                                ErrorCode::Internal,
+                                "the server's extraction worker has stopped",
+                            ));
+                        }
+                        conn.freezing.insert(
+                            extraction,
+                            Freezing {
+                                token: ex_token,
+                                credit_bytes: u64::from(credit_bytes),
+                            },
+                        );
                         return Ok(Reply::Handled);
                     }
                     ExtractMode::History => {

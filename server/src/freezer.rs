@@ -70,12 +70,11 @@ impl Freezer {
         })
     }
 
-    pub fn submit(&mut self, job: Job) {
-        if let Some(jobs) = &self.jobs {
-            if jobs.send(job).is_ok() {
-                self.in_flight += 1;
-            }
-        }
+    /// Hands a job to the worker; false if the worker is gone (it panicked).
+    pub fn submit(&mut self, job: Job) -> bool {
+        let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.send(job).is_ok());
+        self.in_flight += usize::from(sent);
+        sent
     }
 
     /// Results ready to be collected.
