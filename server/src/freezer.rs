@@ -72,7 +72,10 @@ impl Freezer {
 
     /// Hands a job to the worker; false if the worker is gone (it panicked).
     pub fn submit(&mut self, job: Job) -> bool {
-        let sent = self.jobs.as_ref().is_some_and(|jobs| jobs.send(job).is_ok());
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok());
         self.in_flight += usize::from(sent);
         sent
     }

@@ -264,3 +264,79 @@ fn restart_keeps_everything_clean_or_crashed() {
     server.stop();
     drop(dir_guard);
 }
+
+/// Large fetch responses go out with `sendfile`; clients that hang up while one is being
+/// sent (unread bytes: the server's next send fails with a reset) cost only their own
+/// connection, and every byte a reader does take is the log's.
+#[test]
+fn clients_leaving_mid_response_cost_only_their_connection() {
+    use std::io::{Read, Write};
+    let server = Server::start();
+    let client = server.client();
+    client.create_topic("t", settings(1)).expect("create");
+    let value = vec![0x5Au8; 1000];
+    for b in 0..64u64 {
+        let batch: Vec<Record> = (0..256u64)
+            .map(|i| Record {
+                timestamp_ms: 1,
+                value: Some(value.clone()),
+                key: Some(format!("k{}", b * 256 + i).into_bytes()),
+                ..Record::default()
+            })
+            .collect();
+        client
+            .publish(
+                "t",
+                0,
+                Ack::Written,
+                &build_batch(&batch, ProducerStamp::default()),
+            )
+            .expect("publish");
+    }
+    for round in 0..20 {
+        let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
+        let mut frames = Vec::new();
+        tidelog_protocol::encode_request(
+            &mut frames,
+            1,
+            &tidelog_protocol::Request::Hello {
+                min_version: 1,
+                max_version: 1,
+                client: "leaver",
+            },
+        );
+        tidelog_protocol::encode_request(
+            &mut frames,
+            2,
+            &tidelog_protocol::Request::Fetch {
+                topic: "t",
+                partition: 0,
+                start: StartAt::Offset(0),
+                max_bytes: 8 << 20,
+                max_wait_ms: 0,
+                tenant: None,
+            },
+        );
+        s.write_all(&frames).expect("requests");
+        // Take a little of the response (none, or a few KiB), then hang up.
+        let mut some = vec![0u8; round * 1000];
+        s.read_exact(&mut some).expect("some of the responses");
+        drop(s);
+    }
+    // The server goes on, and a full read of the log is the log.
+    let mut at = 0;
+    let mut n = 0u64;
+    while at < 64 * 256 {
+        let f = client
+            .fetch("t", 0, StartAt::Offset(at), 1 << 20, Duration::ZERO, None)
+            .expect("fetch after the leavers");
+        for r in &f.records {
+            assert_eq!(r.offset, n);
+            assert_eq!(r.value.as_deref(), Some(&value[..]));
+            n += 1;
+        }
+        at = f.next_offset;
+    }
+    assert_eq!(n, 64 * 256);
+    server.stop();
+}
