@@ -150,28 +150,23 @@ impl SegmentIndex {
     /// The last entry whose relative offset is <= `relative_offset`: where a scan for that
     /// offset starts.
     pub fn lookup_offset(&self, relative_offset: u32) -> Option<OffsetEntry> {
-        let n = self.offsets.len();
-        // partition_point over indices: entries with rel <= target come first.
-        let (mut lo, mut hi) = (0usize, n);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.offset_entry(mid) {
-                Some(e) if e.relative_offset <= relative_offset => lo = mid + 1,
-                _ => hi = mid,
-            }
-        }
-        lo.checked_sub(1).and_then(|i| self.offset_entry(i))
+        self.last_entry_where(|e| e.relative_offset <= relative_offset)
     }
 
     /// The last entry whose position is <= `position`: the furthest indexed batch start
     /// that a run of batches from an earlier start can skip to.
     pub fn lookup_position(&self, position: u32) -> Option<OffsetEntry> {
-        let n = self.offsets.len();
-        let (mut lo, mut hi) = (0usize, n);
+        self.last_entry_where(|e| e.position <= position)
+    }
+
+    /// The last entry of the run of entries, from the first, that satisfy `below` (both
+    /// fields increase with the index, so either bound splits the entries in two).
+    fn last_entry_where(&self, below: impl Fn(OffsetEntry) -> bool) -> Option<OffsetEntry> {
+        let (mut lo, mut hi) = (0usize, self.offsets.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match self.offset_entry(mid) {
-                Some(e) if e.position <= position => lo = mid + 1,
+                Some(e) if below(e) => lo = mid + 1,
                 _ => hi = mid,
             }
         }

@@ -186,3 +186,18 @@ pub fn publish_batch(
         .expect("publish")[0]
         .base_offset
 }
+
+/// The HELLO frame (correlation 1) a test that writes to the socket itself starts with.
+pub fn hello_frame(client: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    tidelog_protocol::encode_request(
+        &mut out,
+        1,
+        &tidelog_protocol::Request::Hello {
+            min_version: 1,
+            max_version: 1,
+            client,
+        },
+    );
+    out
+}

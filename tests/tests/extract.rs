@@ -802,16 +802,7 @@ fn raw_connection(server: &Server) -> std::net::TcpStream {
     let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    let mut hello = Vec::new();
-    tidelog_protocol::encode_request(
-        &mut hello,
-        1,
-        &tidelog_protocol::Request::Hello {
-            min_version: 1,
-            max_version: 1,
-            client: "raw",
-        },
-    );
+    let hello = tidelog_e2e::hello_frame("raw");
     s.write_all(&hello).expect("hello");
     let (kind, flags, _, _) = read_raw(&mut s).expect("hello response");
     assert_eq!((kind, flags & 0x02), (tidelog_protocol::kind::HELLO, 0));

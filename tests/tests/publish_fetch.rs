@@ -295,16 +295,7 @@ fn clients_leaving_mid_response_cost_only_their_connection() {
     }
     for round in 0..20 {
         let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
-        let mut frames = Vec::new();
-        tidelog_protocol::encode_request(
-            &mut frames,
-            1,
-            &tidelog_protocol::Request::Hello {
-                min_version: 1,
-                max_version: 1,
-                client: "leaver",
-            },
-        );
+        let mut frames = tidelog_e2e::hello_frame("leaver");
         tidelog_protocol::encode_request(
             &mut frames,
             2,
