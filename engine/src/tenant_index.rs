@@ -123,7 +123,7 @@ pub struct TenantIndex {
 const MAGIC: &[u8; 4] = b"TLT2";
 /// Key changes handed to [`KeyMap::apply`] at once, their slots prefetched together (more
 /// than the CPU's outstanding misses gains nothing; the chunk lives on the stack).
-const PREFETCH_CHUNK: usize = 32;
+const PREFETCH_CHUNK: usize = 256;
 
 impl TenantIndex {
     pub fn next_offset(&self) -> u64 {
