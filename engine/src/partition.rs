@@ -143,8 +143,8 @@ pub(crate) struct IndexState {
     pub(crate) tenants: TenantIndex,
     /// A segment boundary was passed since the last checkpoint was encoded: the indexer
     /// thread owes one. Only it encodes (O(keys): tens of ms for millions of keys), so
-    /// whoever else catches the index up — an extraction on the event loop, an appender —
-    /// never pays for it.
+    /// whoever else catches the index up — an extraction's freeze, TENANT_INFO, an
+    /// appender — never pays for it.
     checkpoint_owed: bool,
     /// The index encoded by the indexer, with the offset it covers (every record below),
     /// to be written once the log is durable that far (a checkpoint never covers data
