@@ -65,8 +65,14 @@ impl Report {
             self.mb_per_sec()
         );
         if let Some(h) = &self.latency {
+            // What `latency_us` times differs by scenario.
+            let what = match self.scenario.as_str() {
+                "e2e" => "publish → delivery",
+                "extract" => "writers' publish → ack during the extraction",
+                _ => "publish → ack",
+            };
             s += &format!(
-                "\n{:<10} latency µs: p50 {} p90 {} p99 {} p999 {} max {}",
+                "\n{:<10} latency µs ({what}): p50 {} p90 {} p99 {} p999 {} max {}",
                 "",
                 h.value_at_quantile(0.5),
                 h.value_at_quantile(0.9),
