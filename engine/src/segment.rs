@@ -418,8 +418,9 @@ impl Segment {
         // Every batch before an indexed batch start within the budget fits: skip to the
         // last such start and read headers only from there. (A header read from the
         // mapping faults its page in; a 4 MiB fetch of 100 KiB batches walked ~40 pages
-        // that `sendfile` otherwise never touches.) Entries are pushed before the batch
-        // is published, so one past `len` is ignored.
+        // that `sendfile` otherwise never touches.) An entry may name the batch being
+        // appended, pushed before it is published: bounded by `len`, the jump stays within
+        // published bytes, and an entry at `len` names exactly the next offset.
         if let Some(e) = self
             .index
             .lookup_position(from.saturating_add(max_bytes).min(len))
