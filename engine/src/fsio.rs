@@ -136,15 +136,21 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Most parts one `pwritev` takes (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
 /// Writes all of `parts`, in order, at `offset` of `file`: one `pwritev` when the kernel
-/// takes it all (it does for regular files short of an error), more if it stops short.
+/// takes it all (it does for regular files short of an error, up to `IOV_MAX` parts), more
+/// if it stops short.
 pub fn pwrite_all(file: &File, parts: &[&[u8]], mut offset: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
     let mut first = 0;
     while first < parts.len() {
+        // At most IOV_MAX parts a call (more is EINVAL); the loop writes the rest.
         let iov: Vec<libc::iovec> = parts[first..]
             .iter()
+            .take(IOV_MAX)
             .map(|p| libc::iovec {
                 iov_base: p.as_ptr() as *mut libc::c_void,
                 iov_len: p.len(),

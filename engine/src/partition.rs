@@ -127,6 +127,88 @@ impl Deref for Fetched {
     }
 }
 
+/// A batch [`Partition::check`] validated, ready for [`Partition::append_checked`].
+#[derive(Debug)]
+pub struct CheckedBatch<'a> {
+    bytes: &'a [u8],
+    header: batch::BatchHeader,
+    /// Its tenant records' index updates, offsets relative to the batch.
+    updates: Vec<Update>,
+    /// Each update's tenant; just one for a tenant-uniform batch.
+    tenants: Vec<&'a [u8]>,
+}
+
+impl CheckedBatch<'_> {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// What became of one run of [`Partition::append_checked`].
+#[derive(Debug, Default)]
+pub struct RunOutcome {
+    /// The run's batches appended (or found to be producer retries), in order.
+    pub appended: Vec<Appended>,
+    /// Why the run stopped before its end, if it did: the batch after `appended` failed.
+    pub error: Option<EngineError>,
+}
+
+/// Batches given their offsets and waiting for their one write.
+#[derive(Debug)]
+struct Plan<'a> {
+    items: Vec<Planned<'a>>,
+    bytes: usize,
+    /// The offset after the last planned batch.
+    next_offset: Option<u64>,
+    /// Nothing was written yet in this call.
+    wrote_none: bool,
+}
+
+impl Default for Plan<'_> {
+    fn default() -> Self {
+        Plan {
+            items: Vec::new(),
+            bytes: 0,
+            next_offset: None,
+            wrote_none: true,
+        }
+    }
+}
+
+impl Plan<'_> {
+    fn clear(&mut self) {
+        self.items.clear();
+        self.bytes = 0;
+        self.next_offset = None;
+    }
+}
+
+#[derive(Debug)]
+struct Planned<'a> {
+    batch: &'a CheckedBatch<'a>,
+    base_offset: u64,
+    /// Its run, and its place among that run's outcomes.
+    run: usize,
+    at: usize,
+}
+
+/// A write error again, for each run it stopped (an `io::Error` is not `Clone`).
+fn retold(e: &EngineError) -> EngineError {
+    match e {
+        EngineError::Io { op, path, source } => EngineError::Io {
+            op,
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => EngineError::InvalidBatch(other.to_string()),
+    }
+}
+
 #[derive(Debug)]
 struct Writer {
     active: Arc<Segment>,
@@ -357,6 +439,21 @@ impl Partition {
     /// once the batch is readable (`written`); see [`Partition::wait_durable`] for
     /// `durable`.
     pub fn append(&self, batch_bytes: &[u8]) -> Result<Appended> {
+        let checked = self.check(batch_bytes)?;
+        let mut outcome = self
+            .append_checked(&[std::slice::from_ref(&checked)])
+            .pop()
+            .expect("one outcome per run");
+        match outcome.error.take() {
+            Some(e) => Err(e),
+            None => Ok(outcome.appended[0]),
+        }
+    }
+
+    /// Validates a batch (size, CRC, structure) without taking any lock, and gathers what
+    /// its tenant records change in the index (keys hashed while the bytes are in the
+    /// cache, offsets relative to the batch until it has its base).
+    pub fn check<'a>(&self, batch_bytes: &'a [u8]) -> Result<CheckedBatch<'a>> {
         let max = self.config.batch_bytes_max as usize;
         if batch_bytes.len() > max {
             return Err(EngineError::RecordTooLarge {
@@ -364,11 +461,9 @@ impl Partition {
                 max,
             });
         }
-        // The batch's tenant records as the index needs them, gathered in the validation
-        // walk (keys hashed while their bytes are in the cache), with offsets relative to
-        // the batch until it has its base. Sized from the header at the first tenant
-        // record: one allocation, none for a batch without tenants. A tenant-uniform
-        // batch names its tenant once; other batches carry one per update.
+        // Sized from the header at the first tenant record: one allocation, none for a
+        // batch without tenants. A tenant-uniform batch names its tenant once; other
+        // batches carry one per update.
         let header = batch::BatchHeader::parse(batch_bytes);
         let records = header.map_or(0, |h| h.record_count as usize).min(1 << 16);
         let uniform = header.is_some_and(|h| h.is_tenant_uniform());
@@ -402,54 +497,104 @@ impl Partition {
             )),
             BatchError::Invalid(why) => EngineError::InvalidBatch(why),
         })?;
-        let header = view.header;
+        Ok(CheckedBatch {
+            bytes: batch_bytes,
+            header: view.header,
+            updates,
+            tenants,
+        })
+    }
+
+    /// Appends runs of checked batches, in order, with as few writes as the segments
+    /// allow: every batch that fits the active segment goes out in one `pwritev` (see
+    /// `Segment::append_all` for why that matters). Each run is one request's batches: it
+    /// stops at its first error (the batches before it stay appended), and the other runs
+    /// go on. The same outcome, batch for batch, as appending them one at a time.
+    pub fn append_checked(&self, runs: &[&[CheckedBatch<'_>]]) -> Vec<RunOutcome> {
+        let mut outcomes: Vec<RunOutcome> = Vec::with_capacity(runs.len());
+        let mut plan = Plan::default();
+        let mut queued = None;
         let mut w = self.lock_writer();
+        for (run_index, run) in runs.iter().enumerate() {
+            outcomes.push(RunOutcome::default());
+            for checked in run.iter() {
+                if let Err(e) = self.place(
+                    &mut w,
+                    &mut plan,
+                    run_index,
+                    checked,
+                    &mut outcomes,
+                    &mut queued,
+                ) {
+                    outcomes[run_index].error.get_or_insert(e);
+                }
+                if outcomes[run_index].error.is_some() {
+                    break;
+                }
+            }
+        }
+        self.write_plan(&mut w, &mut plan, &mut outcomes, &mut queued);
+        drop(w);
+        if let Some((before, after, last_offset)) = queued {
+            self.after_queueing(before, after, last_offset);
+        }
+        if !plan.wrote_none {
+            self.emit(Change::Appended {
+                next_offset: self.next_offset(),
+            });
+        }
+        outcomes
+    }
+
+    /// Gives one checked batch its place: a duplicate's outcome, a roll when the active
+    /// segment is full (writing what is planned first), or a slot in the plan.
+    fn place<'a>(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan<'a>,
+        run: usize,
+        checked: &'a CheckedBatch<'a>,
+        outcomes: &mut [RunOutcome],
+        queued: &mut Option<(usize, usize, u64)>,
+    ) -> Result<()> {
         if self.is_poisoned() {
             return Err(self.poisoned_error());
         }
+        let header = &checked.header;
         if header.producer_id != 0 {
-            if let SequenceCheck::Duplicate(hit) =
-                w.producers.check(header.producer_id, header.producer_seq)?
+            // Batches planned but not yet written are recorded already (and forgotten
+            // again if their write fails), so a retry among them is seen; it is answered
+            // once they are written.
+            let mut check = w.producers.check(header.producer_id, header.producer_seq)?;
+            if matches!(check, SequenceCheck::Duplicate(hit) if hit.base_offset >= self.next_offset.load(Ordering::Relaxed))
             {
-                return Ok(Appended {
+                self.write_plan(w, plan, outcomes, queued);
+                if outcomes[run].error.is_some() {
+                    return Ok(());
+                }
+                check = w.producers.check(header.producer_id, header.producer_seq)?;
+            }
+            if let SequenceCheck::Duplicate(hit) = check {
+                outcomes[run].appended.push(Appended {
                     base_offset: hit.base_offset,
                     last_offset: hit.last_offset,
                     duplicate: true,
                 });
+                return Ok(());
             }
         }
-        if !w.active.has_room(batch_bytes.len()) || self.segment_expired(&w.active) {
-            self.roll(&mut w)?;
+        let len = checked.bytes.len();
+        if !w.active.has_room(plan.bytes + len) || self.segment_expired(&w.active) {
+            self.write_plan(w, plan, outcomes, queued);
+            if outcomes[run].error.is_some() {
+                return Ok(());
+            }
+            self.roll(w)?;
         }
-        let base_offset = self.next_offset.load(Ordering::Relaxed);
-        w.active.append(batch_bytes, &header, base_offset)?;
+        let base_offset = plan
+            .next_offset
+            .unwrap_or_else(|| self.next_offset.load(Ordering::Relaxed));
         let last_offset = base_offset + u64::from(header.last_offset_delta);
-        // Queued before the offsets are published: whoever sees the offsets and then
-        // drains the queue finds these.
-        let queued = if updates.is_empty() {
-            0
-        } else {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.end = last_offset + 1;
-            if let [tenant] = tenants[..] {
-                let id = pending.intern(tenant);
-                pending.updates.extend(updates.iter().map(|u| Update {
-                    offset: base_offset + u.offset,
-                    tenant: id,
-                    ..*u
-                }));
-            } else {
-                for (u, tenant) in updates.iter().zip(&tenants) {
-                    let id = pending.intern(tenant);
-                    pending.updates.push(Update {
-                        offset: base_offset + u.offset,
-                        tenant: id,
-                        ..*u
-                    });
-                }
-            }
-            pending.updates.len()
-        };
         if header.producer_id != 0 {
             w.producers.record(
                 header.producer_id,
@@ -460,8 +605,97 @@ impl Partition {
                 },
             );
         }
-        self.next_offset.store(last_offset + 1, Ordering::SeqCst);
-        drop(w);
+        let appended = &mut outcomes[run].appended;
+        plan.items.push(Planned {
+            batch: checked,
+            base_offset,
+            run,
+            at: appended.len(),
+        });
+        appended.push(Appended {
+            base_offset,
+            last_offset,
+            duplicate: false,
+        });
+        plan.bytes += len;
+        plan.next_offset = Some(last_offset + 1);
+        Ok(())
+    }
+
+    /// Writes the planned batches to the active segment, queues their index updates and
+    /// publishes their offsets; empties the plan. If the write fails, nothing of it is
+    /// published: the runs it held get the error in place of those batches (the producer
+    /// records made for them are forgotten).
+    fn write_plan(
+        &self,
+        w: &mut Writer,
+        plan: &mut Plan<'_>,
+        outcomes: &mut [RunOutcome],
+        queued: &mut Option<(usize, usize, u64)>,
+    ) {
+        if plan.items.is_empty() {
+            return;
+        }
+        let batches: Vec<(&[u8], &batch::BatchHeader, u64)> = plan
+            .items
+            .iter()
+            .map(|p| (p.batch.bytes, &p.batch.header, p.base_offset))
+            .collect();
+        let first_offset = plan.items[0].base_offset;
+        let next_offset = plan.next_offset.expect("a plan with items knows its end");
+        if let Err(e) = w.active.append_all(&batches) {
+            w.producers.truncate_from(first_offset);
+            let mut failed_run = None;
+            for p in &plan.items {
+                if failed_run == Some(p.run) {
+                    continue;
+                }
+                failed_run = Some(p.run);
+                let outcome = &mut outcomes[p.run];
+                outcome.appended.truncate(p.at);
+                outcome.error = Some(retold(&e));
+            }
+            plan.clear();
+            return;
+        }
+        // Queued before the offsets are published: whoever sees the offsets and then
+        // drains the queue finds these.
+        if plan.items.iter().any(|p| !p.batch.updates.is_empty()) {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let before = pending.updates.len();
+            pending.end = next_offset;
+            for p in &plan.items {
+                let (updates, base) = (&p.batch.updates, p.base_offset);
+                if let [tenant] = p.batch.tenants[..] {
+                    let id = pending.intern(tenant);
+                    pending.updates.extend(updates.iter().map(|u| Update {
+                        offset: base + u.offset,
+                        tenant: id,
+                        ..*u
+                    }));
+                } else {
+                    for (u, tenant) in updates.iter().zip(&p.batch.tenants) {
+                        let id = pending.intern(tenant);
+                        pending.updates.push(Update {
+                            offset: base + u.offset,
+                            tenant: id,
+                            ..*u
+                        });
+                    }
+                }
+            }
+            let after = pending.updates.len();
+            let first = queued.map_or(before, |(b, _, _)| b.min(before));
+            *queued = Some((first, after, next_offset - 1));
+        }
+        self.next_offset.store(next_offset, Ordering::SeqCst);
+        plan.clear();
+        plan.wrote_none = false;
+    }
+
+    /// The index's lag after an append queued updates (`before` → `after` queued, the
+    /// last at `last_offset`): wake the indexer, help it, or wait for it.
+    fn after_queueing(&self, before: usize, queued: usize, last_offset: u64) {
         if queued > self.index_lag.hard {
             // The index is far behind: wait for it (and help).
             drop(self.index_up_to(last_offset + 1));
@@ -480,19 +714,11 @@ impl Partition {
             if passed_roll {
                 self.poke_indexer();
             }
-        } else if queued >= INDEX_POKE_AT && queued - updates.len() < INDEX_POKE_AT {
+        } else if queued >= INDEX_POKE_AT && before < INDEX_POKE_AT {
             // Wake the indexer once per INDEX_POKE_AT updates, not per append (a wake-up
             // is a system call).
             self.poke_indexer();
         }
-        self.emit(Change::Appended {
-            next_offset: last_offset + 1,
-        });
-        Ok(Appended {
-            base_offset,
-            last_offset,
-            duplicate: false,
-        })
     }
 
     fn segment_expired(&self, active: &Segment) -> bool {

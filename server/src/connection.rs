@@ -157,6 +157,13 @@ impl Input {
         }
     }
 
+    /// Puts frames returned by `next_frame` back, from byte `at` (a frame's start) on:
+    /// they are returned again (and their bytes stay valid) until the next read.
+    pub fn rewind_to(&mut self, at: usize) {
+        debug_assert!(at <= self.start);
+        self.start = at;
+    }
+
     /// Bytes of a frame returned by `next_frame` (valid until the next read).
     pub fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
         &self.buf[range]

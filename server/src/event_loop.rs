@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use tidelog_protocol::frame::FrameHeader;
 use tidelog_protocol::response::encode_error;
 use tidelog_protocol::{ErrorCode, ProtocolError};
 
@@ -451,22 +452,34 @@ fn handle_input(state: &mut State, token: usize, conn: &mut Connection) {
         }
     }
     let mut input = std::mem::take(&mut conn.input);
+    // Every whole frame read so far first, so that consecutive publishes can share one
+    // write (dispatch::handle_frames).
+    let mut ranges = Vec::new();
+    let mut broken = None;
     loop {
-        if conn.closing || conn.outbox.bytes() >= limits.buffered_bytes_max {
-            break;
-        }
         match input.next_frame(limits.frame_bytes_max) {
-            NextFrame::Frame(header, range) => {
-                dispatch::handle(state, token, conn, header, input.bytes(range))
-            }
+            NextFrame::Frame(header, range) => ranges.push((header, range)),
             NextFrame::NeedMore => break,
             NextFrame::Broken(error) => {
-                tracing::debug!(peer = %conn.peer, %error, "framing lost; closing the connection");
-                conn.outbox.encode(|out| encode_error(out, 0, 0, &error));
-                conn.closing = true;
+                broken = Some(error);
                 break;
             }
         }
+    }
+    let frames: Vec<(FrameHeader, &[u8])> = ranges
+        .iter()
+        .map(|(header, range)| (*header, input.bytes(range.clone())))
+        .collect();
+    let handled = dispatch::handle_frames(state, token, conn, &frames);
+    drop(frames);
+    if let Some((_, range)) = ranges.get(handled) {
+        // Stopped early (closing, or the outbox is full: the client must read first). The
+        // rest waits in the buffer.
+        input.rewind_to(range.start);
+    } else if let Some(error) = broken {
+        tracing::debug!(peer = %conn.peer, %error, "framing lost; closing the connection");
+        conn.outbox.encode(|out| encode_error(out, 0, 0, &error));
+        conn.closing = true;
     }
     conn.input = input;
 }

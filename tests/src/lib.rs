@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use tidelog_client::{Client, ConnectOptions};
 
@@ -200,4 +201,30 @@ pub fn hello_frame(client: &str) -> Vec<u8> {
         },
     );
     out
+}
+
+/// One frame read off a raw socket: (kind, flags, correlation, body).
+pub fn read_raw(s: &mut std::net::TcpStream) -> std::io::Result<(u16, u8, u64, Vec<u8>)> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    s.read_exact(&mut header)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4")) as usize;
+    let mut body = vec![0u8; len - 12];
+    s.read_exact(&mut body)?;
+    let kind = u16::from_le_bytes([header[4], header[5]]);
+    let correlation = u64::from_le_bytes(header[8..16].try_into().expect("8"));
+    Ok((kind, header[7], correlation, body))
+}
+
+/// A plain socket to `server`, past its HELLO, for a test that writes frames itself.
+pub fn raw_connection(server: &Server) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let hello = hello_frame("raw");
+    s.write_all(&hello).expect("hello");
+    let (kind, flags, _, _) = read_raw(&mut s).expect("hello response");
+    assert_eq!((kind, flags & 0x02), (tidelog_protocol::kind::HELLO, 0));
+    s
 }

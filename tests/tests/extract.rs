@@ -12,7 +12,7 @@ use tidelog_client::{
     build_batch, Ack, ExtractCriteria, ExtractEvent, ExtractMode, ProducerStamp, Record, StartAt,
     TopicSettings,
 };
-use tidelog_e2e::{create_topic, publish_batch, Server};
+use tidelog_e2e::{create_topic, publish_batch, raw_connection, read_raw, Server};
 use tidelog_protocol::partitioner;
 
 type State = BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>;
@@ -782,31 +782,6 @@ fn the_handoff_holds_across_server_restarts() {
         "snapshot ∪ live across two server restarts"
     );
     drop(dir_guard);
-}
-
-/// Raw frames for the test below: (kind, flags, correlation, body).
-fn read_raw(s: &mut std::net::TcpStream) -> std::io::Result<(u16, u8, u64, Vec<u8>)> {
-    use std::io::Read;
-    let mut header = [0u8; 16];
-    s.read_exact(&mut header)?;
-    let len = u32::from_le_bytes(header[0..4].try_into().expect("4")) as usize;
-    let mut body = vec![0u8; len - 12];
-    s.read_exact(&mut body)?;
-    let kind = u16::from_le_bytes([header[4], header[5]]);
-    let correlation = u64::from_le_bytes(header[8..16].try_into().expect("8"));
-    Ok((kind, header[7], correlation, body))
-}
-
-fn raw_connection(server: &Server) -> std::net::TcpStream {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let hello = tidelog_e2e::hello_frame("raw");
-    s.write_all(&hello).expect("hello");
-    let (kind, flags, _, _) = read_raw(&mut s).expect("hello response");
-    assert_eq!((kind, flags & 0x02), (tidelog_protocol::kind::HELLO, 0));
-    s
 }
 
 fn extract_frame(correlation: u64, extraction: u32, credit_bytes: u32) -> Vec<u8> {

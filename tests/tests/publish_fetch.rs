@@ -331,3 +331,133 @@ fn clients_leaving_mid_response_cost_only_their_connection() {
     assert_eq!(n, 64 * 256);
     server.stop();
 }
+
+/// Publishes that reach the server together are appended together (one write for the
+/// batches of consecutive publishes to one partition) and still answered each on its
+/// own, in order, exactly as if alone: a bad batch stops only its own request (the batch
+/// before it stays appended, and the error says so), a producer's retry of a batch in
+/// the same group is a duplicate with that batch's offsets, a sequence gap is refused,
+/// a publish to another partition in the middle is not mixed in, and nothing is written
+/// twice or out of order. Raw frames, written to the socket in one go.
+#[test]
+fn publishes_read_together_are_each_answered_as_if_alone() {
+    use std::io::Write;
+    use tidelog_protocol::{encode_request, response, Request, Response};
+
+    let server = Server::start();
+    let client = server.client();
+    client.create_topic("g", settings(2)).expect("create");
+    let mut s = tidelog_e2e::raw_connection(&server);
+
+    let plain = ProducerStamp::default();
+    let stamped = |sequence| ProducerStamp {
+        producer_id: 9,
+        sequence,
+    };
+    let batch = |first, n, stamp| build_batch(&records(first, n), stamp);
+    let mut corrupt = batch(100, 5, plain);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff; // the CRC no longer matches
+    let requests: Vec<(u64, u32, Ack, Vec<u8>)> = vec![
+        (2, 0, Ack::Written, batch(0, 10, plain)),
+        (
+            3,
+            0,
+            Ack::Written,
+            [batch(10, 10, plain), corrupt, batch(200, 5, plain)].concat(),
+        ),
+        (4, 0, Ack::None, batch(20, 10, plain)),
+        (5, 0, Ack::Durable, batch(30, 10, plain)),
+        (6, 1, Ack::Written, batch(500, 10, plain)),
+        (7, 0, Ack::Written, batch(40, 10, stamped(0))),
+        (8, 0, Ack::Written, batch(40, 10, stamped(0))),
+        (9, 0, Ack::Written, batch(300, 10, stamped(5))),
+        (10, 0, Ack::Written, batch(50, 10, stamped(1))),
+    ];
+    let mut wire = Vec::new();
+    for (correlation, partition, ack, batches) in &requests {
+        let publish = Request::Publish {
+            topic: "g",
+            partition: *partition,
+            ack: *ack,
+            batches,
+        };
+        encode_request(&mut wire, *correlation, &publish);
+    }
+    encode_request(&mut wire, 11, &Request::Ping);
+    s.write_all(&wire).expect("write");
+
+    // Answers: every request but the one with ack `none`, the durable one whenever its
+    // sync comes, the others in the order sent.
+    let mut answers = std::collections::BTreeMap::new();
+    let mut order = Vec::new();
+    while answers.len() < 9 {
+        let (k, flags, correlation, body) = tidelog_e2e::read_raw(&mut s).expect("answer");
+        assert_ne!(correlation, 4, "a publish with ack none is not answered");
+        if correlation != 5 {
+            order.push(correlation);
+        }
+        let answer = if flags & 0x02 != 0 {
+            let e = response::decode_error(&body).expect("error body");
+            Err((e.code, e.message))
+        } else {
+            match Response::decode(k, &body).expect("response body") {
+                Response::Published(b) => Ok(b
+                    .iter()
+                    .map(|b| (b.base_offset, b.last_offset, b.duplicate))
+                    .collect::<Vec<_>>()),
+                Response::Done => Ok(Vec::new()),
+                other => panic!("unexpected answer {other:?}"),
+            }
+        };
+        assert!(
+            answers.insert(correlation, answer).is_none(),
+            "one answer each"
+        );
+    }
+    assert_eq!(order, vec![2, 3, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(answers[&2], Ok(vec![(0, 9, false)]));
+    match &answers[&3] {
+        Err((code, message)) => {
+            assert_eq!(*code, ErrorCode::InvalidBatch);
+            assert!(
+                message.contains("the 1 batches before it were appended"),
+                "{message}"
+            );
+        }
+        other => panic!("the corrupt batch was not refused: {other:?}"),
+    }
+    assert_eq!(answers[&5], Ok(vec![(30, 39, false)]));
+    assert_eq!(answers[&6], Ok(vec![(0, 9, false)]));
+    assert_eq!(answers[&7], Ok(vec![(40, 49, false)]));
+    assert_eq!(answers[&8], Ok(vec![(40, 49, true)]));
+    assert!(
+        matches!(&answers[&9], Err((ErrorCode::OutOfOrderSequence, _))),
+        "{:?}",
+        answers[&9]
+    );
+    assert_eq!(answers[&10], Ok(vec![(50, 59, false)]));
+
+    // Partition 0 holds records 0..60 at offsets 0..60, each once; partition 1 the other
+    // request's ten.
+    let f = client
+        .fetch("g", 0, StartAt::Earliest, 1 << 20, Duration::ZERO, None)
+        .expect("fetch");
+    let got: Vec<(u64, Vec<u8>)> = f
+        .records
+        .iter()
+        .map(|r| (r.offset, r.value.clone().unwrap_or_default()))
+        .collect();
+    let want: Vec<(u64, Vec<u8>)> = (0..60)
+        .map(|i| (i, format!("value {i}").into_bytes()))
+        .collect();
+    assert_eq!(got, want);
+    let f = client
+        .fetch("g", 1, StartAt::Earliest, 1 << 20, Duration::ZERO, None)
+        .expect("fetch");
+    let values: Vec<Vec<u8>> = f.records.iter().filter_map(|r| r.value.clone()).collect();
+    let want: Vec<Vec<u8>> = (500..510)
+        .map(|i| format!("value {i}").into_bytes())
+        .collect();
+    assert_eq!(values, want);
+}
