@@ -46,14 +46,14 @@ pub struct Connection {
     pub subscriptions: HashMap<u32, Subscription>,
     /// Extractions in progress, by id (ids are shared with subscriptions).
     pub extractions: HashMap<u32, Extraction>,
-    /// State extractions whose snapshot the freezer is taking, by id: not answered yet.
+    /// State extractions whose snapshot the worker is taking, by id: not answered yet.
     pub freezing: HashMap<u32, Freezing>,
 }
 
 /// A state extraction waiting for its snapshot.
 #[derive(Debug)]
 pub struct Freezing {
-    /// The freezer job's token: its result is this extraction's only if they match.
+    /// The freeze job's token: its result is this extraction's only if they match.
     pub token: u64,
     /// Credit granted so far (the request's, plus any granted meanwhile).
     pub credit_bytes: u64,

@@ -16,9 +16,9 @@ use tidelog_protocol::response::{
 use tidelog_protocol::{kind, ErrorCode, ProtocolError};
 
 use crate::connection::Connection;
-use crate::extraction::{count_records, Step};
 use crate::outbox::Outbox;
 use crate::state::{to_protocol, Limits};
+use crate::worker::{Job, ReadJob, Worker};
 
 /// The bytes to send for a run of batches: zero-copy slices and re-encoded batches.
 #[derive(Debug, Default)]
@@ -160,33 +160,49 @@ pub enum Pumped {
     Ended,
 }
 
-/// Size of an extraction's first chunk (see `pump_extraction`).
+/// Size of an extraction's first chunk: small, so the client has its first records
+/// after one short read rather than a full chunk's.
 const FIRST_CHUNK_BYTES: u32 = 64 << 10;
 
 /// Bytes of log one pump may scan, so one filtered subscription cannot hold the loop.
 const PUMP_SCAN_BYTES_MAX: usize = 16 << 20;
 
-/// An extraction's chunks after the first are at most this large, and one pump of an
-/// extraction stops once it has run this long (it goes on next tick, after the other
-/// connections' input): a state extraction reads its records at random from the log, a
-/// few ms per MiB, so 16 MiB pumps held the loop for 20-80 ms and every other client's
-/// publishes waited that long.
-const EXTRACT_CHUNK_BYTES: u32 = 256 << 10;
-const EXTRACT_PUMP_TIME: std::time::Duration = std::time::Duration::from_millis(2);
+/// An extraction's chunks after the first are at most this large. They are read on the
+/// worker thread (`worker.rs`), never on the event loop: a state extraction reads its
+/// records at random from the log, a few ms per MiB when cached and a disk read per page
+/// when not, and on the loop every other client waited that long.
+const EXTRACT_CHUNK_BYTES: u32 = 1 << 20;
 
-/// Pushes what subscription or extraction `id` may receive now.
-pub fn pump(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
+/// An extraction asks for its next chunk while it has less than this read and not sent
+/// (and credit for more): the next read overlaps the sending of the last.
+const EXTRACT_READ_AHEAD_BYTES: u64 = 2 << 20;
+
+/// Pushes what subscription or extraction `id` may receive now. `token` is the
+/// connection's; an extraction's reads go to `worker`.
+pub fn pump(
+    conn: &mut Connection,
+    token: usize,
+    id: u32,
+    limits: &Limits,
+    worker: &mut Worker,
+) -> Pumped {
     if conn.subscriptions.contains_key(&id) {
         pump_subscription(conn, id, limits)
     } else {
-        pump_extraction(conn, id, limits)
+        pump_extraction(conn, token, id, limits, worker)
     }
 }
 
-/// Streams an extraction: EXTRACT_DATA chunks within its credit, then EXTRACT_END.
-fn pump_extraction(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
-    let started = std::time::Instant::now();
-    let mut scanned = 0usize;
+/// Streams an extraction: the chunks the worker has read, as EXTRACT_DATA within its
+/// credit, then EXTRACT_END (or the error that stopped it); and asks the worker for the
+/// next chunk while there is credit for it.
+fn pump_extraction(
+    conn: &mut Connection,
+    token: usize,
+    id: u32,
+    limits: &Limits,
+    worker: &mut Worker,
+) -> Pumped {
     loop {
         if conn.outbox.bytes() >= limits.buffered_bytes_max {
             conn.throttled = true;
@@ -195,55 +211,80 @@ fn pump_extraction(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
         let Some(ex) = conn.extractions.get_mut(&id) else {
             return Pumped::Ended;
         };
-        if ex.credit_bytes == 0 {
-            return Pumped::Idle;
-        }
-        if scanned >= PUMP_SCAN_BYTES_MAX || started.elapsed() >= EXTRACT_PUMP_TIME {
-            return Pumped::More;
-        }
-        // The first chunk is small and goes out with this tick's writes: the client has
-        // its first records after one small read, not after a full scan budget.
-        let first = ex.records_sent == 0;
-        let want = ex.credit_bytes.min(u64::from(limits.fetch_bytes_max)) as u32;
-        let want = want.min(if first {
-            FIRST_CHUNK_BYTES
-        } else {
-            EXTRACT_CHUNK_BYTES
-        });
-        match ex.step(want) {
-            Ok(Step::Chunk(bytes, cursor)) => {
-                scanned += bytes.len().max(want as usize / 4);
-                if bytes.len() as u64 > ex.credit_bytes {
-                    ex.pending = Some((bytes, cursor));
-                    return Pumped::Idle; // wait for credit
-                }
-                if !bytes.is_empty() {
-                    ex.credit_bytes -= bytes.len() as u64;
-                    ex.records_sent += count_records(&bytes);
-                    conn.outbox
-                        .encode(|out| begin_extract_data(out, id, cursor, bytes.len()));
-                    conn.outbox.push_owned(bytes);
-                    if first {
-                        return Pumped::More;
-                    }
-                }
+        match ex.ready.front() {
+            Some(chunk) if chunk.bytes.len() as u64 > ex.credit_bytes => break, // credit
+            Some(_) => {
+                let chunk = ex.ready.pop_front().expect("just seen");
+                let len = chunk.bytes.len() as u64;
+                ex.ready_bytes -= len;
+                ex.credit_bytes -= len;
+                ex.records_sent += chunk.records;
+                conn.outbox
+                    .encode(|out| begin_extract_data(out, id, chunk.cursor, chunk.bytes.len()));
+                conn.outbox.push_owned(chunk.bytes);
+                continue;
             }
-            Ok(Step::Done) => {
+            None => {}
+        }
+        match ex.end.take() {
+            Some(Ok(())) => {
                 let (watermark, records) = (ex.watermark.unwrap_or(u64::MAX), ex.records_sent);
                 conn.extractions.remove(&id);
                 conn.outbox
                     .encode(|out| encode_extract_end(out, id, watermark, records));
                 return Pumped::Ended;
             }
-            Err(e) => {
-                conn.extractions.remove(&id);
-                let error = to_protocol(&e);
-                conn.outbox
-                    .encode(|out| encode_push_error(out, kind::EXTRACT_DATA, id, &error));
-                return Pumped::Ended;
-            }
+            Some(Err(e)) => return end_extraction(conn, id, &to_protocol(&e)),
+            None => break,
         }
     }
+    let Some(ex) = conn.extractions.get_mut(&id) else {
+        return Pumped::Ended;
+    };
+    let room = ex.credit_bytes.saturating_sub(ex.ready_bytes);
+    if ex.reading.is_some()
+        || ex.end.is_some()
+        || ex.ready_bytes >= EXTRACT_READ_AHEAD_BYTES
+        || room == 0
+    {
+        return Pumped::Idle;
+    }
+    let first = ex.records_sent == 0 && ex.ready.is_empty();
+    let max_bytes = room
+        .min(u64::from(limits.fetch_bytes_max))
+        .min(u64::from(if first {
+            FIRST_CHUNK_BYTES
+        } else {
+            EXTRACT_CHUNK_BYTES
+        })) as u32;
+    let Some(reader) = ex.reader.take() else {
+        return Pumped::Idle; // out on the worker (`reading` says so)
+    };
+    let seq = worker.next_seq();
+    let job = Job::Read(ReadJob {
+        conn: token,
+        extraction: id,
+        seq,
+        reader,
+        max_bytes,
+    });
+    if worker.submit(job) {
+        ex.reading = Some(seq);
+        return Pumped::Idle;
+    }
+    let error = ProtocolError::new(
+        ErrorCode::Internal,
+        "the server's extraction worker has stopped",
+    );
+    end_extraction(conn, id, &error)
+}
+
+/// Ends extraction `id` with an error push.
+fn end_extraction(conn: &mut Connection, id: u32, error: &ProtocolError) -> Pumped {
+    conn.extractions.remove(&id);
+    conn.outbox
+        .encode(|out| encode_push_error(out, kind::EXTRACT_DATA, id, error));
+    Pumped::Ended
 }
 
 /// Pushes what subscription `id` may receive now: whole batches from its position, within

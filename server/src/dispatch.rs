@@ -20,9 +20,9 @@ use tidelog_protocol::{
 use crate::connection::{Connection, Freezing};
 use crate::deliver;
 use crate::extraction::{Extraction, Resumable, ResumeSpec};
-use crate::freezer;
 use crate::state::{key_of, to_protocol, LongPoll, State};
 use crate::subscription::Subscription;
+use crate::worker;
 
 /// Handles the whole frames of one read from connection `token`, in order. Returns how
 /// many it handled: it stops early once the connection starts closing or its outbox is
@@ -474,16 +474,17 @@ fn execute<'a>(
                 state.next_token = state.next_token.wrapping_add(2);
                 match mode {
                     ExtractMode::State => {
-                        // Frozen on the freezer's thread; answered when it is done.
-                        let submitted = state.freezer.submit(freezer::Job {
-                            conn: token,
-                            extraction,
-                            correlation,
-                            token: ex_token,
-                            partition: p,
-                            tenant: tenant.to_vec(),
-                            criteria,
-                        });
+                        // Frozen on the worker thread; answered when it is done.
+                        let submitted =
+                            state.worker.submit(worker::Job::Freeze(worker::FreezeJob {
+                                conn: token,
+                                extraction,
+                                correlation,
+                                token: ex_token,
+                                partition: p,
+                                tenant: tenant.to_vec(),
+                                criteria,
+                            }));
                         if !submitted {
                             return Err(ProtocolError::new(
                                 ErrorCode::Internal,
@@ -541,15 +542,15 @@ fn register(
     &state.resumable[&ex_token]
 }
 
-/// A state extraction whose snapshot the freezer has taken: registers it, answers the
+/// A state extraction whose snapshot the worker has taken: registers it, answers the
 /// EXTRACT and starts streaming.
 pub fn finish_freeze(
     state: &mut State,
     conn: &mut Connection,
-    frozen: freezer::Frozen,
+    frozen: worker::Frozen,
     credit_bytes: u64,
 ) {
-    let freezer::Frozen { job, snapshot } = frozen;
+    let worker::Frozen { job, snapshot } = frozen;
     let total = if job.criteria.is_empty() {
         snapshot.len() as u64
     } else {

@@ -25,6 +25,7 @@ use crate::deliver::{self, Pumped};
 use crate::dispatch;
 use crate::notices::Pending;
 use crate::state::State;
+use crate::worker::Done;
 
 /// Quiet time after which a connection's large input buffer is given back.
 const INPUT_SHRINK_AFTER: Duration = Duration::from_secs(1);
@@ -109,7 +110,7 @@ impl EventLoop {
                 });
                 let drained = self.conns.iter().flatten().all(|c| c.outbox.is_empty())
                     && self.state.pending_acks.is_empty()
-                    && !self.state.freezer.busy();
+                    && !self.state.worker.busy();
                 if drained || Instant::now() >= until {
                     return Ok(());
                 }
@@ -124,7 +125,7 @@ impl EventLoop {
         let readable = |c: &Connection| c.read_ready && !c.closing && c.outbox.bytes() < limit;
         if !self.state.to_pump.is_empty()
             || self.conns.iter().flatten().any(readable)
-            || self.state.freezer.any_done()
+            || self.state.worker.any_done()
             // Changes this thread made after the tick took the notices (it woke nobody).
             || self.state.notices.any()
         {
@@ -147,34 +148,45 @@ impl EventLoop {
         timeout
     }
 
-    /// Answers the state extractions whose snapshots the freezer has taken, on the
-    /// connections still waiting for them.
-    fn finish_freezes(&mut self) {
-        if !self.state.freezer.any_done() {
+    /// Collects what the worker has done: answers the state extractions it has frozen
+    /// (on the connection only if it still waits for that job), and hands read chunks to
+    /// their extractions (only if still theirs) to be pumped.
+    fn finish_work(&mut self) {
+        if !self.state.worker.any_done() {
             return;
         }
-        for frozen in self.state.freezer.take_done() {
-            let conn = frozen
-                .job
-                .conn
-                .checked_sub(FIRST_CONNECTION)
-                .and_then(|i| self.conns.get_mut(i))
-                .and_then(Option::as_mut);
-            let Some(conn) = conn else { continue };
-            let id = frozen.job.extraction;
-            if conn.freezing.get(&id).map(|f| f.token) != Some(frozen.job.token) {
-                continue; // closed meanwhile, and the slot reused
+        for done in self.state.worker.take_done() {
+            match done {
+                Done::Frozen(frozen) => {
+                    let Some(conn) = conn_at(&mut self.conns, frozen.job.conn) else {
+                        continue;
+                    };
+                    let id = frozen.job.extraction;
+                    if conn.freezing.get(&id).map(|f| f.token) != Some(frozen.job.token) {
+                        continue; // closed meanwhile, and the slot reused
+                    }
+                    let credit_bytes = conn.freezing.remove(&id).map_or(0, |f| f.credit_bytes);
+                    crate::dispatch::finish_freeze(&mut self.state, conn, frozen, credit_bytes);
+                }
+                Done::Read(read) => {
+                    let Some(conn) = conn_at(&mut self.conns, read.conn) else {
+                        continue;
+                    };
+                    let Some(ex) = conn.extractions.get_mut(&read.extraction) else {
+                        continue;
+                    };
+                    if ex.reading != Some(read.seq) {
+                        continue; // not this extraction's read (closed, id reused)
+                    }
+                    ex.read_done(read.reader, read.result);
+                    self.state.to_pump.push((read.conn, read.extraction));
+                }
             }
-            let credit_bytes = conn.freezing.remove(&id).map_or(0, |f| f.credit_bytes);
-            crate::dispatch::finish_freeze(&mut self.state, conn, frozen, credit_bytes);
         }
     }
 
     fn conn_mut(&mut self, token: usize) -> Option<&mut Connection> {
-        token
-            .checked_sub(FIRST_CONNECTION)
-            .and_then(|i| self.conns.get_mut(i))
-            .and_then(Option::as_mut)
+        conn_at(&mut self.conns, token)
     }
 
     fn accept_all(&mut self) {
@@ -232,7 +244,7 @@ impl EventLoop {
             };
             handle_input(&mut self.state, token, conn);
         }
-        self.finish_freezes();
+        self.finish_work();
         for partition in std::mem::take(&mut self.state.flush_wanted) {
             self.state.engine.request_flush(&partition);
         }
@@ -375,14 +387,14 @@ impl EventLoop {
         work.sort_unstable();
         work.dedup();
         for (token, id) in work {
-            let Some(conn) = self.conn_mut(token) else {
+            let Some(conn) = conn_at(&mut self.conns, token) else {
                 continue;
             };
             let key = conn
                 .subscriptions
                 .get(&id)
                 .map(|s| crate::state::key_of(&s.partition));
-            match deliver::pump(conn, id, &limits) {
+            match deliver::pump(conn, token, id, &limits, &mut self.state.worker) {
                 Pumped::Idle => {}
                 Pumped::More => self.state.to_pump.push((token, id)),
                 Pumped::Ended => {
@@ -435,6 +447,14 @@ fn answer_long_poll(
             });
         }
     }
+}
+
+/// The connection of `token`, if it is open.
+fn conn_at(conns: &mut [Option<Connection>], token: usize) -> Option<&mut Connection> {
+    token
+        .checked_sub(FIRST_CONNECTION)
+        .and_then(|i| conns.get_mut(i))
+        .and_then(Option::as_mut)
 }
 
 /// Reads what the connection has and handles every whole frame, unless its outbox is

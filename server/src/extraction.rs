@@ -26,19 +26,65 @@ pub enum Source {
     },
 }
 
+/// An extraction's reading side: where it is in its source, and what it needs to read
+/// on. It travels to the worker thread for each read (`worker.rs`) and comes back with
+/// the chunk, so the event loop never reads the log for an extraction itself.
 #[derive(Debug)]
-pub struct Extraction {
+pub struct Reader {
     pub partition: Arc<Partition>,
     /// The last offset the extraction covers (`None`: the partition was empty).
     pub watermark: Option<u64>,
     pub criteria: Criteria,
+    pub source: Source,
+}
+
+/// A chunk read and not yet sent: its bytes (whole batches), the cursor after it (what
+/// a resume starts from) and how many records it holds.
+#[derive(Debug)]
+pub struct Chunk {
+    pub bytes: Vec<u8>,
+    pub cursor: u64,
+    pub records: u64,
+}
+
+#[derive(Debug)]
+pub struct Extraction {
+    /// The last offset the extraction covers (`None`: the partition was empty).
+    pub watermark: Option<u64>,
     pub credit_bytes: u64,
     pub records_sent: u64,
-    pub source: Source,
-    /// A chunk read but not yet sendable (over the remaining credit), with its cursor.
-    pub pending: Option<(Vec<u8>, u64)>,
+    /// At home while no read is out; `None` while the worker reads with it.
+    pub reader: Option<Reader>,
+    /// The read out on the worker (its sequence number: a result is this extraction's
+    /// only if it matches).
+    pub reading: Option<u64>,
+    /// Chunks read and not yet sent, in order (a chunk waits here for credit).
+    pub ready: std::collections::VecDeque<Chunk>,
+    pub ready_bytes: u64,
+    /// The source is exhausted (`Ok`) or failed: sent once `ready` is empty.
+    pub end: Option<Result<(), tidelog_engine::EngineError>>,
     /// Names the extraction for a resume.
     pub token: u64,
+}
+
+impl Extraction {
+    /// Takes in what the worker read: the reader comes home, the chunk joins the queue.
+    pub fn read_done(&mut self, reader: Reader, result: Result<Step, tidelog_engine::EngineError>) {
+        self.reading = None;
+        self.reader = Some(reader);
+        match result {
+            Ok(Step::Chunk(chunk)) => {
+                // An empty chunk (a history scan that found nothing in its budget) just
+                // moved the cursor on.
+                if !chunk.bytes.is_empty() {
+                    self.ready_bytes += chunk.bytes.len() as u64;
+                    self.ready.push_back(chunk);
+                }
+            }
+            Ok(Step::Done) => self.end = Some(Ok(())),
+            Err(e) => self.end = Some(Err(e)),
+        }
+    }
 }
 
 /// What is kept so an extraction can be resumed from a cursor by a later request.
@@ -77,38 +123,42 @@ impl Resumable {
             },
         };
         Extraction {
-            partition: self.partition.clone(),
             watermark: self.watermark,
-            criteria: self.criteria.clone(),
             credit_bytes,
             records_sent: 0,
-            source,
-            pending: None,
+            reader: Some(Reader {
+                partition: self.partition.clone(),
+                watermark: self.watermark,
+                criteria: self.criteria.clone(),
+                source,
+            }),
+            reading: None,
+            ready: std::collections::VecDeque::new(),
+            ready_bytes: 0,
+            end: None,
             token,
         }
     }
 }
 
 /// What one read step produced.
+#[derive(Debug)]
 pub enum Step {
-    Chunk(Vec<u8>, u64),
+    Chunk(Chunk),
     Done,
 }
 
-impl Extraction {
-    /// Reads the next chunk of about `max_bytes`.
+impl Reader {
+    /// Reads the next chunk of about `max_bytes` (at least one batch when any is left).
     pub fn step(&mut self, max_bytes: u32) -> Result<Step, tidelog_engine::EngineError> {
-        if let Some((bytes, cursor)) = self.pending.take() {
-            return Ok(Step::Chunk(bytes, cursor));
-        }
-        match &mut self.source {
+        let (bytes, cursor) = match &mut self.source {
             Source::State { snapshot, cursor } => {
                 if *cursor >= snapshot.len() {
                     return Ok(Step::Done);
                 }
                 let (bytes, next) = snapshot.read(*cursor, max_bytes as usize, &self.criteria)?;
                 *cursor = next;
-                Ok(Step::Chunk(bytes, next as u64))
+                (bytes, next as u64)
             }
             Source::History {
                 tenant,
@@ -128,9 +178,15 @@ impl Extraction {
                     max_bytes,
                 )?;
                 *next = if after > *next { after } else { upto + 1 };
-                Ok(Step::Chunk(bytes, *next))
+                (bytes, *next)
             }
-        }
+        };
+        let records = count_records(&bytes);
+        Ok(Step::Chunk(Chunk {
+            bytes,
+            cursor,
+            records,
+        }))
     }
 }
 

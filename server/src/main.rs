@@ -19,13 +19,13 @@ mod deliver;
 mod dispatch;
 mod event_loop;
 mod extraction;
-mod freezer;
 mod groups;
 mod notices;
 mod outbox;
 mod serve;
 mod state;
 mod subscription;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -227,7 +227,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         resumable: Default::default(),
         next_token: boot,
         groups,
-        freezer: crate::freezer::Freezer::start(notices.clone()).map_err(|e| e.to_string())?,
+        worker: crate::worker::Worker::start(notices.clone()).map_err(|e| e.to_string())?,
     };
     let mut event_loop = EventLoop::new(poll, listener, state, stop).map_err(|e| e.to_string())?;
     tracing::info!(

@@ -96,7 +96,7 @@ pub struct State {
     /// Consumer groups.
     pub groups: crate::groups::Coordinator,
     /// Takes state extractions' snapshots off the loop.
-    pub freezer: crate::freezer::Freezer,
+    pub worker: crate::worker::Worker,
 }
 
 impl State {

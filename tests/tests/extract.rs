@@ -785,6 +785,22 @@ fn the_handoff_holds_across_server_restarts() {
 }
 
 fn extract_frame(correlation: u64, extraction: u32, credit_bytes: u32) -> Vec<u8> {
+    extract_frame_of(
+        correlation,
+        extraction,
+        credit_bytes,
+        b"acme",
+        tidelog_protocol::ExtractMode::State,
+    )
+}
+
+fn extract_frame_of(
+    correlation: u64,
+    extraction: u32,
+    credit_bytes: u32,
+    tenant: &[u8],
+    mode: tidelog_protocol::ExtractMode,
+) -> Vec<u8> {
     let mut out = Vec::new();
     tidelog_protocol::encode_request(
         &mut out,
@@ -793,8 +809,8 @@ fn extract_frame(correlation: u64, extraction: u32, credit_bytes: u32) -> Vec<u8
             extraction,
             topic: "t",
             partition: 0,
-            tenant: b"acme",
-            mode: tidelog_protocol::ExtractMode::State,
+            tenant,
+            mode,
             filter: tidelog_protocol::ExtractFilter {
                 since_ms: i64::MIN,
                 until_ms: i64::MAX,
@@ -893,4 +909,108 @@ fn a_state_extraction_is_answered_after_its_freeze_and_only_to_its_asker() {
     }
     let info = client.tenant_info("t", b"acme").expect("tenant info");
     assert_eq!(info.live_keys, KEYS);
+}
+
+/// An extraction's reads run on the worker thread, one out at a time, and a chunk goes
+/// only to the extraction that asked for it: a connection that leaves while a large read
+/// of its extraction is out, replaced at once by one (likely in its slot) that starts an
+/// extraction with the same id on another tenant, gets exactly that tenant's records,
+/// each once — never the departed one's chunk.
+#[test]
+fn a_read_in_flight_reaches_only_the_extraction_that_asked() {
+    use std::io::Write;
+    use tidelog_protocol::{kind, ExtractMode};
+    const KEYS: u64 = 300_000;
+    const OTHER: u64 = 500;
+    let server = Server::start();
+    let client = server.client();
+    create_topic(&client, "t", 1);
+    // Tiny records, so one 1 MiB chunk is tens of thousands of random reads.
+    for chunk in 0..KEYS / 5000 {
+        let records: Vec<Record> = (chunk * 5000..(chunk + 1) * 5000)
+            .map(|k| Record {
+                timestamp_ms: 1,
+                tenant: Some(b"acme".to_vec()),
+                key: Some(format!("k{k}").into_bytes()),
+                value: Some(b"v".to_vec()),
+                headers: Vec::new(),
+            })
+            .collect();
+        publish_batch(&client, "t", 0, &records);
+    }
+    let beta: Vec<Record> = (0..OTHER)
+        .map(|k| Record {
+            timestamp_ms: 1,
+            tenant: Some(b"beta".to_vec()),
+            key: Some(format!("b{k}").into_bytes()),
+            value: Some(b"w".to_vec()),
+            headers: Vec::new(),
+        })
+        .collect();
+    publish_batch(&client, "t", 0, &beta);
+
+    for round in 0..6 {
+        // A: its first chunk arrives, so its second read (up to 1 MiB) is out; then it
+        // leaves.
+        let mut a = raw_connection(&server);
+        a.write_all(&extract_frame_of(
+            2,
+            9,
+            8 << 20,
+            b"acme",
+            ExtractMode::State,
+        ))
+        .expect("extract");
+        let (k, _, _, _) = read_raw(&mut a).expect("EXTRACT response");
+        assert_eq!(k, kind::EXTRACT);
+        let (k, _, _, _) = read_raw(&mut a).expect("first chunk");
+        assert_eq!(k, kind::EXTRACT_DATA);
+        drop(a);
+        std::thread::sleep(Duration::from_millis(2));
+        // B: a history extraction (registered at once, no freeze) with the same id.
+        let mut b = raw_connection(&server);
+        b.write_all(&extract_frame_of(
+            2,
+            9,
+            1 << 30,
+            b"beta",
+            ExtractMode::History,
+        ))
+        .expect("extract");
+        let (k, flags, _, _) = read_raw(&mut b).expect("EXTRACT response");
+        assert_eq!((k, flags & 0x02), (kind::EXTRACT, 0), "round {round}");
+        let mut keys = std::collections::BTreeSet::new();
+        let ended_with = loop {
+            let (k, flags, correlation, body) = read_raw(&mut b).expect("extraction frames");
+            assert_eq!((flags & 0x02, correlation), (0, 9), "round {round}");
+            if k == kind::EXTRACT_END {
+                break u64::from_le_bytes(body[8..16].try_into().expect("8"));
+            }
+            assert_eq!(k, kind::EXTRACT_DATA);
+            let data = tidelog_protocol::response::decode_extract_data(&body).expect("data");
+            let mut batches = data.batches;
+            while !batches.is_empty() {
+                let len = tidelog_protocol::batch::peek_len(batches).expect("a batch") as usize;
+                let view = tidelog_protocol::batch::validate(&batches[..len]).expect("valid");
+                for r in view.records() {
+                    let r = r.expect("valid record");
+                    assert_eq!(
+                        r.tenant,
+                        Some(&b"beta"[..]),
+                        "round {round}: another's record"
+                    );
+                    assert!(
+                        keys.insert(r.key.expect("keyed").to_vec()),
+                        "round {round}: twice"
+                    );
+                }
+                batches = &batches[len..];
+            }
+        };
+        assert_eq!(
+            (keys.len() as u64, ended_with),
+            (OTHER, OTHER),
+            "round {round}"
+        );
+    }
 }
