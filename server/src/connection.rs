@@ -24,6 +24,9 @@ const READ_CHUNK_BYTES: usize = 256 << 10;
 
 #[derive(Debug)]
 pub struct Connection {
+    /// Never the same for two connections of one server run (a token's slot is reused):
+    /// an answer prepared off the loop goes to the connection only if this matches.
+    pub serial: u64,
     pub stream: TcpStream,
     pub peer: SocketAddr,
     /// Bytes read but not yet handled. Taken out while its frames are dispatched, so the
@@ -77,8 +80,9 @@ pub enum NextFrame {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> Connection {
+    pub fn new(stream: TcpStream, peer: SocketAddr, serial: u64) -> Connection {
         Connection {
+            serial,
             stream,
             peer,
             input: Input::default(),

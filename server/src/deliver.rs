@@ -272,11 +272,7 @@ fn pump_extraction(
         ex.reading = Some(seq);
         return Pumped::Idle;
     }
-    let error = ProtocolError::new(
-        ErrorCode::Internal,
-        "the server's extraction worker has stopped",
-    );
-    end_extraction(conn, id, &error)
+    end_extraction(conn, id, &crate::dispatch::worker_stopped())
 }
 
 /// Ends extraction `id` with an error push.

@@ -417,13 +417,18 @@ fn execute<'a>(
                 tidelog_protocol::partitioner::partition_for(Some(tenant), None, partitions)
                     .unwrap_or(0);
             let p = state.partition(topic, partition)?;
-            let info = p.tenant_info(tenant);
-            Reply::Now(Response::TenantInfo {
-                partition,
-                latest_offset: info.and_then(|i| i.latest_offset).unwrap_or(u64::MAX),
-                live_keys: info.map_or(0, |i| i.live_keys),
-                events: info.map_or(0, |i| i.events),
-            })
+            // The index is caught up on the worker thread; answered when it is done.
+            let submitted = state.worker.submit(worker::Job::Info(worker::InfoJob {
+                conn: token,
+                serial: conn.serial,
+                correlation,
+                partition: p,
+                tenant: tenant.to_vec(),
+            }));
+            if !submitted {
+                return Err(worker_stopped());
+            }
+            Reply::Handled
         }
         Request::Extract {
             extraction,
@@ -486,10 +491,7 @@ fn execute<'a>(
                                 criteria,
                             }));
                         if !submitted {
-                            return Err(ProtocolError::new(
-                                ErrorCode::Internal,
-                                "the server's extraction worker has stopped",
-                            ));
+                            return Err(worker_stopped());
                         }
                         conn.freezing.insert(
                             extraction,
@@ -520,6 +522,28 @@ fn execute<'a>(
             Reply::Handled
         }
     })
+}
+
+/// The answer to a request whose work the worker thread would have done, when it is gone
+/// (it panicked).
+pub fn worker_stopped() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Internal,
+        "the server's worker thread has stopped",
+    )
+}
+
+/// Answers a TENANT_INFO the worker has looked up.
+pub fn answer_tenant_info(conn: &mut Connection, done: worker::InfoDone) {
+    let info = done.info;
+    let response = Response::TenantInfo {
+        partition: done.job.partition.id(),
+        latest_offset: info.and_then(|i| i.latest_offset).unwrap_or(u64::MAX),
+        live_keys: info.map_or(0, |i| i.live_keys),
+        events: info.map_or(0, |i| i.events),
+    };
+    conn.outbox
+        .encode(|out| encode_response(out, kind::TENANT_INFO, done.job.correlation, &response));
 }
 
 /// Keeps an extraction resumable (by its token) for the resume window.

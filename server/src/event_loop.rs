@@ -44,6 +44,8 @@ pub struct EventLoop {
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
     live: usize,
+    /// Connections accepted so far (each one's serial).
+    serials: u64,
     pub state: State,
     stop: Arc<AtomicBool>,
 }
@@ -62,6 +64,7 @@ impl EventLoop {
             listener: Some(listener),
             conns: Vec::new(),
             free: Vec::new(),
+            serials: 0,
             live: 0,
             state,
             stop,
@@ -168,6 +171,14 @@ impl EventLoop {
                     let credit_bytes = conn.freezing.remove(&id).map_or(0, |f| f.credit_bytes);
                     crate::dispatch::finish_freeze(&mut self.state, conn, frozen, credit_bytes);
                 }
+                Done::Info(done) => {
+                    let Some(conn) = conn_at(&mut self.conns, done.job.conn) else {
+                        continue;
+                    };
+                    if conn.serial == done.job.serial {
+                        crate::dispatch::answer_tenant_info(conn, done);
+                    }
+                }
                 Done::Read(read) => {
                     let Some(conn) = conn_at(&mut self.conns, read.conn) else {
                         continue;
@@ -228,7 +239,8 @@ impl EventLoop {
             token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.conns[index] = Some(Connection::new(stream, peer));
+        self.serials += 1;
+        self.conns[index] = Some(Connection::new(stream, peer, self.serials));
         self.live += 1;
         tracing::debug!(%peer, token = token.0, "connection accepted");
         Ok(())

@@ -1,5 +1,5 @@
-//! Extraction work taken off the event loop: state extractions' freezes, and every
-//! extraction's reads of the log.
+//! Work taken off the event loop: state extractions' freezes, every extraction's reads
+//! of the log, and TENANT_INFO (which must catch the tenant index up first).
 //!
 //! Freezing a tenant (`Partition::tenant_snapshot`: catch the index up, copy the tenant's
 //! offsets under the index lock, sort them) costs time in proportion to its live keys —
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tidelog_engine::extract::Criteria;
-use tidelog_engine::{EngineError, Partition, TenantSnapshot};
+use tidelog_engine::{EngineError, Partition, TenantInfo, TenantSnapshot};
 
 use crate::extraction::{Reader, Step};
 use crate::notices::Notices;
@@ -35,6 +35,7 @@ use crate::notices::Notices;
 pub enum Job {
     Freeze(FreezeJob),
     Read(ReadJob),
+    Info(InfoJob),
 }
 
 /// Everything the EXTRACT needs again once its snapshot is frozen.
@@ -62,10 +63,29 @@ pub struct ReadJob {
     pub max_bytes: u32,
 }
 
+/// A TENANT_INFO request: the index must be caught up first (normally a few thousand
+/// updates, at worst the lag bound's 2 Mi: 0.1-0.2 s).
+#[derive(Debug)]
+pub struct InfoJob {
+    pub conn: usize,
+    /// The connection's serial: the answer goes to it only if the slot still holds it.
+    pub serial: u64,
+    pub correlation: u64,
+    pub partition: Arc<Partition>,
+    pub tenant: Vec<u8>,
+}
+
 #[derive(Debug)]
 pub enum Done {
     Frozen(Frozen),
     Read(ReadDone),
+    Info(InfoDone),
+}
+
+#[derive(Debug)]
+pub struct InfoDone {
+    pub job: InfoJob,
+    pub info: Option<TenantInfo>,
 }
 
 #[derive(Debug)]
@@ -165,6 +185,10 @@ fn work(jobs: &Receiver<Job>, done: &Mutex<Vec<Done>>, notices: &Notices) {
             Job::Freeze(job) => {
                 let snapshot = job.partition.tenant_snapshot(&job.tenant);
                 Done::Frozen(Frozen { job, snapshot })
+            }
+            Job::Info(job) => {
+                let info = job.partition.tenant_info(&job.tenant);
+                Done::Info(InfoDone { job, info })
             }
             Job::Read(mut job) => {
                 let result = job.reader.step(job.max_bytes);

@@ -1014,3 +1014,82 @@ fn a_read_in_flight_reaches_only_the_extraction_that_asked() {
         );
     }
 }
+
+/// TENANT_INFO is looked up on the worker thread (it catches the tenant index up first),
+/// and its answer goes only to the connection that asked: one that asks and leaves while
+/// the worker is busy with a large freeze, replaced at once by a connection (likely in its
+/// slot) that sends a request with the same correlation id, never reaches the newcomer.
+/// The newcomer's own TENANT_INFO is answered, behind the same freeze.
+#[test]
+fn a_tenant_info_answer_goes_only_to_the_connection_that_asked() {
+    use std::io::Write;
+    use tidelog_protocol::{kind, ExtractMode, Request, Response};
+    const KEYS: u64 = 300_000;
+    let server = Server::start();
+    let client = server.client();
+    create_topic(&client, "t", 1);
+    for chunk in 0..KEYS / 5000 {
+        let records: Vec<Record> = (chunk * 5000..(chunk + 1) * 5000)
+            .map(|k| Record {
+                timestamp_ms: 1,
+                tenant: Some(b"acme".to_vec()),
+                key: Some(format!("k{k}").into_bytes()),
+                value: Some(b"v".to_vec()),
+                headers: Vec::new(),
+            })
+            .collect();
+        publish_batch(&client, "t", 0, &records);
+    }
+    let info_frame = |correlation| {
+        let mut out = Vec::new();
+        tidelog_protocol::encode_request(
+            &mut out,
+            correlation,
+            &Request::TenantInfo {
+                topic: "t",
+                tenant: b"acme",
+            },
+        );
+        out
+    };
+    for round in 0..5 {
+        // A freeze of 300 000 keys keeps the worker busy for milliseconds.
+        let mut busy = raw_connection(&server);
+        busy.write_all(&extract_frame_of(2, 1, 0, b"acme", ExtractMode::State))
+            .expect("extract");
+        let mut a = raw_connection(&server);
+        a.write_all(&info_frame(6)).expect("tenant info");
+        drop(a);
+        std::thread::sleep(Duration::from_millis(2));
+        let mut b = raw_connection(&server);
+        let mut ping = Vec::new();
+        tidelog_protocol::encode_request(&mut ping, 6, &Request::Ping);
+        b.write_all(&ping).expect("ping");
+        let (k, _, correlation, _) = read_raw(&mut b).expect("ping response");
+        assert_eq!((k, correlation), (kind::PING, 6), "round {round}");
+        b.write_all(&info_frame(7)).expect("tenant info");
+        let (k, flags, correlation, body) = read_raw(&mut b).expect("tenant info response");
+        assert_eq!(
+            (k, flags & 0x02, correlation),
+            (kind::TENANT_INFO, 0, 7),
+            "round {round}: a stray answer"
+        );
+        match Response::decode(k, &body).expect("body") {
+            Response::TenantInfo { live_keys, .. } => assert_eq!(live_keys, KEYS),
+            other => panic!("unexpected {other:?}"),
+        }
+        b.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        match read_raw(&mut b) {
+            Ok((k, _, c, _)) => panic!("round {round}: stray frame kind {k:#x} correlation {c}"),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{e}"
+            ),
+        }
+        drop(busy);
+    }
+}
