@@ -784,6 +784,23 @@ fn the_handoff_holds_across_server_restarts() {
     drop(dir_guard);
 }
 
+/// Publishes one record of `tenant` for each of keys `key-0`.. `key-{keys - 1}` of
+/// partition 0 of topic "t", with `value`, 5000 to a batch.
+fn publish_keys(client: &tidelog_client::Client, tenant: &[u8], keys: u64, value: &[u8]) {
+    for first in (0..keys).step_by(5000) {
+        let records: Vec<Record> = (first..(first + 5000).min(keys))
+            .map(|k| Record {
+                timestamp_ms: 1,
+                tenant: Some(tenant.to_vec()),
+                key: Some(format!("key-{k}").into_bytes()),
+                value: Some(value.to_vec()),
+                headers: Vec::new(),
+            })
+            .collect();
+        publish_batch(client, "t", 0, &records);
+    }
+}
+
 fn extract_frame(correlation: u64, extraction: u32, credit_bytes: u32) -> Vec<u8> {
     extract_frame_of(
         correlation,
@@ -838,18 +855,7 @@ fn a_state_extraction_is_answered_after_its_freeze_and_only_to_its_asker() {
     let client = server.client();
     create_topic(&client, "t", 1);
     // Enough keys that a freeze takes milliseconds.
-    for chunk in 0..KEYS / 1000 {
-        let records: Vec<Record> = (chunk * 1000..(chunk + 1) * 1000)
-            .map(|k| Record {
-                timestamp_ms: 1,
-                tenant: Some(b"acme".to_vec()),
-                key: Some(format!("key-{k}").into_bytes()),
-                value: Some(b"value".to_vec()),
-                headers: Vec::new(),
-            })
-            .collect();
-        publish_batch(&client, "t", 0, &records);
-    }
+    publish_keys(&client, b"acme", KEYS, b"value");
 
     // EXTRACT without credit and GRANT_CREDITS in one write: the loop reads both before
     // the freeze can be collected (results are taken after a tick's input), so the grant
@@ -926,18 +932,7 @@ fn a_read_in_flight_reaches_only_the_extraction_that_asked() {
     let client = server.client();
     create_topic(&client, "t", 1);
     // Tiny records, so one 1 MiB chunk is tens of thousands of random reads.
-    for chunk in 0..KEYS / 5000 {
-        let records: Vec<Record> = (chunk * 5000..(chunk + 1) * 5000)
-            .map(|k| Record {
-                timestamp_ms: 1,
-                tenant: Some(b"acme".to_vec()),
-                key: Some(format!("k{k}").into_bytes()),
-                value: Some(b"v".to_vec()),
-                headers: Vec::new(),
-            })
-            .collect();
-        publish_batch(&client, "t", 0, &records);
-    }
+    publish_keys(&client, b"acme", KEYS, b"v");
     let beta: Vec<Record> = (0..OTHER)
         .map(|k| Record {
             timestamp_ms: 1,
@@ -1028,18 +1023,7 @@ fn a_tenant_info_answer_goes_only_to_the_connection_that_asked() {
     let server = Server::start();
     let client = server.client();
     create_topic(&client, "t", 1);
-    for chunk in 0..KEYS / 5000 {
-        let records: Vec<Record> = (chunk * 5000..(chunk + 1) * 5000)
-            .map(|k| Record {
-                timestamp_ms: 1,
-                tenant: Some(b"acme".to_vec()),
-                key: Some(format!("k{k}").into_bytes()),
-                value: Some(b"v".to_vec()),
-                headers: Vec::new(),
-            })
-            .collect();
-        publish_batch(&client, "t", 0, &records);
-    }
+    publish_keys(&client, b"acme", KEYS, b"v");
     let info_frame = |correlation| {
         let mut out = Vec::new();
         tidelog_protocol::encode_request(
