@@ -7,14 +7,14 @@
 #
 # Starts `tidelog serve` on a temporary directory, publishes 2 M records untimed (the
 # tenant's 1 M keys then exist), then COUNT (default 4 M) more, and prints the CPU ticks
-# (1/100 s) each server thread used during the second run, and the bench's own CPU. Both
-# runs read their records back to verify them: that part is in the figures, the same for
-# both modes. Uses target/release (cargo build --release first).
+# (1/100 s) each server thread used during the second run. Both runs read their records
+# back to verify them: that part is in the figures, the same for both modes. Compare
+# binaries in alternating order: the host drifts within minutes. Uses target/release (cargo build --release first), or $TIDELOG_BIN_DIR.
 set -euo pipefail
 mode=${1:?plain or keyed}
 count=${2:-4000000}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=$root/target/release
+bin=${TIDELOG_BIN_DIR:-$root/target/release}
 case $mode in
   plain) args=(--record-size 215) ;;
   keyed) args=(--record-size 200 --tenant tenant-0042 --keys 1000000) ;;
