@@ -801,6 +801,21 @@ fn publish_keys(client: &tidelog_client::Client, tenant: &[u8], keys: u64, value
     }
 }
 
+/// Nothing arrives on `s` within `wait` (round `round` of a test).
+fn assert_nothing_more(s: &mut std::net::TcpStream, wait: Duration, round: u32) {
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    match read_raw(s) {
+        Ok((k, _, c, _)) => panic!("round {round}: stray frame kind {k:#x} correlation {c}"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
+}
+
 fn extract_frame(correlation: u64, extraction: u32, credit_bytes: u32) -> Vec<u8> {
     extract_frame_of(
         correlation,
@@ -900,18 +915,7 @@ fn a_state_extraction_is_answered_after_its_freeze_and_only_to_its_asker() {
         b.write_all(&ping).expect("ping");
         let (k, _, correlation, _) = read_raw(&mut b).expect("ping response");
         assert_eq!((k, correlation), (kind::PING, 5), "round {round}");
-        b.set_read_timeout(Some(Duration::from_millis(150)))
-            .expect("timeout");
-        match read_raw(&mut b) {
-            Ok((k, _, c, _)) => panic!("round {round}: stray frame kind {k:#x} correlation {c}"),
-            Err(e) => assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ),
-                "{e}"
-            ),
-        }
+        assert_nothing_more(&mut b, Duration::from_millis(150), round);
     }
     let info = client.tenant_info("t", b"acme").expect("tenant info");
     assert_eq!(info.live_keys, KEYS);
@@ -1062,18 +1066,7 @@ fn a_tenant_info_answer_goes_only_to_the_connection_that_asked() {
             Response::TenantInfo { live_keys, .. } => assert_eq!(live_keys, KEYS),
             other => panic!("unexpected {other:?}"),
         }
-        b.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        match read_raw(&mut b) {
-            Ok((k, _, c, _)) => panic!("round {round}: stray frame kind {k:#x} correlation {c}"),
-            Err(e) => assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ),
-                "{e}"
-            ),
-        }
+        assert_nothing_more(&mut b, Duration::from_millis(100), round);
         drop(busy);
     }
 }
