@@ -1,5 +1,6 @@
-//! Putting batches from the log on the wire: FETCH responses, DATA pushes and the
-//! subscription pump.
+//! Putting batches from the log on the wire: FETCH responses, DATA pushes, the
+//! subscription pump, and the extraction pump (which sends the chunks the worker thread
+//! has read and asks it for the next).
 //!
 //! The batches themselves are never copied into a buffer: the frame's prefix is encoded
 //! into the outbox and the mapped bytes follow as their own chunk, written with `writev`.
