@@ -138,17 +138,6 @@ pub struct CheckedBatch<'a> {
     tenants: Vec<&'a [u8]>,
 }
 
-impl CheckedBatch<'_> {
-    /// Its length in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-}
-
 /// What became of one run of [`Partition::append_checked`].
 #[derive(Debug, Default)]
 pub struct RunOutcome {
@@ -159,25 +148,12 @@ pub struct RunOutcome {
 }
 
 /// Batches given their offsets and waiting for their one write.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Plan<'a> {
     items: Vec<Planned<'a>>,
     bytes: usize,
     /// The offset after the last planned batch.
     next_offset: Option<u64>,
-    /// Nothing was written yet in this call.
-    wrote_none: bool,
-}
-
-impl Default for Plan<'_> {
-    fn default() -> Self {
-        Plan {
-            items: Vec::new(),
-            bytes: 0,
-            next_offset: None,
-            wrote_none: true,
-        }
-    }
 }
 
 impl Plan<'_> {
@@ -515,6 +491,7 @@ impl Partition {
         let mut plan = Plan::default();
         let mut queued = None;
         let mut w = self.lock_writer();
+        let next_before = self.next_offset.load(Ordering::Relaxed);
         for (run_index, run) in runs.iter().enumerate() {
             outcomes.push(RunOutcome::default());
             for checked in run.iter() {
@@ -534,14 +511,13 @@ impl Partition {
             }
         }
         self.write_plan(&mut w, &mut plan, &mut outcomes, &mut queued);
+        let next_offset = self.next_offset.load(Ordering::Relaxed);
         drop(w);
         if let Some((before, after, last_offset)) = queued {
             self.after_queueing(before, after, last_offset);
         }
-        if !plan.wrote_none {
-            self.emit(Change::Appended {
-                next_offset: self.next_offset(),
-            });
+        if next_offset != next_before {
+            self.emit(Change::Appended { next_offset });
         }
         outcomes
     }
@@ -690,7 +666,6 @@ impl Partition {
         }
         self.next_offset.store(next_offset, Ordering::SeqCst);
         plan.clear();
-        plan.wrote_none = false;
     }
 
     /// The index's lag after an append queued updates (`before` → `after` queued, the

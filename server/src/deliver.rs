@@ -217,7 +217,6 @@ fn pump_extraction(
             Some(_) => {
                 let chunk = ex.ready.pop_front().expect("just seen");
                 let len = chunk.bytes.len() as u64;
-                ex.ready_bytes -= len;
                 ex.credit_bytes -= len;
                 ex.records_sent += chunk.records;
                 conn.outbox
@@ -242,10 +241,11 @@ fn pump_extraction(
     let Some(ex) = conn.extractions.get_mut(&id) else {
         return Pumped::Ended;
     };
-    let room = ex.credit_bytes.saturating_sub(ex.ready_bytes);
+    let ready_bytes = ex.ready_bytes();
+    let room = ex.credit_bytes.saturating_sub(ready_bytes);
     if ex.reading.is_some()
         || ex.end.is_some()
-        || ex.ready_bytes >= EXTRACT_READ_AHEAD_BYTES
+        || ready_bytes >= EXTRACT_READ_AHEAD_BYTES
         || room == 0
     {
         return Pumped::Idle;

@@ -43,8 +43,9 @@ pub fn handle_frames(
         if conn.closing || conn.outbox.bytes() >= state.limits.buffered_bytes_max {
             break;
         }
+        // Publishes go straight to `publish`, decoded once (a single one too).
         let (group, topic, partition) = publish_group(conn, &frames[i..]);
-        if group.len() > 1 {
+        if !group.is_empty() {
             if let Err(error) = publish(state, token, conn, topic, partition, &group) {
                 for f in &group {
                     conn.outbox

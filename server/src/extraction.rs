@@ -60,7 +60,6 @@ pub struct Extraction {
     pub reading: Option<u64>,
     /// Chunks read and not yet sent, in order (a chunk waits here for credit).
     pub ready: std::collections::VecDeque<Chunk>,
-    pub ready_bytes: u64,
     /// The source is exhausted (`Ok`) or failed: sent once `ready` is empty.
     pub end: Option<Result<(), tidelog_engine::EngineError>>,
     /// Names the extraction for a resume.
@@ -68,6 +67,11 @@ pub struct Extraction {
 }
 
 impl Extraction {
+    /// Bytes read and not yet sent (a chunk or two).
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready.iter().map(|c| c.bytes.len() as u64).sum()
+    }
+
     /// Takes in what the worker read: the reader comes home, the chunk joins the queue.
     pub fn read_done(&mut self, reader: Reader, result: Result<Step, tidelog_engine::EngineError>) {
         self.reading = None;
@@ -77,7 +81,6 @@ impl Extraction {
                 // An empty chunk (a history scan that found nothing in its budget) just
                 // moved the cursor on.
                 if !chunk.bytes.is_empty() {
-                    self.ready_bytes += chunk.bytes.len() as u64;
                     self.ready.push_back(chunk);
                 }
             }
@@ -134,7 +137,6 @@ impl Resumable {
             }),
             reading: None,
             ready: std::collections::VecDeque::new(),
-            ready_bytes: 0,
             end: None,
             token,
         }
