@@ -1,6 +1,6 @@
 //! The tenant index's hot path: applying queued updates (what the indexer thread does for
 //! every keyed record) to a tenant that already has many live keys, updated at random, and
-//! hashing a key (what the appender does per keyed record).
+//! hashing a key (what the appender does per keyed record); encoding its checkpoint.
 //!
 //! Run: `cargo bench -p tidelog-bench --bench tenant_index`. Figures go in
 //! docs/BENCHMARKS.md.
@@ -49,5 +49,23 @@ fn apply(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply);
+/// Encoding the index checkpoint the indexer writes at segment rolls: O(keys), on the
+/// indexer thread, under the index lock, into the buffer of the previous one.
+fn checkpoint(c: &mut Criterion) {
+    let mut group = c.benchmark_group("tenant_index_checkpoint");
+    let keys = 1_000_000u64;
+    let mut index = TenantIndex::default();
+    index.apply_pending(&index_updates(TENANT, 0..keys, 0));
+    group.throughput(Throughput::Elements(keys));
+    let mut out = Vec::new();
+    group.bench_function(BenchmarkId::new("encode", keys), |b| {
+        b.iter(|| {
+            index.encode_into(&mut out);
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, apply, checkpoint);
 criterion_main!(benches);

@@ -283,6 +283,18 @@ impl KeyMap {
             .filter(|(h, _)| *h != EMPTY)
     }
 
+    /// Appends every entry to `out` as `key hash u128 LE, offset u64 LE` (24 bytes), in
+    /// slot order.
+    pub fn encode_entries(&self, out: &mut Vec<u8>) {
+        out.reserve(self.len * 24);
+        for (key, offset) in self.iter() {
+            let mut entry = [0u8; 24];
+            entry[..16].copy_from_slice(&key.to_le_bytes());
+            entry[16..].copy_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&entry);
+        }
+    }
+
     pub fn values(&self) -> impl Iterator<Item = u64> + '_ {
         self.iter().map(|(_, v)| v)
     }

@@ -194,6 +194,51 @@ struct Writer {
     unsealed: Vec<Arc<Segment>>,
 }
 
+/// Tenant records applied and segment boundaries passed since the index's last checkpoint:
+/// whether the next boundary owes a new one.
+///
+/// A checkpoint costs O(live keys) on the indexer thread (encode, write, fsync); what it
+/// saves is a replay of the records since the previous one after a crash. With a
+/// long-lived tenant of a million keys updated at random, a checkpoint at every 256 MiB
+/// roll was ~45 % of the indexer's CPU, as much as applying the updates. So a boundary
+/// owes one only once [`CHECKPOINT_RECORDS_PER_KEY`] records per live key were applied
+/// since the last (at most a quarter of a key's encoding per record), or the checkpoint
+/// is small ([`CHECKPOINT_SMALL_KEYS`]), or [`CHECKPOINT_ROLLS_MAX`] boundaries passed.
+/// A restart's replay is thus at most that many records (plus the tail after the last
+/// boundary), never the whole log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CheckpointDebt {
+    records: u64,
+    rolls: u32,
+}
+
+/// Records per live key applied since the last checkpoint that make the next one due.
+const CHECKPOINT_RECORDS_PER_KEY: u64 = 4;
+/// An index with at most this many live keys (a checkpoint of 1.5 MiB, under a
+/// millisecond to encode) is checkpointed at every segment boundary.
+const CHECKPOINT_SMALL_KEYS: u64 = 1 << 16;
+/// Segment boundaries after which a checkpoint is due whatever the records (bounds the
+/// replay when a few huge tenants see few updates).
+const CHECKPOINT_ROLLS_MAX: u32 = 16;
+
+impl CheckpointDebt {
+    /// After an open: the replay just done may have been long; the next boundary settles it.
+    const DUE: CheckpointDebt = CheckpointDebt {
+        records: u64::MAX,
+        rolls: CHECKPOINT_ROLLS_MAX,
+    };
+    const NONE: CheckpointDebt = CheckpointDebt {
+        records: 0,
+        rolls: 0,
+    };
+
+    fn due(&self, live_keys: u64) -> bool {
+        live_keys <= CHECKPOINT_SMALL_KEYS
+            || self.rolls >= CHECKPOINT_ROLLS_MAX
+            || self.records >= live_keys.saturating_mul(CHECKPOINT_RECORDS_PER_KEY)
+    }
+}
+
 /// The tenant index and its pending checkpoint.
 #[derive(Debug)]
 pub(crate) struct IndexState {
@@ -208,6 +253,12 @@ pub(crate) struct IndexState {
     /// to be written once the log is durable that far (a checkpoint never covers data
     /// that is not).
     checkpoint: Option<(u64, Vec<u8>)>,
+    /// The buffer of the last checkpoint written, kept for the next encoding (a million
+    /// keys' checkpoint is 24 MiB: a fresh buffer each time was ~7 % of the indexer's CPU
+    /// in page faults and munmap).
+    spare: Vec<u8>,
+    /// What the index has applied since its last checkpoint was encoded.
+    debt: CheckpointDebt,
     /// The pending updates being applied (swapped with `Partition::pending`, so both
     /// buffers keep their capacity).
     drained: PendingUpdates,
@@ -314,6 +365,8 @@ impl Partition {
                 tenants: recovered.tenants,
                 checkpoint_owed: false,
                 checkpoint: None,
+                spare: Vec::new(),
+                debt: CheckpointDebt::DUE,
                 drained: PendingUpdates::default(),
             }),
             pending: Mutex::new(PendingUpdates::default()),
@@ -679,14 +732,14 @@ impl Partition {
             // taken the queue, and these updates came in during its round. (A segment
             // boundary in the queue costs nothing more here: the checkpoint it calls for
             // is the indexer's to encode.)
-            let passed_roll = match self.index.try_lock() {
+            let owes = match self.index.try_lock() {
                 Ok(mut state) => self.catch_up(&mut state, last_offset + 1),
                 Err(std::sync::TryLockError::Poisoned(p)) => {
                     self.catch_up(&mut p.into_inner(), last_offset + 1)
                 }
                 Err(std::sync::TryLockError::WouldBlock) => true,
             };
-            if passed_roll {
+            if owes {
                 self.poke_indexer();
             }
         } else if queued >= INDEX_POKE_AT && before < INDEX_POKE_AT {
@@ -1075,6 +1128,7 @@ impl Partition {
             let mut state = self.index_up_to(next);
             state.checkpoint = None;
             state.checkpoint_owed = false;
+            state.debt = CheckpointDebt::NONE;
             self.checkpoint_waiting.store(false, Ordering::Release);
             state.tenants.encode()
         };
@@ -1101,7 +1155,7 @@ impl Partition {
     }
 
     /// [`Partition::index_up_to`] with the index lock already held. True when the updates
-    /// applied passed a segment boundary (a checkpoint is then owed).
+    /// applied passed a segment boundary that owes a checkpoint ([`CheckpointDebt`]).
     fn catch_up(&self, state: &mut IndexState, target: u64) -> bool {
         let mut drained = std::mem::take(&mut state.drained);
         std::mem::swap(
@@ -1112,17 +1166,23 @@ impl Partition {
         // Whole batches: the index never stops inside one (a checkpoint covers whole
         // batches, and replay resumes at a batch boundary).
         let end = drained.end;
+        state.debt.records = state
+            .debt
+            .records
+            .saturating_add(drained.updates.len() as u64);
+        state.debt.rolls = state.debt.rolls.saturating_add(drained.rolls.len() as u32);
         if !drained.is_empty() {
             state.tenants.apply_pending(&drained);
             drained.clear();
         }
-        if passed_roll {
+        let owes = passed_roll && state.debt.due(state.tenants.live_keys());
+        if owes {
             state.checkpoint_owed = true;
             self.checkpoint_waiting.store(true, Ordering::Release);
         }
         state.drained = drained;
         state.tenants.advance_to(target.max(end));
-        passed_roll
+        owes
     }
 
     /// The indexer thread's round for this partition: catch the index up; encode the
@@ -1144,8 +1204,11 @@ impl Partition {
             if state.checkpoint_owed && state.checkpoint.is_none() {
                 // Once per segment roll: O(keys), here rather than on whoever else
                 // drained the roll. Appends go on meanwhile.
-                state.checkpoint = Some((state.tenants.next_offset(), state.tenants.encode()));
+                let mut encoded = std::mem::take(&mut state.spare);
+                state.tenants.encode_into(&mut encoded);
+                state.checkpoint = Some((state.tenants.next_offset(), encoded));
                 state.checkpoint_owed = false;
+                state.debt = CheckpointDebt::NONE;
                 if writable(&state.checkpoint) {
                     due = state.checkpoint.take(); // supersedes an older one
                 }
@@ -1161,6 +1224,7 @@ impl Partition {
             if let Err(e) = fsio::write_atomic(&self.dir.join(TENANT_INDEX_FILE), &encoded, true) {
                 tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "could not write tenant index checkpoint");
             }
+            self.index.lock().unwrap_or_else(|p| p.into_inner()).spare = encoded;
         }
         // A flush that made the waiting checkpoint writable during this round may have
         // seen no checkpoint waiting: another round then.
@@ -1235,9 +1299,16 @@ mod tests {
     /// A partition whose indexer has no thread: its rounds run only when the test calls
     /// `index_in_background`.
     fn partition_without_indexer_thread(dir: &Path) -> Arc<Partition> {
+        partition_of_segments_without_indexer_thread(dir, 64 << 10)
+    }
+
+    fn partition_of_segments_without_indexer_thread(
+        dir: &Path,
+        segment_bytes: u32,
+    ) -> Arc<Partition> {
         let config = TopicConfig {
             partitions: 1,
-            segment_bytes: 64 << 10,
+            segment_bytes,
             index_interval_bytes: 512,
             batch_bytes_max: 64 << 10,
             ..TopicConfig::default()
@@ -1346,5 +1417,86 @@ mod tests {
             "{covers} vs roll {roll}"
         );
         assert!(!p.index.lock().expect("index").checkpoint_owed);
+    }
+
+    /// Appends one record of `acme` per key number, `per_batch` to a batch.
+    fn append_keys(
+        p: &Partition,
+        keys: impl Iterator<Item = u64>,
+        value_len: usize,
+        per_batch: usize,
+    ) {
+        let records: Vec<Record> = keys
+            .map(|k| Record {
+                tenant: Some(b"acme".to_vec()),
+                key: Some(format!("key-{k}").into_bytes()),
+                value: Some(vec![1; value_len]),
+                ..Record::default()
+            })
+            .collect();
+        for batch in records.chunks(per_batch) {
+            p.append(&build_batch(batch, ProducerStamp::default()))
+                .expect("append");
+        }
+    }
+
+    /// Whether the rolls applied so far owe an index checkpoint.
+    fn owed(p: &Partition) -> bool {
+        p.index_up_to(p.next_offset()).checkpoint_owed
+    }
+
+    /// The indexer's round once the log is durable: the owed checkpoint is encoded and
+    /// written.
+    fn write_checkpoint(p: &Partition) {
+        p.flush().expect("flush");
+        p.index_in_background();
+        assert_eq!(checkpoint_covers(p), Some(p.next_offset()));
+    }
+
+    #[test]
+    fn a_large_index_is_checkpointed_once_the_records_since_pay_for_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = partition_of_segments_without_indexer_thread(dir.path(), 1 << 20);
+        let keys = CHECKPOINT_SMALL_KEYS + 4464;
+        // The first boundary after an open owes a checkpoint whatever the index holds.
+        append_keys(&p, 0..keys, 8, 1000);
+        assert!(p.segments().len() > 1);
+        assert!(owed(&p));
+        write_checkpoint(&p);
+        assert!(!owed(&p));
+        let rolls = |p: &Partition| p.segments().len();
+        // Updates of those keys across two more boundaries: far fewer records than
+        // CHECKPOINT_RECORDS_PER_KEY per key, so no checkpoint is owed yet...
+        let mut k = 0..;
+        let start = rolls(&p);
+        while rolls(&p) < start + 2 {
+            append_keys(&p, k.by_ref().take(1000).map(|k| k % keys), 8, 1000);
+        }
+        assert!(
+            !owed(&p),
+            "a checkpoint of {keys} keys after {} records",
+            k.start
+        );
+        // ...and one is, at the first boundary once there are enough.
+        while k.start < CHECKPOINT_RECORDS_PER_KEY * keys {
+            append_keys(&p, k.by_ref().take(1000).map(|k| k % keys), 8, 1000);
+        }
+        let start = rolls(&p);
+        while rolls(&p) == start {
+            append_keys(&p, k.by_ref().take(100).map(|k| k % keys), 8, 100);
+        }
+        assert!(owed(&p), "no checkpoint owed after {} records", k.start);
+        assert!(rolls(&p) < start + CHECKPOINT_ROLLS_MAX as usize);
+        write_checkpoint(&p);
+        // Few, large records: CHECKPOINT_ROLLS_MAX boundaries owe one whatever the records.
+        let start = rolls(&p);
+        while rolls(&p) < start + CHECKPOINT_ROLLS_MAX as usize - 1 {
+            append_keys(&p, k.by_ref().take(8).map(|k| k % keys), 4000, 8);
+        }
+        assert!(!owed(&p));
+        while rolls(&p) < start + CHECKPOINT_ROLLS_MAX as usize {
+            append_keys(&p, k.by_ref().take(8).map(|k| k % keys), 4000, 8);
+        }
+        assert!(owed(&p));
     }
 }

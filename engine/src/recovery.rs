@@ -569,9 +569,9 @@ fn restore_producers(dir: &Path, segments: &[Arc<Segment>], next_offset: u64) ->
 }
 
 /// The tenant index: its checkpoint if usable, plus a replay of the records after it. The
-/// checkpoint is written when a rolled segment is sealed and at clean shutdown, so the
-/// replay covers at most the unsealed tail; without a usable checkpoint the whole log is
-/// replayed (logged, and counted in the report).
+/// checkpoint is written at segment boundaries (those that owe one: `CheckpointDebt` in
+/// `partition.rs`) and at clean shutdown, so the replay is bounded; without a usable
+/// checkpoint the whole log is replayed (logged, and counted in the report).
 fn restore_tenants(
     dir: &Path,
     segments: &[Arc<Segment>],

@@ -11,11 +11,11 @@
 //! hashes in flat tables).
 //!
 //! Persistence: a checkpoint (`tenants.snapshot`) of the whole index, encoded by the
-//! indexer thread once the index has passed a segment boundary (whoever drained the
-//! boundary) and written once the log is durable as far as it covers (so it never covers
-//! data that is not durable), and at clean shutdown. On open the checkpoint is loaded and
-//! the log after it replayed: about the segments since the last roll, never the whole
-//! log.
+//! indexer thread once the index has passed a segment boundary that owes one (whoever
+//! drained the boundary; when a boundary owes one: `CheckpointDebt` in `partition.rs`) and
+//! written once the log is durable as far as it covers (so it never covers data that is
+//! not durable), and at clean shutdown. On open the checkpoint is loaded and the log after
+//! it replayed: a bounded part of the log, never the whole of it.
 //!
 //! ```text
 //! tenants.snapshot:
@@ -121,6 +121,8 @@ pub struct TenantIndex {
 }
 
 const MAGIC: &[u8; 4] = b"TLT2";
+/// A key's checkpoint entry: key hash u128 LE, offset u64 LE.
+const KEY_ENTRY: usize = 24;
 /// Key changes handed to [`KeyMap::apply`] at once, their slots prefetched together (more
 /// than the CPU's outstanding misses gains nothing; the chunk lives on the stack).
 const PREFETCH_CHUNK: usize = 256;
@@ -141,6 +143,11 @@ impl TenantIndex {
 
     pub fn names(&self) -> Vec<Vec<u8>> {
         self.tenants.keys().map(|t| t.to_vec()).collect()
+    }
+
+    /// Live keys over all tenants.
+    pub fn live_keys(&self) -> u64 {
+        self.tenants.values().map(|t| t.keys.len() as u64).sum()
     }
 
     pub fn tenant_count(&self) -> usize {
@@ -242,15 +249,23 @@ impl TenantIndex {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        // Sized exactly up front, entries written 24 bytes at a time (this runs under the
-        // index lock): a million keys 45 → 39 ms, side by side (`index_apply` example).
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Encodes the checkpoint into `out` (cleared first). This runs under the index lock
+    /// once per segment roll, so it reuses the caller's buffer (a fresh one of a million
+    /// keys' 24 MiB is 6 000 page faults to take and a munmap to give back) and writes
+    /// each table's entries in one pass over its slots.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let size = 12
             + self
                 .tenants
                 .iter()
-                .map(|(name, t)| 21 + name.len() + 24 * t.keys.len())
+                .map(|(name, t)| 21 + name.len() + KEY_ENTRY * t.keys.len())
                 .sum::<usize>();
-        let mut out = snapshot_file::begin(MAGIC, size);
+        snapshot_file::begin_into(out, MAGIC, size);
         out.extend_from_slice(&self.next_offset.to_le_bytes());
         out.extend_from_slice(&(self.tenants.len() as u32).to_le_bytes());
         for (tenant, t) in &self.tenants {
@@ -259,15 +274,9 @@ impl TenantIndex {
             out.extend_from_slice(&t.latest_offset.unwrap_or(u64::MAX).to_le_bytes());
             out.extend_from_slice(&t.events.to_le_bytes());
             out.extend_from_slice(&(t.keys.len() as u32).to_le_bytes());
-            for (key, offset) in t.keys.iter() {
-                let mut entry = [0u8; 24];
-                entry[..16].copy_from_slice(&key.to_le_bytes());
-                entry[16..].copy_from_slice(&offset.to_le_bytes());
-                out.extend_from_slice(&entry);
-            }
+            t.keys.encode_entries(out);
         }
-        snapshot_file::seal(&mut out);
-        out
+        snapshot_file::seal(out);
     }
 
     pub fn decode(bytes: &[u8]) -> Result<TenantIndex, String> {
