@@ -118,7 +118,7 @@ pub fn group(
         producers: c.partitions,
         ..c.clone()
     };
-    let (counts, _, _, _) = run_producers(target, &fill, None, &Arc::new(AtomicU64::new(0)))?;
+    let counts = run_producers(target, &fill, None, &Arc::new(AtomicU64::new(0)))?.counts;
     let total: u64 = counts.iter().sum();
     let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
     let consumed = Arc::new(AtomicU64::new(0));
@@ -193,6 +193,7 @@ pub fn group(
         seconds,
         latency: None,
         verdict: Some(verdict),
+        cpu: None,
         settings,
     })
 }

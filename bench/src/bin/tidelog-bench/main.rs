@@ -24,10 +24,13 @@
 //!
 //! Output: a table, or with `--json` one object per scenario (`scenario`, `records`,
 //! `bytes`, `seconds`, `records_per_sec`, `mb_per_sec`, `latency_us` {p50, p90, p99,
-//! p999, max}, `verified`, and the fault counts when verification fails). Exit code 1
+//! p999, max}, `verified`, and the fault counts when verification fails; `publish` adds
+//! `cpu_seconds` {client, server}: the CPU spent over the measured run, the server's only
+//! with `--spawn-server`). Exit code 1
 //! when verification fails. Every run is bounded: `--count` records, optionally
 //! `--duration-secs`, and `--timeout-secs`.
 
+mod cpu;
 mod group;
 mod payload;
 mod queue;
@@ -240,6 +243,8 @@ impl Common {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: String,
+    /// The server's process id when this bench started it (its CPU time is then read).
+    pub server_pid: Option<u32>,
 }
 
 impl Target {
@@ -319,7 +324,7 @@ fn progress_bar(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (_spawned, addr) = if cli.spawn_server {
+    let (spawned, addr) = if cli.spawn_server {
         match spawn_server(cli.tidelog_bin.clone()) {
             Ok((s, a)) => (Some(s), a.to_string()),
             Err(e) => {
@@ -330,7 +335,10 @@ fn main() -> ExitCode {
     } else {
         (None, cli.server.clone())
     };
-    let target = Target { addr };
+    let target = Target {
+        addr,
+        server_pid: spawned.as_ref().map(|s| s.child.id()),
+    };
     let counter = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let (name, options) = match &cli.scenario {

@@ -26,7 +26,7 @@ pub fn queue(
         producers: c.producers.max(c.partitions),
         ..c.clone()
     };
-    let (counts, _, _, _) = run_producers(target, &fill, None, &Arc::new(AtomicU64::new(0)))?;
+    let counts = run_producers(target, &fill, None, &Arc::new(AtomicU64::new(0)))?.counts;
     let total: u64 = counts.iter().sum();
     let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
     let acked = Arc::new(AtomicU64::new(0));
@@ -107,6 +107,7 @@ pub fn queue(
         seconds,
         latency: None,
         verdict: Some(verdict),
+        cpu: None,
         settings,
     })
 }

@@ -2,6 +2,7 @@
 
 use hdrhistogram::Histogram;
 
+use crate::cpu::CpuUse;
 use crate::verify::Verdict;
 
 #[derive(Debug)]
@@ -12,6 +13,8 @@ pub struct Report {
     pub seconds: f64,
     pub latency: Option<Histogram<u64>>,
     pub verdict: Option<Verdict>,
+    /// CPU spent over the measured run (scenarios that measure it).
+    pub cpu: Option<CpuUse>,
     /// Settings echoed in the output so a figure carries its conditions.
     pub settings: serde_json::Value,
 }
@@ -45,6 +48,9 @@ impl Report {
             "verified": self.verdict.as_ref().is_some_and(Verdict::passed),
             "settings": self.settings,
         });
+        if let Some(cpu) = &self.cpu {
+            out["cpu_seconds"] = serde_json::json!({"client": cpu.client, "server": cpu.server});
+        }
         if let Some(v) = self.verdict.as_ref().filter(|v| !v.passed()) {
             out["missing"] = v.missing.into();
             out["duplicate"] = v.duplicate.into();
@@ -80,6 +86,21 @@ impl Report {
                 h.value_at_quantile(0.999),
                 h.max()
             );
+        }
+        if let Some(cpu) = &self.cpu {
+            let per_record = |secs: f64| secs * 1e9 / self.records.max(1) as f64;
+            s += &format!(
+                "\n{:<10} cpu: client {:.2} s ({:.0} ns/record)",
+                "",
+                cpu.client,
+                per_record(cpu.client)
+            );
+            if let Some(server) = cpu.server {
+                s += &format!(
+                    ", server {server:.2} s ({:.0} ns/record)",
+                    per_record(server)
+                );
+            }
         }
         s += &match &self.verdict {
             Some(v) if v.passed() => {

@@ -11,6 +11,7 @@ use tidelog_client::{
     build_batch, Ack, Client, ProducerStamp, Record, StartAt, TopicSettings, WINDOW_BYTES_DEFAULT,
 };
 
+use crate::cpu::CpuClock;
 use crate::payload;
 use crate::report::Report;
 use crate::verify::Verifier;
@@ -246,13 +247,25 @@ fn finish(
     Ok(())
 }
 
-/// Runs the producers; returns (records, bytes, seconds, latency).
+/// What a run of the producers did.
+pub struct Produced {
+    /// Records sent, by producer.
+    pub counts: Vec<u64>,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Publish → ack.
+    pub latency: Histogram<u64>,
+    /// CPU spent over the same window (keys are drawn before it starts).
+    pub cpu: CpuClock,
+}
+
+/// Runs the producers.
 pub fn run_producers(
     target: &Target,
     c: &Common,
     rate: Option<f64>,
     progress: &Arc<AtomicU64>,
-) -> Result<(Vec<u64>, u64, f64, Histogram<u64>), String> {
+) -> Result<Produced, String> {
     run_producers_round(target, c, 0, rate, progress)
 }
 
@@ -264,7 +277,7 @@ fn run_producers_round(
     round: u32,
     rate: Option<f64>,
     progress: &Arc<AtomicU64>,
-) -> Result<(Vec<u64>, u64, f64, Histogram<u64>), String> {
+) -> Result<Produced, String> {
     let counts = shares(c.count, c.producers);
     let keyed = c.tenant.is_some() && c.keys > 0;
     let per_producer = KEY_DRAWS_MAX / u64::from(c.producers.max(1));
@@ -280,6 +293,7 @@ fn run_producers_round(
             })
         })
         .collect();
+    let cpu = CpuClock::now(target.server_pid);
     let started = Instant::now();
     let handles: Vec<_> = counts
         .iter()
@@ -300,7 +314,13 @@ fn run_producers_round(
         bytes += b;
         latency.add(&l).map_err(|e| e.to_string())?;
     }
-    Ok((sent, bytes, started.elapsed().as_secs_f64(), latency))
+    Ok(Produced {
+        counts: sent,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        latency,
+        cpu,
+    })
 }
 
 /// Bytes asked for per fetch when reading back (the server's read-ahead unit is the
@@ -419,7 +439,22 @@ pub fn publish(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result
             }
         }
     }
-    let (counts, bytes, seconds, latency) = run_producers(target, c, None, progress)?;
+    let run = run_producers(target, c, None, progress)?;
+    if let Some(tenant) = &c.tenant {
+        // The index's work for the run, some of it still queued, is the run's: caught up
+        // before the CPU clocks are read (the wall clock has stopped already).
+        client
+            .tenant_info(&c.topic, tenant)
+            .map_err(|e| format!("tenant info: {e}"))?;
+    }
+    let cpu = CpuClock::now(target.server_pid).since(&run.cpu);
+    let Produced {
+        counts,
+        bytes,
+        seconds,
+        latency,
+        ..
+    } = run;
     let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
     read_back(
         target,
@@ -437,6 +472,7 @@ pub fn publish(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result
         seconds,
         latency: (c.ack != Ack::None).then_some(latency),
         verdict: Some(verdict),
+        cpu: Some(cpu),
         settings: c.settings(),
     })
 }
@@ -447,7 +483,7 @@ pub fn consume(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result
         ack: Ack::Written,
         ..c.clone()
     };
-    let (counts, _, _, _) = run_producers(target, &fill, None, &Arc::new(AtomicU64::new(0)))?;
+    let counts = run_producers(target, &fill, None, &Arc::new(AtomicU64::new(0)))?.counts;
     let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
     let started = Instant::now();
     let (records, bytes) = read_back(target, c, &[], &verifier, c.consumers, progress)?;
@@ -460,6 +496,7 @@ pub fn consume(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result
         seconds,
         latency: None,
         verdict: Some(verdict),
+        cpu: None,
         settings: c.settings(),
     })
 }
@@ -537,7 +574,7 @@ pub fn e2e(
         })
         .collect();
     let started = Instant::now();
-    let (sent, _, _, _) = run_producers(target, c, rate, &Arc::new(AtomicU64::new(0)))?;
+    let sent = run_producers(target, c, rate, &Arc::new(AtomicU64::new(0)))?.counts;
     total.store(sent.iter().sum(), Ordering::Relaxed);
     let mut latency = histogram();
     let mut bytes = 0;
@@ -561,6 +598,7 @@ pub fn e2e(
         seconds,
         latency: Some(latency),
         verdict: Some(verdict),
+        cpu: None,
         settings: c.settings(),
     })
 }
@@ -799,6 +837,7 @@ pub fn extract(
         // latency while it runs (a freeze on the event loop would show in the tail).
         latency: Some(writer_latency),
         verdict: Some(verdict),
+        cpu: None,
         settings,
     })
 }

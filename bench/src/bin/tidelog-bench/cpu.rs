@@ -1,0 +1,107 @@
+//! CPU time spent by the bench itself and, when it started the server (`--spawn-server`),
+//! by the server, over a measured window: what a record costs in CPU as well as in wall
+//! time. Client and server share this machine's cores, and its wall-clock figures swing
+//! by ±20 % with the host's load; the CPU a run spent per record is the steadier figure
+//! when two configurations are compared (e.g. the tenant index on and off).
+
+/// CPU seconds used so far (user + system, all threads).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuClock {
+    client: f64,
+    server: Option<f64>,
+}
+
+/// CPU seconds used over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuUse {
+    pub client: f64,
+    /// `None` when the server is not this bench's child (its CPU is not ours to read).
+    pub server: Option<f64>,
+}
+
+impl CpuClock {
+    /// Reads both clocks; `server` is the spawned server's process id.
+    pub fn now(server: Option<u32>) -> CpuClock {
+        CpuClock {
+            client: own_cpu_seconds(),
+            server: server.and_then(process_cpu_seconds),
+        }
+    }
+
+    pub fn since(&self, start: &CpuClock) -> CpuUse {
+        CpuUse {
+            client: self.client - start.client,
+            server: self
+                .server
+                .zip(start.server)
+                .map(|(end, start)| end - start),
+        }
+    }
+}
+
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// User + system time of a process, from `/proc/PID/stat` (Linux).
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    ticks_of_stat(&stat).map(|ticks| ticks as f64 / clock_ticks_per_second())
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field
+/// 2, in parentheses) may hold spaces and parentheses: fields are counted after its last
+/// `)`.
+fn ticks_of_stat(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let stat = "4242 (tidelog (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    1234 567 0 0 20 0 5 0 100 0 0";
+        assert_eq!(ticks_of_stat(stat), Some(1234 + 567));
+        assert_eq!(ticks_of_stat("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn the_clocks_advance_with_work() {
+        let me = std::process::id();
+        let start = CpuClock::now(Some(me));
+        let mut x = 0u64;
+        let begun = std::time::Instant::now();
+        while begun.elapsed() < std::time::Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let used = CpuClock::now(Some(me)).since(&start);
+        assert!(used.client > 0.0, "{used:?}");
+        assert!(used.server.is_some_and(|s| s >= 0.0), "{used:?}");
+    }
+}
