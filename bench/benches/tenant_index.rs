@@ -64,6 +64,20 @@ fn checkpoint(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    // Loading it back (a restart): a checkpoint lists keys in the slot order of the table
+    // it was encoded from. 700 000 keys fill 2^20 slots to 2/3, the load at which a list
+    // in slot order, inserted as it comes into a growing table, piled every key after
+    // the first wrap-around into one run (seconds, not milliseconds).
+    group.sample_size(10);
+    for keys in [1_000_000u64, 700_000] {
+        let mut index = TenantIndex::default();
+        index.apply_pending(&index_updates(TENANT, 0..keys, 0));
+        let encoded = index.encode();
+        group.throughput(Throughput::Elements(keys));
+        group.bench_function(BenchmarkId::new("decode", keys), |b| {
+            b.iter(|| black_box(TenantIndex::decode(&encoded).map(|i| i.next_offset())))
+        });
+    }
     group.finish();
 }
 

@@ -289,12 +289,17 @@ impl TenantIndex {
             let tenant: Arc<[u8]> = Arc::from(r.take(len)?);
             let latest = r.u64()?;
             let events = r.u64()?;
-            let n = r.u32()?;
-            let mut keys = KeyMap::default();
-            for _ in 0..n {
-                let key = u128::from_le_bytes(r.take(16)?.try_into().map_err(|_| "key hash")?);
-                keys.insert(key, r.u64()?);
-            }
+            let n = r.u32()? as usize;
+            let entries = r.take(n.checked_mul(KEY_ENTRY).ok_or("key count")?)?;
+            // Built at its final size, not key by key in list order (see `from_entries`).
+            let keys = KeyMap::from_entries(n, |i| {
+                let entry = &entries[i * KEY_ENTRY..(i + 1) * KEY_ENTRY];
+                let (key, offset) = entry.split_at(16);
+                (
+                    u128::from_le_bytes(key.try_into().expect("16 bytes")),
+                    u64::from_le_bytes(offset.try_into().expect("8 bytes")),
+                )
+            });
             tenants.insert(
                 tenant,
                 TenantKeys {
