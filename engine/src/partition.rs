@@ -1202,8 +1202,8 @@ impl Partition {
                 due = state.checkpoint.take();
             }
             if state.checkpoint_owed && state.checkpoint.is_none() {
-                // Once per segment roll: O(keys), here rather than on whoever else
-                // drained the roll. Appends go on meanwhile.
+                // Once per roll that owes one: O(keys), here rather than on whoever
+                // else drained the roll. Appends go on meanwhile.
                 let mut encoded = std::mem::take(&mut state.spare);
                 state.tenants.encode_into(&mut encoded);
                 state.checkpoint = Some((state.tenants.next_offset(), encoded));
