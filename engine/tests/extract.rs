@@ -291,6 +291,84 @@ fn a_crash_replays_the_index_from_its_last_checkpointed_roll_not_the_whole_log()
     }
 }
 
+/// More live keys than an index that is checkpointed at every roll (65 536): a roll then
+/// owes a checkpoint only once 4 records per live key were applied since the last one
+/// (FORMAT.md), so a crash replays several segments — and the index must come back exact.
+#[test]
+fn a_crash_with_a_large_index_replays_the_segments_since_its_last_owed_checkpoint() {
+    const KEYS: u64 = 70_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segment = 1u32 << 20;
+    let total = {
+        let engine = open(dir.path());
+        engine
+            .create_topic("t", small_topic(segment))
+            .expect("create");
+        let p = partition0(&engine, "t");
+        let mut n = 0u64;
+        let mut append = |p: &Partition| {
+            let records: Vec<Record> = (n..n + 1000)
+                .map(|i| Record {
+                    timestamp_ms: 1,
+                    tenant: Some(b"acme".to_vec()),
+                    key: Some(format!("key-{}", i % KEYS).into_bytes()),
+                    // A tombstone now and then; most keys stay live.
+                    value: (i % 50 != 49).then(|| i.to_le_bytes().to_vec()),
+                    headers: Vec::new(),
+                })
+                .collect();
+            p.append(&build_batch(&records, ProducerStamp::default()))
+                .expect("append");
+            n += 1000;
+        };
+        // The first roll after an open owes a checkpoint, whatever the index holds: wait
+        // for it.
+        while p.segments().len() < 2 {
+            append(&p);
+        }
+        p.flush().expect("flush");
+        let first_roll = p.segments().last().expect("segments").base_offset();
+        let checkpoint = p.dir().join(tidelog_engine::partition::TENANT_INDEX_FILE);
+        let covers = || {
+            std::fs::read(&checkpoint)
+                .ok()
+                .and_then(|b| tidelog_engine::tenant_index::TenantIndex::decode(&b).ok())
+                .map(|i| i.next_offset())
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while covers().is_none_or(|c| c < first_roll) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint of the first roll ({first_roll}): {:?}",
+                covers()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Four more rolls, with over 65 536 live keys from the second on and fewer than 4
+        // records per key since the checkpoint: none of them owes one.
+        while p.segments().len() < 6 {
+            append(&p);
+        }
+        append(&p);
+        p.flush().expect("flush");
+        p.size_bytes()
+        // Dropped without close: a crash.
+    };
+    let engine = open(dir.path());
+    let report = &engine.recovery_reports()[0].2;
+    assert!(
+        report.index_replayed_bytes > 3 * u64::from(segment) && report.index_replayed_bytes < total,
+        "a crash replays the segments since the last owed checkpoint ({} of {total})",
+        report.index_replayed_bytes
+    );
+    let p = partition0(&engine, "t");
+    let end = p.next_offset() - 1;
+    let (w, state) = snapshot_state(&p, b"acme");
+    assert_eq!(w, Some(end));
+    assert!(state.len() as u64 > 65_536, "{} live keys", state.len());
+    assert_eq!(state, replay(&p, b"acme", 0, end));
+}
+
 #[test]
 fn history_returns_the_tenants_matching_events_in_offset_order() {
     let dir = tempfile::tempdir().expect("tempdir");
