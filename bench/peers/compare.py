@@ -176,7 +176,7 @@ PUBLISH_1K_IN_FLIGHT = 32
 # Repetitions of each paired measurement (see `paired`).
 PAIRS = 3
 # The index's cost is a few percent under ±30 % run-to-run swings: more pairs.
-INDEX_PAIRS = 7
+INDEX_PAIRS = 11
 INDEX_KEYS = 1_000_000
 INDEX_IN_FLIGHT = 32
 
