@@ -10,14 +10,6 @@ pub(crate) fn begin(magic: &[u8; 4], capacity: usize) -> Vec<u8> {
     out
 }
 
-/// Starts a snapshot in `out` (cleared first, its allocation kept).
-pub(crate) fn begin_into(out: &mut Vec<u8>, magic: &[u8; 4], capacity: usize) {
-    out.clear();
-    out.reserve(capacity + 8);
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&[0; 4]);
-}
-
 /// Fills in the CRC of a snapshot started with [`begin`].
 pub(crate) fn seal(out: &mut [u8]) {
     let crc = crc32fast::hash(&out[8..]);
