@@ -9,7 +9,8 @@
 # tenant's 1 M keys then exist), then COUNT (default 4 M) more, and prints the CPU ticks
 # (1/100 s) each server thread used during the second run. Both runs read their records
 # back to verify them: that part is in the figures, the same for both modes. Compare
-# binaries in alternating order: the host drifts within minutes. Uses target/release (cargo build --release first), or $TIDELOG_BIN_DIR.
+# binaries in alternating order: the host drifts within minutes. (For the CPU of the timed
+# publish alone, without the read-back, see `cpu_seconds` in `tidelog-bench --json` output.) Uses target/release (cargo build --release first), or $TIDELOG_BIN_DIR.
 set -euo pipefail
 mode=${1:?plain or keyed}
 count=${2:-4000000}
