@@ -237,6 +237,28 @@ fn tenant_index_survives_clean_and_crash_restarts() {
     );
 }
 
+/// Waits until the indexer has written a tenant index checkpoint covering the last roll
+/// (the log must be durable that far: the caller flushed).
+fn wait_for_index_checkpoint_of_last_roll(p: &Partition) {
+    let last_roll = p.segments().last().expect("segments").base_offset();
+    let checkpoint = p.dir().join(tidelog_engine::partition::TENANT_INDEX_FILE);
+    let covers = || {
+        std::fs::read(&checkpoint)
+            .ok()
+            .and_then(|b| tidelog_engine::tenant_index::TenantIndex::decode(&b).ok())
+            .map(|i| i.next_offset())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while covers().is_none_or(|c| c < last_roll) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no index checkpoint of the last roll ({last_roll}) after it became durable ({:?})",
+            covers()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_crash_replays_the_index_from_its_last_checkpointed_roll_not_the_whole_log() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -255,23 +277,7 @@ fn a_crash_replays_the_index_from_its_last_checkpointed_roll_not_the_whole_log()
         // Makes the log durable; the indexer then writes the index as it stood once past the
         // last roll (earlier rolls' checkpoints may be there already: wait for that one).
         p.flush().expect("flush");
-        let last_roll = p.segments().last().expect("segments").base_offset();
-        let checkpoint = p.dir().join(tidelog_engine::partition::TENANT_INDEX_FILE);
-        let covers = || {
-            std::fs::read(&checkpoint)
-                .ok()
-                .and_then(|b| tidelog_engine::tenant_index::TenantIndex::decode(&b).ok())
-                .map(|i| i.next_offset())
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while covers().is_none_or(|c| c < last_roll) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no index checkpoint of the last roll after it became durable ({:?})",
-                covers()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_for_index_checkpoint_of_last_roll(&p);
         p.size_bytes()
         // Dropped without close: a crash.
     };
@@ -327,23 +333,7 @@ fn a_crash_with_a_large_index_replays_the_segments_since_its_last_owed_checkpoin
             append(&p);
         }
         p.flush().expect("flush");
-        let first_roll = p.segments().last().expect("segments").base_offset();
-        let checkpoint = p.dir().join(tidelog_engine::partition::TENANT_INDEX_FILE);
-        let covers = || {
-            std::fs::read(&checkpoint)
-                .ok()
-                .and_then(|b| tidelog_engine::tenant_index::TenantIndex::decode(&b).ok())
-                .map(|i| i.next_offset())
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while covers().is_none_or(|c| c < first_roll) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no checkpoint of the first roll ({first_roll}): {:?}",
-                covers()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_for_index_checkpoint_of_last_roll(&p);
         // Four more rolls, with over 65 536 live keys from the second on and fewer than 4
         // records per key since the checkpoint: none of them owes one.
         while p.segments().len() < 6 {
