@@ -1,28 +1,37 @@
 //! One tenant's live keys: key → offset of its latest record, built for the indexer's
 //! update rate with keys updated at random.
 //!
-//! - Keys are identified by their 128-bit XXH3 hash (the key bytes are in the log): every
-//!   entry is 32 fixed bytes in one flat open-addressing table — no allocation per key, no
-//!   key comparison. Two distinct keys of one tenant would have to share a 128-bit hash
-//!   to be confused (for a million keys, odds about 10⁻²⁶) — the trade Kafka's log
-//!   cleaner makes with its hashed offset map. XXH3 is specified and stable, so hashes in
-//!   checkpoints stay valid across versions and machines.
+//! - Keys are identified by 80 bits of their 128-bit XXH3 hash (the key bytes are in the
+//!   log): the high 64 bits and bits 48..64 ([`KeyId`]). Every entry is 16 fixed bytes in
+//!   one flat open-addressing table — no allocation per key, no key comparison. Two
+//!   distinct keys of one tenant would have to share those 80 bits to be confused: for a
+//!   million keys, odds about 4·10⁻¹³ (n²/2⁸¹), for ten million 4·10⁻¹¹ — the trade
+//!   Kafka's log cleaner makes with its hashed offset map, and far below the odds of an
+//!   undetected disk error. XXH3 is specified and stable, so hashes in checkpoints stay
+//!   valid across versions and machines.
+//! - 16-byte slots ([`Narrow`]: the high 64 bits, then the 16 tag bits over a 48-bit
+//!   offset): four to a cache line, so a probe past the home slot stays in its line three
+//!   times in four (with 32-byte slots, half the probes that moved on missed a second
+//!   line), and the table is half the memory. An offset of 2⁴⁸ or more (281 trillion
+//!   records into one partition) switches that map to 32-byte [`Wide`] slots, once; no
+//!   offset is ever cut short.
 //! - With a million keys updated at random nearly every update misses the CPU caches and
 //!   the TLB. So: one table (a key's slot is computed, not found through a shard list),
 //!   changes applied a chunk at a time with all their slots prefetched first
 //!   ([`KeyMap::apply`]) so their misses overlap, and tables of [`HUGE_TABLE_BYTES`] or
 //!   more in their own anonymous mapping advised for transparent huge pages (one TLB
-//!   entry per 2 MiB instead of per 4 KiB). Measured on the project machine (C model of the same loop): 25 ns per update
-//!   with 4096 shards on 4 KiB pages, 14 ns with one table on huge pages.
+//!   entry per 2 MiB instead of per 4 KiB).
 //! - The map is owned by its partition's index alone (the indexer thread, or whoever holds
 //!   the index lock): an update is plain loads and stores, no reference count. A snapshot
 //!   copies what it needs (the offsets) under that lock, which appends never take.
-//! - Linear probing, at most 3/4 full, deletion by backward shift (no tombstones), so a
-//!   lookup ends at the key or at the first empty slot of its run. The table doubles when
-//!   full: one rehash, on the indexer thread (appends go on meanwhile; see `indexer.rs`).
+//! - Linear probing from the slot the key's high bits name, at most 3/4 full, deletion by
+//!   backward shift (no tombstones), so a lookup ends at the key or at the first empty
+//!   slot of its run. The table doubles when full: one rehash, on the indexer thread
+//!   (appends go on meanwhile; see `indexer.rs`).
 //!
-//! Invariant: a slot is empty exactly when its hash is [`EMPTY`]; the hash 0 is stored as
-//! 1 ([`stored`]) so that no key is ever confused with an empty slot.
+//! Invariant: a slot is empty exactly when its first word (the high hash bits) is 0; a
+//! key whose high bits are 0 is kept as 1 ([`KeyId::of`]) so that no key is ever confused
+//! with an empty slot.
 
 use memmap2::{Advice, MmapMut};
 
@@ -35,21 +44,111 @@ const PREFETCH_AHEAD: usize = 24;
 const GROW_CHECK: usize = 32;
 /// Tables at least this large get their own huge-page-advised mapping.
 pub const HUGE_TABLE_BYTES: usize = 2 << 20;
-/// The hash of an empty slot.
-const EMPTY: u128 = 0;
-/// `u64` words per slot: hash low, hash high, offset, unused — 32 bytes, so a slot never
-/// straddles two cache lines and one prefetch brings all of it (with 24-byte slots a
-/// quarter of the updates missed on the second line).
-const WORDS: usize = 4;
+/// The bits of a hash's low half a [`KeyId`] keeps (48..64).
+const TAG_BITS: u64 = 0xFFFF << 48;
+/// The largest offset a [`Narrow`] slot holds.
+const NARROW_OFFSET_MAX: u64 = !TAG_BITS;
 
 /// The hash of a key as the index knows it.
 pub fn key_hash(key: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(key)
 }
 
-/// The hash as stored: never [`EMPTY`].
-fn stored(key: u128) -> u128 {
-    key.max(1)
+/// A key's identity in the table: 80 bits of its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyId {
+    /// The hash's high 64 bits, never 0 (0 marks an empty slot). Its low bits are the
+    /// key's home slot.
+    hi: u64,
+    /// Bits 48..64 of the hash, in place (the other bits 0).
+    tag: u64,
+}
+
+impl KeyId {
+    #[inline(always)]
+    pub fn of(hash: u128) -> KeyId {
+        KeyId {
+            hi: ((hash >> 64) as u64).max(1),
+            tag: (hash as u64) & TAG_BITS,
+        }
+    }
+
+    /// The hash with only the kept bits (what [`KeyMap::iter`] yields and checkpoints
+    /// hold): `KeyId::of` gives this id back for it.
+    pub fn hash(self) -> u128 {
+        (u128::from(self.hi) << 64) | u128::from(self.tag)
+    }
+}
+
+/// How a slot lays out a key and its offset. An empty slot is all zeros.
+trait Layout {
+    type Slot: bytemuck::Pod;
+    const WORDS: usize;
+    fn hi(s: &Self::Slot) -> u64;
+    fn holds(s: &Self::Slot, id: KeyId) -> bool;
+    fn offset(s: &Self::Slot) -> u64;
+    fn id(s: &Self::Slot) -> KeyId;
+    fn make(id: KeyId, offset: u64) -> Self::Slot;
+}
+
+/// 16 bytes: `hi`, then `tag | offset` (offsets up to [`NARROW_OFFSET_MAX`]).
+struct Narrow;
+/// 32 bytes (so a slot never straddles two cache lines): `hi`, `tag`, `offset`, unused.
+struct Wide;
+
+impl Layout for Narrow {
+    type Slot = [u64; 2];
+    const WORDS: usize = 2;
+    #[inline(always)]
+    fn hi(s: &Self::Slot) -> u64 {
+        s[0]
+    }
+    #[inline(always)]
+    fn holds(s: &Self::Slot, id: KeyId) -> bool {
+        s[0] == id.hi && s[1] & TAG_BITS == id.tag
+    }
+    #[inline(always)]
+    fn offset(s: &Self::Slot) -> u64 {
+        s[1] & NARROW_OFFSET_MAX
+    }
+    fn id(s: &Self::Slot) -> KeyId {
+        KeyId {
+            hi: s[0],
+            tag: s[1] & TAG_BITS,
+        }
+    }
+    #[inline(always)]
+    fn make(id: KeyId, offset: u64) -> Self::Slot {
+        debug_assert!(offset <= NARROW_OFFSET_MAX);
+        [id.hi, id.tag | offset]
+    }
+}
+
+impl Layout for Wide {
+    type Slot = [u64; 4];
+    const WORDS: usize = 4;
+    #[inline(always)]
+    fn hi(s: &Self::Slot) -> u64 {
+        s[0]
+    }
+    #[inline(always)]
+    fn holds(s: &Self::Slot, id: KeyId) -> bool {
+        s[0] == id.hi && s[1] == id.tag
+    }
+    #[inline(always)]
+    fn offset(s: &Self::Slot) -> u64 {
+        s[2]
+    }
+    fn id(s: &Self::Slot) -> KeyId {
+        KeyId {
+            hi: s[0],
+            tag: s[1],
+        }
+    }
+    #[inline(always)]
+    fn make(id: KeyId, offset: u64) -> Self::Slot {
+        [id.hi, id.tag, offset, 0]
+    }
 }
 
 /// Where a table's slots live: the heap for small tables, an anonymous mapping advised
@@ -61,8 +160,8 @@ enum Storage {
 }
 
 impl Storage {
-    fn zeroed(slots: usize) -> Storage {
-        let bytes = slots * WORDS * 8;
+    fn zeroed(words: usize) -> Storage {
+        let bytes = words * 8;
         if bytes >= HUGE_TABLE_BYTES {
             // Fresh anonymous memory reads as zeros; the advice only matters before the
             // first touch. Without the mapping (or the advice) the table still works.
@@ -71,7 +170,7 @@ impl Storage {
                 return Storage::Mapped(map);
             }
         }
-        Storage::Heap(vec![0u64; slots * WORDS].into_boxed_slice())
+        Storage::Heap(vec![0u64; words].into_boxed_slice())
     }
 
     fn words(&self) -> &[u64] {
@@ -90,6 +189,14 @@ impl Storage {
     }
 }
 
+fn slots<L: Layout>(words: &[u64]) -> &[L::Slot] {
+    bytemuck::cast_slice(words)
+}
+
+fn slots_mut<L: Layout>(words: &mut [u64]) -> &mut [L::Slot] {
+    bytemuck::cast_slice_mut(words)
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct KeyMap {
@@ -97,17 +204,19 @@ pub struct KeyMap {
     /// Slots − 1 (slots are a power of two).
     mask: usize,
     len: usize,
+    /// [`Wide`] slots (an offset past [`NARROW_OFFSET_MAX`] was set), else [`Narrow`].
+    wide: bool,
 }
 
 impl Default for KeyMap {
     fn default() -> Self {
-        KeyMap::with_slots(MIN_SLOTS)
+        KeyMap::with_slots(MIN_SLOTS, false)
     }
 }
 
 impl Clone for KeyMap {
     fn clone(&self) -> Self {
-        let mut copy = KeyMap::with_slots(self.mask + 1);
+        let mut copy = KeyMap::with_slots(self.mask + 1, self.wide);
         copy.words.words_mut().copy_from_slice(self.words.words());
         copy.len = self.len;
         copy
@@ -120,23 +229,33 @@ impl PartialEq for KeyMap {
     }
 }
 
+/// Calls `$body` with `$L` bound to the map's slot layout.
+macro_rules! with_layout {
+    ($map:expr, $L:ident => $body:expr) => {
+        if $map.wide {
+            type $L = Wide;
+            $body
+        } else {
+            type $L = Narrow;
+            $body
+        }
+    };
+}
+
 impl KeyMap {
-    fn with_slots(slots: usize) -> KeyMap {
+    fn with_slots(slots: usize, wide: bool) -> KeyMap {
         debug_assert!(slots.is_power_of_two());
         KeyMap {
-            words: Storage::zeroed(slots),
+            words: Storage::zeroed(slots * words_per_slot(wide)),
             mask: slots - 1,
             len: 0,
+            wide,
         }
     }
 
     /// An empty map with room for `keys` keys (no growth while they are added).
     pub fn with_capacity(keys: usize) -> KeyMap {
-        let mut slots = MIN_SLOTS;
-        while keys.saturating_mul(4) > slots * 3 {
-            slots *= 2;
-        }
-        KeyMap::with_slots(slots)
+        KeyMap::with_slots(slots_for(keys, MIN_SLOTS), false)
     }
 
     /// A map of `n` keys, the `i`-th being `entry(i)` (distinct keys, e.g. a checkpoint's
@@ -181,37 +300,30 @@ impl KeyMap {
         self.len == 0
     }
 
-    /// The key's home slot.
-    fn home(&self, key: u128) -> usize {
-        (key as usize) & self.mask
-    }
-
-    /// The slot holding `key` (stored form), if any.
-    fn find(&self, key: u128) -> Option<usize> {
-        let slots = slots(self.words.words());
-        let mut i = self.home(key);
-        loop {
-            let h = hash_of(&slots[i]);
-            if h == key {
-                return Some(i);
-            }
-            if h == EMPTY {
-                return None;
-            }
-            i = (i + 1) & self.mask;
-        }
-    }
-
     pub fn get(&self, key: u128) -> Option<u64> {
-        self.find(stored(key))
-            .map(|i| slots(self.words.words())[i][OFFSET])
+        let id = KeyId::of(key);
+        with_layout!(self, L => {
+            let table = slots::<L>(self.words.words());
+            let mut i = (id.hi as usize) & self.mask;
+            loop {
+                let s = &table[i];
+                if L::holds(s, id) {
+                    return Some(L::offset(s));
+                }
+                if L::hi(s) == 0 {
+                    return None;
+                }
+                i = (i + 1) & self.mask;
+            }
+        })
     }
 
     /// Hints the CPU to fetch the key's home slot.
     #[inline]
     pub fn prefetch(&self, key: u128) {
-        if let Some(slot) = slots(self.words.words()).get(self.home(stored(key))) {
-            prefetch_line(std::ptr::from_ref(slot).cast());
+        let home = (KeyId::of(key).hi as usize) & self.mask;
+        if let Some(word) = self.words.words().get(home * words_per_slot(self.wide)) {
+            prefetch_line(std::ptr::from_ref(word).cast());
         }
     }
 
@@ -241,8 +353,20 @@ impl KeyMap {
     /// not grow it for nothing. This loop is the indexer's whole per-record cost.
     #[inline]
     pub fn apply(&mut self, changes: &[KeyChange]) {
-        let home_line = |table: &[Slot], mask: usize, c: &KeyChange| {
-            if let Some(slot) = table.get((stored(c.key) as usize) & mask) {
+        if !self.wide
+            && changes
+                .iter()
+                .any(|c| c.live && c.offset > NARROW_OFFSET_MAX)
+        {
+            *self = self.rebuilt(self.mask + 1, true);
+        }
+        with_layout!(self, L => self.apply_in::<L>(changes))
+    }
+
+    #[inline(always)]
+    fn apply_in<L: Layout>(&mut self, changes: &[KeyChange]) {
+        let home_line = |table: &[L::Slot], mask: usize, c: &KeyChange| {
+            if let Some(slot) = table.get((KeyId::of(c.key).hi as usize) & mask) {
                 prefetch_line(std::ptr::from_ref(slot).cast());
             }
         };
@@ -254,7 +378,7 @@ impl KeyMap {
                 self.grow_for(chunk.len());
             }
             let mask = self.mask;
-            let table = slots_mut(self.words.words_mut());
+            let table = slots_mut::<L>(self.words.words_mut());
             if start == 0 || grew {
                 // (Re)fill the window: the slots ahead of this chunk moved, or were
                 // never asked for.
@@ -266,11 +390,11 @@ impl KeyMap {
                 if let Some(ahead) = changes.get(start + i + PREFETCH_AHEAD) {
                     home_line(table, mask, ahead);
                 }
-                let key = stored(c.key);
+                let id = KeyId::of(c.key);
                 if c.live {
-                    self.len += usize::from(set(table, mask, key, c.offset));
+                    self.len += usize::from(set::<L>(table, mask, id, c.offset));
                 } else {
-                    self.len -= usize::from(delete(table, mask, key));
+                    self.len -= usize::from(delete::<L>(table, mask, id));
                 }
             }
             start += chunk.len();
@@ -278,52 +402,75 @@ impl KeyMap {
     }
 
     /// Doubles the table until `more` new keys fit. Every key moves once, so a doubling
-    /// is as much work as the updates that filled the table: the moves skip what an
-    /// update checks (the keys are distinct and the new table has room) and are
-    /// prefetched a chunk at a time.
+    /// is as much work as the updates that filled the table.
     #[cold]
     #[inline(never)]
     fn grow_for(&mut self, more: usize) {
+        let slots = slots_for(self.len + more, (self.mask + 1) * 2);
+        *self = self.rebuilt(slots, self.wide);
+    }
+
+    /// The same entries in a table of `slots` slots, wide or narrow.
+    fn rebuilt(&self, slots: usize, wide: bool) -> KeyMap {
+        let mut to = KeyMap::with_slots(slots, wide);
+        with_layout!(to, L => to.fill_from::<L>(self));
+        to
+    }
+
+    /// Puts every entry of `source` (distinct keys) in this empty table, which has room:
+    /// each in the first free slot of its run, skipping what an update checks, the slots
+    /// prefetched a chunk at a time.
+    fn fill_from<L: Layout>(&mut self, source: &KeyMap) {
         const CHUNK: usize = 16;
-        let mut size = (self.mask + 1) * 2;
-        while (self.len + more) * 4 > size * 3 {
-            size *= 2;
-        }
-        let mut bigger = KeyMap::with_slots(size);
-        let mut chunk = [(0u128, 0u64); CHUNK];
+        let mask = self.mask;
+        let table = slots_mut::<L>(self.words.words_mut());
+        let place = |table: &mut [L::Slot], (id, offset): (KeyId, u64)| {
+            let mut i = (id.hi as usize) & mask;
+            while L::hi(&table[i]) != 0 {
+                i = (i + 1) & mask;
+            }
+            table[i] = L::make(id, offset);
+        };
+        let mut chunk = [(KeyId { hi: 0, tag: 0 }, 0u64); CHUNK];
         let mut n = 0;
-        for entry in self.iter() {
-            bigger.prefetch(entry.0);
+        for entry in source.entries() {
+            if let Some(slot) = table.get((entry.0.hi as usize) & mask) {
+                prefetch_line(std::ptr::from_ref(slot).cast());
+            }
             chunk[n] = entry;
             n += 1;
             if n == CHUNK {
-                chunk.iter().for_each(|&(k, v)| bigger.place_new(k, v));
+                chunk.iter().for_each(|&e| place(table, e));
                 n = 0;
             }
         }
-        chunk[..n].iter().for_each(|&(k, v)| bigger.place_new(k, v));
-        *self = bigger;
+        chunk[..n].iter().for_each(|&e| place(table, e));
+        self.len = source.len;
     }
 
-    /// Puts a key known to be absent (stored form) in the first free slot of its run.
-    /// The caller made sure there is room.
-    fn place_new(&mut self, key: u128, offset: u64) {
-        let mask = self.mask;
-        let mut i = self.home(key);
-        let table = slots_mut(self.words.words_mut());
-        while hash_of(&table[i]) != EMPTY {
-            i = (i + 1) & mask;
-        }
-        table[i] = slot(key, offset);
-        self.len += 1;
-    }
-
-    /// Every (key hash, offset), in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (u128, u64)> + '_ {
-        slots(self.words.words())
+    /// Every (key id, offset), in slot order.
+    fn entries(&self) -> impl Iterator<Item = (KeyId, u64)> + '_ {
+        let words = self.words.words();
+        let (narrow, wide) = if self.wide {
+            (&[][..], slots::<Wide>(words))
+        } else {
+            (slots::<Narrow>(words), &[][..])
+        };
+        let narrow = narrow
             .iter()
-            .map(|s| (hash_of(s), s[OFFSET]))
-            .filter(|(h, _)| *h != EMPTY)
+            .filter(|s| Narrow::hi(s) != 0)
+            .map(|s| (Narrow::id(s), Narrow::offset(s)));
+        let wide = wide
+            .iter()
+            .filter(|s| Wide::hi(s) != 0)
+            .map(|s| (Wide::id(s), Wide::offset(s)));
+        narrow.chain(wide)
+    }
+
+    /// Every (key hash, offset), in slot order. The hash has only the bits the map keeps
+    /// ([`KeyId::hash`]); [`KeyMap::get`] finds the key by it.
+    pub fn iter(&self) -> impl Iterator<Item = (u128, u64)> + '_ {
+        self.entries().map(|(id, offset)| (id.hash(), offset))
     }
 
     /// Appends every entry to `out` as `key hash u128 LE, offset u64 LE` (24 bytes), in
@@ -339,13 +486,35 @@ impl KeyMap {
     }
 
     pub fn values(&self) -> impl Iterator<Item = u64> + '_ {
-        self.iter().map(|(_, v)| v)
+        self.entries().map(|(_, v)| v)
     }
 
     /// Heap (or mapped) bytes of the table, for memory reports.
     pub fn heap_bytes(&self) -> usize {
-        (self.mask + 1) * WORDS * 8
+        self.words.words().len() * 8
     }
+
+    /// Slots of the table.
+    pub fn slot_count(&self) -> usize {
+        self.mask + 1
+    }
+}
+
+fn words_per_slot(wide: bool) -> usize {
+    if wide {
+        Wide::WORDS
+    } else {
+        Narrow::WORDS
+    }
+}
+
+/// The smallest power of two ≥ `at_least` slots that holds `keys` keys at most 3/4 full.
+fn slots_for(keys: usize, at_least: usize) -> usize {
+    let mut slots = at_least.max(MIN_SLOTS);
+    while keys.saturating_mul(4) > slots * 3 {
+        slots *= 2;
+    }
+    slots
 }
 
 /// One change to a key map: the key's latest record is now at `offset`, or (`live`
@@ -357,55 +526,33 @@ pub struct KeyChange {
     pub live: bool,
 }
 
-/// Word of a slot holding the offset (0 and 1 hold the hash, low then high).
-const OFFSET: usize = 2;
-
-type Slot = [u64; WORDS];
-
-fn slots(words: &[u64]) -> &[Slot] {
-    bytemuck::cast_slice(words)
-}
-
-fn slots_mut(words: &mut [u64]) -> &mut [Slot] {
-    bytemuck::cast_slice_mut(words)
-}
-
-fn hash_of(slot: &Slot) -> u128 {
-    (u128::from(slot[1]) << 64) | u128::from(slot[0])
-}
-
-fn slot(key: u128, offset: u64) -> Slot {
-    [key as u64, (key >> 64) as u64, offset, 0]
-}
-
-/// Sets `key` (stored form) to `offset`; true when the key is new. The table has room.
+/// Sets `id` to `offset`; true when the key is new. The table has room.
 #[inline(always)]
-fn set(table: &mut [Slot], mask: usize, key: u128, offset: u64) -> bool {
-    let mut i = (key as usize) & mask;
+fn set<L: Layout>(table: &mut [L::Slot], mask: usize, id: KeyId, offset: u64) -> bool {
+    let mut i = (id.hi as usize) & mask;
     loop {
         let s = &mut table[i];
-        let h = hash_of(s);
-        if h == key {
-            s[OFFSET] = offset;
+        if L::holds(s, id) {
+            *s = L::make(id, offset);
             return false;
         }
-        if h == EMPTY {
-            *s = slot(key, offset);
+        if L::hi(s) == 0 {
+            *s = L::make(id, offset);
             return true;
         }
         i = (i + 1) & mask;
     }
 }
 
-/// Removes `key` (stored form); true when it was there.
-fn delete(table: &mut [Slot], mask: usize, key: u128) -> bool {
-    let mut hole = (key as usize) & mask;
+/// Removes `id`; true when it was there.
+fn delete<L: Layout>(table: &mut [L::Slot], mask: usize, id: KeyId) -> bool {
+    let mut hole = (id.hi as usize) & mask;
     loop {
-        let h = hash_of(&table[hole]);
-        if h == key {
+        let s = &table[hole];
+        if L::holds(s, id) {
             break;
         }
-        if h == EMPTY {
+        if L::hi(s) == 0 {
             return false;
         }
         hole = (hole + 1) & mask;
@@ -415,17 +562,17 @@ fn delete(table: &mut [Slot], mask: usize, key: u128) -> bool {
     let mut j = hole;
     loop {
         j = (j + 1) & mask;
-        let h = hash_of(&table[j]);
-        if h == EMPTY {
+        let hi = L::hi(&table[j]);
+        if hi == 0 {
             break;
         }
-        let home = (h as usize) & mask;
+        let home = (hi as usize) & mask;
         if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
             table[hole] = table[j];
             hole = j;
         }
     }
-    table[hole] = [0; WORDS];
+    table[hole] = bytemuck::Zeroable::zeroed();
     true
 }
 
@@ -493,9 +640,10 @@ mod tests {
 
     #[test]
     fn removal_keeps_colliding_runs_reachable() {
-        // Keys sharing home slots (low bits equal) wrap around the table's end.
+        // Keys sharing home slots (the high half's low bits equal) wrap around the table's
+        // end.
         let mut m = KeyMap::default();
-        let at = |i: u128, home: u128| (i << 64) | home;
+        let at = |i: u128, home: u128| ((i << 4) | home) << 64;
         for i in 1..=6u128 {
             m.insert(at(i, 15), i as u64);
         }
@@ -526,7 +674,7 @@ mod tests {
         assert_eq!(m.get(7 << 64 | 7), None);
         assert_eq!(m.get(8 << 64 | 8), Some(500));
         assert_eq!(m.get(100 << 64 | 100), Some(100));
-        assert!(m.len() * 4 <= m.heap_bytes() / 32 * 3, "at most 3/4 full");
+        assert!(m.len() * 4 <= m.slot_count() * 3, "at most 3/4 full");
     }
 
     /// Long slices, growing many times part-way through (the prefetch window refilled),
@@ -544,7 +692,7 @@ mod tests {
                     x ^= x << 17;
                     let k = u128::from(x % (2000 + round * 3000));
                     KeyChange {
-                        key: k << 64 | k,
+                        key: (k + 1) << 64 | k,
                         offset: round * 5000 + i,
                         live: x % 5 != 0,
                     }
@@ -563,7 +711,7 @@ mod tests {
         for (k, v) in &reference {
             assert_eq!(m.get(*k), Some(*v));
         }
-        assert!(m.len() * 4 <= m.heap_bytes() / 32 * 3, "at most 3/4 full");
+        assert!(m.len() * 4 <= m.slot_count() * 3, "at most 3/4 full");
     }
 
     #[test]
@@ -599,6 +747,66 @@ mod tests {
                 KeyMap::with_capacity(list.len()).heap_bytes()
             );
         }
+    }
+
+    #[test]
+    fn a_key_is_its_high_half_and_tag_bits() {
+        let mut m = KeyMap::default();
+        let key = 0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210u128;
+        m.insert(key, 1);
+        // Bits 0..48 are not kept: the same key, as the iteration reports it.
+        assert_eq!(m.get(key & !0xFFFF_FFFF_FFFF), Some(1));
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            vec![(key & !0xFFFF_FFFF_FFFF, 1)]
+        );
+        // Any kept bit that differs is another key: each tag bit and each high bit.
+        for bit in (48..128).map(|b| 1u128 << b) {
+            assert_eq!(m.get(key ^ bit), None, "bit {}", bit.trailing_zeros());
+        }
+        m.insert(key ^ (1 << 48), 2);
+        m.insert(key ^ (1 << 127), 3);
+        assert_eq!((m.get(key), m.len()), (Some(1), 3));
+    }
+
+    /// An offset a narrow slot cannot hold switches the map to wide slots with every entry
+    /// kept; from then on it behaves as before, through growth and removals.
+    #[test]
+    fn an_offset_past_48_bits_widens_the_slots() {
+        let mut m = KeyMap::default();
+        let mut reference = HashMap::new();
+        let key = |i: u64| key_hash(&i.to_le_bytes());
+        for i in 0..5000u64 {
+            m.insert(key(i), i);
+            reference.insert(key(i), i);
+        }
+        assert!(!m.wide);
+        let narrow_bytes = m.heap_bytes();
+        let big = 1u64 << 48;
+        m.insert(key(7), big);
+        reference.insert(key(7), big);
+        assert!(m.wide);
+        assert_eq!(
+            m.heap_bytes(),
+            2 * narrow_bytes,
+            "same slots, twice the bytes"
+        );
+        for i in 5000..40_000u64 {
+            if i % 3 == 0 {
+                m.remove(key(i / 2));
+                reference.remove(&key(i / 2));
+            } else {
+                m.insert(key(i), u64::MAX - i);
+                reference.insert(key(i), u64::MAX - i);
+            }
+        }
+        assert_eq!(m.len(), reference.len());
+        for (k, v) in &reference {
+            assert_eq!(m.get(*k), Some(*v));
+        }
+        let list: Vec<(u128, u64)> = m.iter().collect();
+        assert_eq!(list.len(), reference.len());
+        assert_eq!(KeyMap::from_entries(list.len(), |i| list[i]), m);
     }
 
     #[test]
