@@ -7,8 +7,8 @@
 //! log's end, takes W = `next_offset - 1` and copies the tenant's live offsets — nothing
 //! can interleave, since only the holder of that lock changes the index, and the records
 //! at those offsets never change. Appends never take that lock, so the copy (O(the
-//! tenant's keys)) never stalls them. Each tenant's keys are a [`KeyMap`] (128-bit key
-//! hashes in flat tables).
+//! tenant's keys)) never stalls them. Each tenant's keys are a [`KeyMap`] (80 bits of each
+//! key's 128-bit hash, in flat tables).
 //!
 //! Persistence: a checkpoint (`tenants.snapshot`) of the whole index, encoded by the
 //! indexer thread once the index has passed a segment boundary that owes one (whoever
@@ -22,7 +22,8 @@
 //! | 0..4 magic "TLT2" | 4..8 crc32 of bytes 8.. | 8..16 next_offset u64 LE (covers offsets below it)
 //! | 16..20 tenants u32 LE | then per tenant:
 //! |   tenant_len u8, tenant bytes, latest_offset u64 LE, events u64 LE, keys u32 LE,
-//! |   keys × (key_hash u128 LE (XXH3-128 of the key), offset u64 LE)
+//! |   keys × (key_hash u128 LE (XXH3-128 of the key: the bits a key map keeps, bits 0..48
+//! |          written as 0 and ignored on reading), offset u64 LE)
 //! ```
 //! (A checkpoint of the first format, magic "TLTI", is not read: the index is rebuilt by
 //! replaying the log once.)
