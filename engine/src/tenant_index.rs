@@ -364,6 +364,40 @@ mod tests {
         assert!(TenantIndex::decode(&bad).is_err());
     }
 
+    /// Checkpoints written before the key map kept 80 bits carry whole 128-bit hashes:
+    /// they read as the same keys, and are written back with bits 0..48 zeroed.
+    #[test]
+    fn a_checkpoint_with_whole_hashes_reads_the_same_keys() {
+        let keys = [(b"k1", 3u64), (b"k2", 7)];
+        let mut old = snapshot_file::begin(MAGIC, 64);
+        old.extend_from_slice(&8u64.to_le_bytes()); // next_offset
+        old.extend_from_slice(&1u32.to_le_bytes()); // tenants
+        old.push(1);
+        old.push(b'a');
+        old.extend_from_slice(&7u64.to_le_bytes()); // latest_offset
+        old.extend_from_slice(&2u64.to_le_bytes()); // events
+        old.extend_from_slice(&2u32.to_le_bytes()); // keys
+        for (key, offset) in keys {
+            old.extend_from_slice(&key_hash(key).to_le_bytes());
+            old.extend_from_slice(&offset.to_le_bytes());
+        }
+        snapshot_file::seal(&mut old);
+        let index = TenantIndex::decode(&old).expect("decodes");
+        let a = index.tenant(b"a").expect("tenant a");
+        for (key, offset) in keys {
+            assert_eq!(a.keys.get(key_hash(key)), Some(offset));
+        }
+        assert_eq!(a.keys.len(), 2);
+        let again = index.encode();
+        assert_eq!(again.len(), old.len());
+        let entries = &again[again.len() - 2 * KEY_ENTRY..];
+        for entry in entries.chunks(KEY_ENTRY) {
+            assert_eq!(&entry[..6], &[0; 6], "bits 0..48 of the hash");
+        }
+        let back = TenantIndex::decode(&again).expect("decodes");
+        assert_eq!(back.tenant(b"a").expect("tenant a").keys, a.keys);
+    }
+
     #[test]
     fn pending_updates_apply_in_order() {
         let mut pending = PendingUpdates::default();
