@@ -6,9 +6,9 @@
 //!   one flat open-addressing table — no allocation per key, no key comparison. Two
 //!   distinct keys of one tenant would have to share those 80 bits to be confused: for a
 //!   million keys, odds about 4·10⁻¹³ (n²/2⁸¹), for ten million 4·10⁻¹¹ — the trade
-//!   Kafka's log cleaner makes with its hashed offset map, and far below the odds of an
-//!   undetected disk error. XXH3 is specified and stable, so hashes in checkpoints stay
-//!   valid across versions and machines.
+//!   Kafka's log cleaner makes with its hashed offset map (which keeps 128 bits; 80 here
+//!   halve the table, below). XXH3 is specified and stable, so hashes in checkpoints
+//!   stay valid across versions and machines.
 //! - 16-byte slots ([`Narrow`]: the high 64 bits, then the 16 tag bits over a 48-bit
 //!   offset): four to a cache line, so a probe past the home slot stays in its line three
 //!   times in four (with 32-byte slots, half the probes that moved on missed a second
