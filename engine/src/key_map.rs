@@ -318,15 +318,6 @@ impl KeyMap {
         })
     }
 
-    /// Hints the CPU to fetch the key's home slot.
-    #[inline]
-    pub fn prefetch(&self, key: u128) {
-        let home = (KeyId::of(key).hi as usize) & self.mask;
-        if let Some(word) = self.words.words().get(home * words_per_slot(self.wide)) {
-            prefetch_line(std::ptr::from_ref(word).cast());
-        }
-    }
-
     /// Sets the key's offset.
     pub fn insert(&mut self, key: u128, offset: u64) {
         self.apply(&[KeyChange {
@@ -365,11 +356,6 @@ impl KeyMap {
 
     #[inline(always)]
     fn apply_in<L: Layout>(&mut self, changes: &[KeyChange]) {
-        let home_line = |table: &[L::Slot], mask: usize, c: &KeyChange| {
-            if let Some(slot) = table.get((KeyId::of(c.key).hi as usize) & mask) {
-                prefetch_line(std::ptr::from_ref(slot).cast());
-            }
-        };
         let mut start = 0;
         while start < changes.len() {
             let chunk = &changes[start..changes.len().min(start + GROW_CHECK)];
@@ -383,12 +369,12 @@ impl KeyMap {
                 // (Re)fill the window: the slots ahead of this chunk moved, or were
                 // never asked for.
                 for c in changes[start..].iter().take(PREFETCH_AHEAD) {
-                    home_line(table, mask, c);
+                    prefetch_home::<L>(table, mask, KeyId::of(c.key));
                 }
             }
             for (i, c) in chunk.iter().enumerate() {
                 if let Some(ahead) = changes.get(start + i + PREFETCH_AHEAD) {
-                    home_line(table, mask, ahead);
+                    prefetch_home::<L>(table, mask, KeyId::of(ahead.key));
                 }
                 let id = KeyId::of(c.key);
                 if c.live {
@@ -434,9 +420,7 @@ impl KeyMap {
         let mut chunk = [(KeyId { hi: 0, tag: 0 }, 0u64); CHUNK];
         let mut n = 0;
         for entry in source.entries() {
-            if let Some(slot) = table.get((entry.0.hi as usize) & mask) {
-                prefetch_line(std::ptr::from_ref(slot).cast());
-            }
+            prefetch_home::<L>(table, mask, entry.0);
             chunk[n] = entry;
             n += 1;
             if n == CHUNK {
@@ -492,11 +476,6 @@ impl KeyMap {
     /// Heap (or mapped) bytes of the table, for memory reports.
     pub fn heap_bytes(&self) -> usize {
         self.words.words().len() * 8
-    }
-
-    /// Slots of the table.
-    pub fn slot_count(&self) -> usize {
-        self.mask + 1
     }
 }
 
@@ -595,6 +574,14 @@ fn spread_stride(n: usize) -> usize {
     stride
 }
 
+/// Hints the CPU to fetch `id`'s home slot.
+#[inline(always)]
+fn prefetch_home<L: Layout>(table: &[L::Slot], mask: usize, id: KeyId) {
+    if let Some(slot) = table.get((id.hi as usize) & mask) {
+        prefetch_line(std::ptr::from_ref(slot).cast());
+    }
+}
+
 /// A hint to bring the line of `at` into the cache; never faults, whatever the address.
 #[inline]
 fn prefetch_line(at: *const u8) {
@@ -674,7 +661,7 @@ mod tests {
         assert_eq!(m.get(7 << 64 | 7), None);
         assert_eq!(m.get(8 << 64 | 8), Some(500));
         assert_eq!(m.get(100 << 64 | 100), Some(100));
-        assert!(m.len() * 4 <= m.slot_count() * 3, "at most 3/4 full");
+        assert!(m.len() * 4 <= (m.mask + 1) * 3, "at most 3/4 full");
     }
 
     /// Long slices, growing many times part-way through (the prefetch window refilled),
@@ -711,7 +698,7 @@ mod tests {
         for (k, v) in &reference {
             assert_eq!(m.get(*k), Some(*v));
         }
-        assert!(m.len() * 4 <= m.slot_count() * 3, "at most 3/4 full");
+        assert!(m.len() * 4 <= (m.mask + 1) * 3, "at most 3/4 full");
     }
 
     #[test]
