@@ -85,5 +85,7 @@ pub use engine::{AckLevel, Engine, PartitionInfo, TopicInfo, CLEAN_SHUTDOWN_FILE
 pub use error::{EngineError, Result};
 pub use extract::TenantSnapshot;
 pub use notify::{Change, Watcher};
-pub use partition::{Appended, CheckedBatch, Fetched, Partition, RunOutcome, SeekFrom, TenantInfo};
+pub use partition::{
+    Appended, CheckedBatch, Fetched, IndexNotes, Partition, RunOutcome, SeekFrom, TenantInfo,
+};
 pub use recovery::{RecoveryReport, Truncation};

@@ -311,12 +311,13 @@ proptest! {
 
         // Together.
         let q = partition0(&together, "t");
+        let mut notes = tidelog_engine::IndexNotes::default();
         let checked: Vec<Vec<_>> = batches
             .iter()
-            .map(|run| run.iter().map(|b| q.check(b).expect("valid")).collect())
+            .map(|run| run.iter().map(|b| q.check(b, &mut notes).expect("valid")).collect())
             .collect();
         let runs: Vec<&[_]> = checked.iter().map(Vec::as_slice).collect();
-        let outcomes = q.append_checked(&runs);
+        let outcomes = q.append_checked(&runs, &notes);
         let got: Vec<_> = outcomes
             .into_iter()
             .map(|o| (o.appended, o.error.map(|e| e.to_string())))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidelog_engine::extract::Criteria;
-use tidelog_engine::{CheckedBatch, CleanupPolicy, Partition, SeekFrom, TopicConfig};
+use tidelog_engine::{CheckedBatch, CleanupPolicy, IndexNotes, Partition, SeekFrom, TopicConfig};
 use tidelog_protocol::frame::{FrameHeader, HEADER_LEN};
 use tidelog_protocol::response::{encode_error, encode_response};
 use tidelog_protocol::{
@@ -653,13 +653,17 @@ fn publish(
     let p = state.partition(topic, partition)?;
     let mut checked: Vec<Vec<CheckedBatch<'_>>> = Vec::with_capacity(requests.len());
     let mut refused: Vec<Option<ProtocolError>> = Vec::with_capacity(requests.len());
+    // The loop's one buffer of index notes, reused from group to group.
+    let mut notes = std::mem::take(&mut state.index_notes);
+    notes.clear();
     for request in requests {
-        let (batches, error) = check_batches(&p, request.batches);
+        let (batches, error) = check_batches(&p, request.batches, &mut notes);
         checked.push(batches);
         refused.push(error);
     }
     let runs: Vec<&[CheckedBatch<'_>]> = checked.iter().map(Vec::as_slice).collect();
-    let outcomes = p.append_checked(&runs);
+    let outcomes = p.append_checked(&runs, &notes);
+    state.index_notes = notes;
     for ((request, outcome), refused) in requests.iter().zip(outcomes).zip(refused) {
         let published: Vec<PublishedBatch> = outcome
             .appended
@@ -730,6 +734,7 @@ fn publish(
 fn check_batches<'a>(
     p: &Partition,
     batches: &'a [u8],
+    notes: &mut IndexNotes,
 ) -> (Vec<CheckedBatch<'a>>, Option<ProtocolError>) {
     let mut checked = Vec::new();
     let mut rest = batches;
@@ -746,7 +751,7 @@ fn check_batches<'a>(
             );
             return (checked, Some(error));
         };
-        match p.check(one) {
+        match p.check(one, notes) {
             Ok(c) => checked.push(c),
             Err(err) => return (checked, Some(to_protocol(&err))),
         }

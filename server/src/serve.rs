@@ -228,6 +228,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         next_token: boot,
         groups,
         worker: crate::worker::Worker::start(notices.clone()).map_err(|e| e.to_string())?,
+        index_notes: tidelog_engine::IndexNotes::default(),
     };
     let mut event_loop = EventLoop::new(poll, listener, state, stop).map_err(|e| e.to_string())?;
     tracing::info!(

@@ -97,6 +97,8 @@ pub struct State {
     pub groups: crate::groups::Coordinator,
     /// Takes state extractions' snapshots off the loop.
     pub worker: crate::worker::Worker,
+    /// What checking a group of publishes noted for the tenant index (kept to be reused).
+    pub index_notes: tidelog_engine::IndexNotes,
 }
 
 impl State {
