@@ -130,12 +130,9 @@ impl Deref for Fetched {
 /// A batch [`Partition::check`] validated, ready for [`Partition::append_checked`].
 #[derive(Debug)]
 pub struct CheckedBatch<'a> {
-    bytes: &'a [u8],
-    header: batch::BatchHeader,
+    view: batch::BatchView<'a>,
     /// Its tenant records' notes in the caller's [`IndexNotes`].
     notes: std::ops::Range<u32>,
-    /// The tenant of every record, for a tenant-uniform batch.
-    uniform_tenant: Option<&'a [u8]>,
 }
 
 /// What [`Partition::check`] notes of batches' tenant records for the tenant index (key
@@ -155,7 +152,8 @@ struct Note {
     /// The key's hash; meaningless without [`Update::HAS_KEY`] in `flags`.
     key: u128,
     offset_delta: u32,
-    /// Where the record's own tenant lies in its batch (not used for a uniform batch).
+    /// Where the record's tenant lies in its batch (not used for a uniform batch); a
+    /// tenant is at most 255 bytes (validated).
     tenant_at: u32,
     tenant_len: u8,
     /// [`Update`]'s flags.
@@ -562,10 +560,8 @@ impl Partition {
             }
         };
         Ok(CheckedBatch {
-            bytes: batch_bytes,
-            header: view.header,
+            view,
             notes: first as u32..notes.notes.len() as u32,
-            uniform_tenant: view.uniform_tenant(),
         })
     }
 
@@ -634,7 +630,7 @@ impl Partition {
         if self.is_poisoned() {
             return Err(self.poisoned_error());
         }
-        let header = &checked.header;
+        let header = &checked.view.header;
         if header.producer_id != 0 {
             // Batches planned but not yet written are recorded already (and forgotten
             // again if their write fails), so a retry among them is seen; it is answered
@@ -657,7 +653,7 @@ impl Partition {
                 return Ok(());
             }
         }
-        let len = checked.bytes.len();
+        let len = checked.view.bytes().len();
         if !w.active.has_room(plan.bytes + len) || self.segment_expired(&w.active) {
             self.write_plan(w, plan, outcomes, queued);
             if outcomes[run].error.is_some() {
@@ -713,7 +709,7 @@ impl Partition {
         let batches: Vec<(&[u8], &batch::BatchHeader, u64)> = plan
             .items
             .iter()
-            .map(|p| (p.batch.bytes, &p.batch.header, p.base_offset))
+            .map(|p| (p.batch.view.bytes(), &p.batch.view.header, p.base_offset))
             .collect();
         let first_offset = plan.items[0].base_offset;
         let next_offset = plan.next_offset.expect("a plan with items knows its end");
@@ -747,13 +743,13 @@ impl Partition {
                     tenant,
                     flags: u32::from(n.flags),
                 };
-                if let Some(tenant) = batch.uniform_tenant.filter(|_| !notes.is_empty()) {
+                if let Some(tenant) = batch.view.uniform_tenant().filter(|_| !notes.is_empty()) {
                     let id = pending.intern(tenant);
                     pending.updates.extend(notes.iter().map(|n| update(n, id)));
                 } else {
                     for n in notes {
                         let at = n.tenant_at as usize;
-                        let tenant = &batch.bytes[at..at + usize::from(n.tenant_len)];
+                        let tenant = &batch.view.bytes()[at..at + usize::from(n.tenant_len)];
                         let id = pending.intern(tenant);
                         pending.updates.push(update(n, id));
                     }
