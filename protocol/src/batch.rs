@@ -89,6 +89,15 @@ impl BatchHeader {
         self.last_offset() + 1
     }
 
+    /// Whether [`BatchHeader::next_offset`] is a `u64`: [`check_frame`] and [`view_stored`]
+    /// refuse a header where it is not, so the offsets of a framed batch never overflow.
+    fn offsets_fit(&self) -> bool {
+        self.base_offset
+            .checked_add(u64::from(self.last_offset_delta))
+            .and_then(|last| last.checked_add(1))
+            .is_some()
+    }
+
     pub fn is_tenant_uniform(&self) -> bool {
         self.flags & FLAG_TENANT_UNIFORM != 0
     }
@@ -208,6 +217,9 @@ pub fn check_frame(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
     if buf.get(MAGIC_AT) != Some(&MAGIC) {
         return Err(BatchError::Invalid("unknown batch magic".into()));
     }
+    if !header.offsets_fit() {
+        return Err(offsets_overflow(&header));
+    }
     let covered = bytes.get(CRC_COVERED_FROM..).unwrap_or(&[]);
     let crc = crc32fast::hash(covered);
     if crc != header.crc {
@@ -235,7 +247,17 @@ pub fn view_stored(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
         needed: len,
         have: buf.len(),
     })?;
+    if !header.offsets_fit() {
+        return Err(offsets_overflow(&header));
+    }
     Ok(BatchView { header, bytes })
+}
+
+fn offsets_overflow(h: &BatchHeader) -> BatchError {
+    BatchError::Invalid(format!(
+        "base_offset {} + last_offset_delta {} overflows u64",
+        h.base_offset, h.last_offset_delta
+    ))
 }
 
 /// Full validation of a batch arriving from a producer: [`check_frame`], then header

@@ -131,6 +131,11 @@ fn decode_one<'a>(
         return Err(format!("unknown record attributes {attributes:#04x}"));
     }
     let offset_delta = u32::try_from(c.varint()?).map_err(|_| "offset_delta overflows u32")?;
+    // A record's delta is checked against the header's last one only once the walk ends.
+    let offset = header
+        .base_offset
+        .checked_add(u64::from(offset_delta))
+        .ok_or("record offset overflows u64")?;
     let timestamp_ms = header
         .first_timestamp_ms
         .checked_add(varint::unzigzag(c.varint()?))
@@ -169,7 +174,7 @@ fn decode_one<'a>(
     Ok(RecordView {
         attributes,
         offset_delta,
-        offset: header.base_offset + u64::from(offset_delta),
+        offset,
         timestamp_ms,
         tenant,
         key,
@@ -278,7 +283,10 @@ impl<'a> KeyedRecordIter<'a> {
             None
         };
         Ok(KeyedRecord {
-            offset: self.base_offset + offset_delta,
+            offset: self
+                .base_offset
+                .checked_add(offset_delta)
+                .ok_or("record offset overflows u64")?,
             tenant,
             key,
             live: attributes & RECORD_HAS_VALUE != 0,

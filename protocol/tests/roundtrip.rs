@@ -2,6 +2,8 @@
 //! decoders never panic on arbitrary or mutated bytes.
 
 use proptest::prelude::*;
+use tidelog_protocol::batch;
+use tidelog_protocol::builder::{build_batch, ProducerStamp, Record};
 use tidelog_protocol::frame::{self, FRAME_BYTES_MAX_DEFAULT};
 use tidelog_protocol::response::{decode_data, decode_error, encode_error, encode_response};
 use tidelog_protocol::{
@@ -295,4 +297,41 @@ fn start_value_must_be_zero_for_earliest_and_latest() {
         .expect("whole");
     let decoded = Request::decode(header.kind, &bytes[frame::HEADER_LEN..header.total_len]);
     assert_eq!(decoded.map_err(|e| e.code), Err(ErrorCode::InvalidRequest));
+}
+
+/// Regression (found by `cargo fuzz run decode_batch`): a stored batch whose
+/// `base_offset` is near `u64::MAX` made the record decoder overflow computing a record's
+/// offset (a panic where overflow checks are on; a wrapped offset where they are not).
+/// Framing now refuses a header whose offsets do not fit a `u64`, and the record decoders
+/// refuse a record whose offset does not.
+#[test]
+fn offsets_past_u64_are_refused_not_overflowed() {
+    let bytes = include_bytes!("fixtures/fuzz-record-offset-overflow.bin");
+    let refused = batch::view_stored(bytes).map(|v| v.records().count());
+    assert!(
+        matches!(&refused, Err(batch::BatchError::Invalid(why)) if why.contains("overflows")),
+        "{refused:?}"
+    );
+    // A well-formed batch of three records: its last offset may be u64::MAX - 1 (the
+    // offset after it is then u64::MAX), not one more.
+    let records: Vec<Record> = (0..3)
+        .map(|i| Record {
+            tenant: Some(b"acme".to_vec()),
+            key: Some(format!("k{i}").into_bytes()),
+            value: Some(b"v".to_vec()),
+            ..Record::default()
+        })
+        .collect();
+    let mut b = build_batch(&records, ProducerStamp::default());
+    batch::stamp_base_offset(&mut b, u64::MAX - 3);
+    let view = batch::validate(&b).expect("fits");
+    assert_eq!(view.header.next_offset(), u64::MAX);
+    let offsets: Vec<u64> = view.keyed_records().map(|r| r.offset).collect();
+    assert_eq!(offsets, [u64::MAX - 3, u64::MAX - 2, u64::MAX - 1]);
+    batch::stamp_base_offset(&mut b, u64::MAX - 2);
+    for refused in [batch::validate(&b).err(), batch::view_stored(&b).err()] {
+        assert!(
+            matches!(refused, Some(batch::BatchError::Invalid(ref why)) if why.contains("overflows"))
+        );
+    }
 }

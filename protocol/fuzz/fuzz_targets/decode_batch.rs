@@ -1,5 +1,6 @@
-//! The batch validator a publish goes through, and the tenant filter applied to stored
-//! batches: no input may panic them, and whatever validates must decode completely.
+//! The batch validator a publish goes through, the decoders of stored batches (records,
+//! and the tenant index's keyed records) and the tenant filter: no input may panic them,
+//! and whatever validates must decode completely.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(view) = batch::view_stored(data) {
         let _ = view.records().count();
+        let _ = view.keyed_records().count(); // the tenant index's decoder
         let _ = filter_batch(&view, b"t");
     }
 });
