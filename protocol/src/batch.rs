@@ -201,39 +201,25 @@ impl std::fmt::Display for BatchError {
 /// Checks length, flags and CRC of the batch at the front of `buf`, without decoding
 /// records. This is what recovery runs on every batch of the tail.
 pub fn check_frame(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
-    let header = BatchHeader::parse(buf).ok_or(BatchError::Incomplete {
-        needed: HEADER_LEN,
-        have: buf.len(),
-    })?;
-    let len = header.batch_len as usize;
-    let tenant_len = usize::from(header.tenant_len);
-    if len < HEADER_LEN + tenant_len + 1 {
-        return Err(BatchError::Invalid(format!("batch_len {len} too small")));
-    }
-    let bytes = buf.get(..len).ok_or(BatchError::Incomplete {
-        needed: len,
-        have: buf.len(),
-    })?;
+    let view = view_stored(buf)?;
     if buf.get(MAGIC_AT) != Some(&MAGIC) {
         return Err(BatchError::Invalid("unknown batch magic".into()));
     }
-    if !header.offsets_fit() {
-        return Err(offsets_overflow(&header));
-    }
-    let covered = bytes.get(CRC_COVERED_FROM..).unwrap_or(&[]);
+    let covered = view.bytes.get(CRC_COVERED_FROM..).unwrap_or(&[]);
     let crc = crc32fast::hash(covered);
-    if crc != header.crc {
+    if crc != view.header.crc {
         return Err(BatchError::Invalid(format!(
             "crc mismatch: stored {:#010x}, computed {crc:#010x}",
-            header.crc
+            view.header.crc
         )));
     }
-    Ok(BatchView { header, bytes })
+    Ok(view)
 }
 
 /// Frames the batch at the front of `buf` without computing its CRC: for batches read back
-/// from a log that validated them on arrival (tenant filtering, extraction). Lengths are
-/// still checked, and decoding its records stays bounds-checked.
+/// from a log that validated them on arrival (tenant filtering, extraction). Lengths and
+/// the range of its offsets are still checked, and decoding its records stays
+/// bounds-checked. ([`check_frame`] is this plus the magic and the CRC.)
 pub fn view_stored(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
     let header = BatchHeader::parse(buf).ok_or(BatchError::Incomplete {
         needed: HEADER_LEN,
@@ -248,16 +234,12 @@ pub fn view_stored(buf: &[u8]) -> Result<BatchView<'_>, BatchError> {
         have: buf.len(),
     })?;
     if !header.offsets_fit() {
-        return Err(offsets_overflow(&header));
+        return Err(BatchError::Invalid(format!(
+            "base_offset {} + last_offset_delta {} overflows u64",
+            header.base_offset, header.last_offset_delta
+        )));
     }
     Ok(BatchView { header, bytes })
-}
-
-fn offsets_overflow(h: &BatchHeader) -> BatchError {
-    BatchError::Invalid(format!(
-        "base_offset {} + last_offset_delta {} overflows u64",
-        h.base_offset, h.last_offset_delta
-    ))
 }
 
 /// Full validation of a batch arriving from a producer: [`check_frame`], then header
