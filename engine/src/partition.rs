@@ -140,7 +140,7 @@ pub struct CheckedBatch<'a> {
 /// tenant lies), for [`Partition::append_checked`] to queue once the batches have their
 /// offsets. One buffer for a whole group of batches, kept by the caller and reused: a
 /// buffer per batch (3 KiB for 100 keyed records) was an allocation and a free per batch
-/// on the event loop, ~10 ns a record.
+/// on the event loop (~12 of the server's ~560 user instructions per keyed record).
 #[derive(Debug, Default)]
 pub struct IndexNotes {
     notes: Vec<Note>,
