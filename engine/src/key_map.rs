@@ -50,7 +50,22 @@ const TAG_BITS: u64 = 0xFFFF << 48;
 const NARROW_OFFSET_MAX: u64 = !TAG_BITS;
 
 /// The hash of a key as the index knows it.
+///
+/// Inlined for keys of 9 to 16 bytes (short ids, `file-00000001`): the appender hashes
+/// every keyed record inside its validation walk, and there XXH3's other size classes
+/// (and a call) cost more than the hash itself. Any other length takes the call.
+#[inline(always)]
 pub fn key_hash(key: &[u8]) -> u128 {
+    if (9..=16).contains(&key.len()) {
+        // The length is known to the inlined XXH3 here: only its 9..16 path is left.
+        xxhash_rust::xxh3::xxh3_128(key)
+    } else {
+        key_hash_any(key)
+    }
+}
+
+#[inline(never)]
+fn key_hash_any(key: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(key)
 }
 
@@ -335,55 +350,58 @@ impl KeyMap {
         }]);
     }
 
-    /// Applies changes in order. Each change's home slot is prefetched [`PREFETCH_AHEAD`]
-    /// changes before it is made, so their cache misses overlap instead of each update
-    /// waiting for its own — a sliding window that stays full across the whole slice
-    /// (prefetching a chunk and then applying it drained the window at every chunk: the
-    /// first change of each chunk waited for a whole miss). The table is grown (if need
-    /// be) [`GROW_CHECK`] changes at a time, so a slice of updates to existing keys does
-    /// not grow it for nothing. This loop is the indexer's whole per-record cost.
+    /// Applies changes in order (anything that reads as a [`Change`]: the indexer hands
+    /// over its queued updates as they are, no copy). Each change's home slot is
+    /// prefetched [`PREFETCH_AHEAD`] changes before it is made, so their cache misses
+    /// overlap instead of each update waiting for its own — a sliding window that stays
+    /// full across the whole slice (prefetching a chunk and then applying it drained the
+    /// window at every chunk: the first change of each chunk waited for a whole miss).
+    /// The table is grown (if need be) [`GROW_CHECK`] changes at a time, so a slice of
+    /// updates to existing keys does not grow it for nothing. This loop is the indexer's
+    /// whole per-record cost.
     #[inline]
-    pub fn apply(&mut self, changes: &[KeyChange]) {
-        if !self.wide
-            && changes
-                .iter()
-                .any(|c| c.live && c.offset > NARROW_OFFSET_MAX)
-        {
+    pub fn apply<C: Change>(&mut self, changes: &[C]) {
+        // One OR per change (no branch): a tombstone's offset counts too, which at worst
+        // widens a map a little early.
+        if !self.wide && changes.iter().fold(0, |all, c| all | c.offset()) > NARROW_OFFSET_MAX {
             *self = self.rebuilt(self.mask + 1, true);
         }
-        with_layout!(self, L => self.apply_in::<L>(changes))
+        with_layout!(self, L => self.apply_in::<L, C>(changes))
     }
 
     #[inline(always)]
-    fn apply_in<L: Layout>(&mut self, changes: &[KeyChange]) {
+    fn apply_in<L: Layout, C: Change>(&mut self, changes: &[C]) {
         let mut start = 0;
         while start < changes.len() {
-            let chunk = &changes[start..changes.len().min(start + GROW_CHECK)];
-            let grew = (self.len + chunk.len()) * 4 > (self.mask + 1) * 3;
+            let end = changes.len().min(start + GROW_CHECK);
+            let grew = (self.len + (end - start)) * 4 > (self.mask + 1) * 3;
             if grew {
-                self.grow_for(chunk.len());
+                self.grow_for(end - start);
             }
             let mask = self.mask;
-            let table = slots_mut::<L>(self.words.words_mut());
+            // Exactly `mask + 1` slots, so that `i & mask` needs no bounds check.
+            let table = &mut slots_mut::<L>(self.words.words_mut())[..=mask];
             if start == 0 || grew {
                 // (Re)fill the window: the slots ahead of this chunk moved, or were
                 // never asked for.
                 for c in changes[start..].iter().take(PREFETCH_AHEAD) {
-                    prefetch_home::<L>(table, mask, KeyId::of(c.key));
+                    prefetch_home::<L>(table, mask, c.key());
                 }
             }
-            for (i, c) in chunk.iter().enumerate() {
+            // The count in a register, not stored back at every change.
+            let mut len = self.len;
+            for (i, c) in changes[start..end].iter().enumerate() {
                 if let Some(ahead) = changes.get(start + i + PREFETCH_AHEAD) {
-                    prefetch_home::<L>(table, mask, KeyId::of(ahead.key));
+                    prefetch_home::<L>(table, mask, ahead.key());
                 }
-                let id = KeyId::of(c.key);
-                if c.live {
-                    self.len += usize::from(set::<L>(table, mask, id, c.offset));
-                } else {
-                    self.len -= usize::from(delete::<L>(table, mask, id));
+                if c.sets() {
+                    len += usize::from(set::<L>(table, mask, KeyId::of(c.key()), c.offset()));
+                } else if c.removes() {
+                    len -= usize::from(delete::<L>(table, mask, KeyId::of(c.key())));
                 }
             }
-            start += chunk.len();
+            self.len = len;
+            start = end;
         }
     }
 
@@ -420,7 +438,7 @@ impl KeyMap {
         let mut chunk = [(KeyId { hi: 0, tag: 0 }, 0u64); CHUNK];
         let mut n = 0;
         for entry in source.entries() {
-            prefetch_home::<L>(table, mask, entry.0);
+            prefetch_home::<L>(table, mask, entry.0.hash());
             chunk[n] = entry;
             n += 1;
             if n == CHUNK {
@@ -505,17 +523,50 @@ pub struct KeyChange {
     pub live: bool,
 }
 
+/// Anything [`KeyMap::apply`] can apply: a key's hash ([`key_hash`]), an offset, and what
+/// to do with them — set the key to the offset, remove the key (a tombstone), or, neither
+/// being true, nothing (a record without a key).
+pub trait Change {
+    fn key(&self) -> u128;
+    fn offset(&self) -> u64;
+    fn sets(&self) -> bool;
+    fn removes(&self) -> bool;
+}
+
+impl Change for KeyChange {
+    #[inline(always)]
+    fn key(&self) -> u128 {
+        self.key
+    }
+    #[inline(always)]
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+    #[inline(always)]
+    fn sets(&self) -> bool {
+        self.live
+    }
+    #[inline(always)]
+    fn removes(&self) -> bool {
+        !self.live
+    }
+}
+
 /// Sets `id` to `offset`; true when the key is new. The table has room.
 #[inline(always)]
 fn set<L: Layout>(table: &mut [L::Slot], mask: usize, id: KeyId, offset: u64) -> bool {
     let mut i = (id.hi as usize) & mask;
     loop {
         let s = &mut table[i];
-        if L::holds(s, id) {
-            *s = L::make(id, offset);
-            return false;
-        }
-        if L::hi(s) == 0 {
+        // The high word first: it tells the key's slot from a stranger's (all but
+        // certainly) and from an empty one, so most probes are one compare.
+        let hi = L::hi(s);
+        if hi == id.hi {
+            if L::holds(s, id) {
+                *s = L::make(id, offset);
+                return false;
+            }
+        } else if hi == 0 {
             *s = L::make(id, offset);
             return true;
         }
@@ -574,12 +625,18 @@ fn spread_stride(n: usize) -> usize {
     stride
 }
 
-/// Hints the CPU to fetch `id`'s home slot.
+/// Hints the CPU to fetch the home slot of the key hashed `key`.
 #[inline(always)]
-fn prefetch_home<L: Layout>(table: &[L::Slot], mask: usize, id: KeyId) {
-    if let Some(slot) = table.get((id.hi as usize) & mask) {
+fn prefetch_home<L: Layout>(table: &[L::Slot], mask: usize, key: u128) {
+    if let Some(slot) = table.get(home(key, mask)) {
         prefetch_line(std::ptr::from_ref(slot).cast());
     }
+}
+
+/// The home slot of the key hashed `key` (as [`KeyId::of`] makes its `hi`, 0 read as 1).
+#[inline(always)]
+fn home(key: u128, mask: usize) -> usize {
+    (((key >> 64) as u64).max(1) as usize) & mask
 }
 
 /// A hint to bring the line of `at` into the cache; never faults, whatever the address.
@@ -599,6 +656,26 @@ fn prefetch_line(at: *const u8) {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn key_hash_is_xxh3_128_at_every_length() {
+        // Checkpoints hold these hashes: the inlined short path must be XXH3 itself.
+        let bytes: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0x5A).collect();
+        for len in 0..=bytes.len() {
+            let key = &bytes[..len];
+            assert_eq!(
+                key_hash(key),
+                xxhash_rust::xxh3::xxh3_128(key),
+                "{len} bytes"
+            );
+        }
+        // XXH3-128 of "file-00000001" (13 bytes) by the reference C library (Python's
+        // `xxhash.xxh3_128_intdigest`).
+        assert_eq!(
+            key_hash(b"file-00000001"),
+            0xaeea0160b3fbb57180a17836ebcac5e0
+        );
+    }
 
     #[test]
     fn behaves_like_a_map_through_growth_and_removals() {

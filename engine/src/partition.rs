@@ -529,24 +529,30 @@ impl Partition {
         }
         let first = notes.notes.len();
         let base = batch_bytes.as_ptr() as usize;
-        let validated = batch::validate_each(batch_bytes, |r| {
-            let Some(tenant) = r.tenant else { return };
-            let (key, mut flags) = match r.key {
-                Some(k) => (key_hash(k), Update::HAS_KEY as u8),
-                None => (0, 0),
-            };
-            if r.value.is_some() {
-                flags |= Update::LIVE as u8;
-            }
-            notes.notes.push(Note {
-                key,
-                offset_delta: r.offset_delta,
-                // A slice of the batch (its own tenant, or the header's for a uniform batch).
-                tenant_at: (tenant.as_ptr() as usize - base) as u32,
-                tenant_len: tenant.len() as u8,
-                flags,
-            });
-        });
+        // Inlined into the walk: as a call, noting cost ~17 instructions per record even
+        // for a record without a tenant (saving and restoring registers around nothing).
+        let validated = batch::validate_each(
+            batch_bytes,
+            #[inline(always)]
+            |r| {
+                let Some(tenant) = r.tenant else { return };
+                let (key, mut flags) = match r.key {
+                    Some(k) => (key_hash(k), Update::HAS_KEY as u8),
+                    None => (0, 0),
+                };
+                if r.value.is_some() {
+                    flags |= Update::LIVE as u8;
+                }
+                notes.notes.push(Note {
+                    key,
+                    offset_delta: r.offset_delta,
+                    // A slice of the batch (its own tenant, or the header's for a uniform batch).
+                    tenant_at: (tenant.as_ptr() as usize - base) as u32,
+                    tenant_len: tenant.len() as u8,
+                    flags,
+                });
+            },
+        );
         let view = match validated {
             Ok(view) => view,
             Err(e) => {

@@ -34,7 +34,7 @@ use std::sync::Arc;
 type TenantMap = std::collections::HashMap<Arc<[u8]>, TenantKeys, foldhash::fast::RandomState>;
 use tidelog_protocol::batch::BatchView;
 
-use crate::key_map::{key_hash, KeyChange, KeyMap};
+use crate::key_map::{key_hash, Change, KeyChange, KeyMap};
 use crate::snapshot_file;
 
 /// A tenant record appended but not yet in the index: what the appender extracted from
@@ -55,6 +55,25 @@ impl Update {
     pub const HAS_KEY: u32 = 1;
     /// Clear for a tombstone.
     pub const LIVE: u32 = 2;
+}
+
+impl Change for Update {
+    #[inline(always)]
+    fn key(&self) -> u128 {
+        self.key
+    }
+    #[inline(always)]
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+    #[inline(always)]
+    fn sets(&self) -> bool {
+        self.flags & (Update::HAS_KEY | Update::LIVE) == Update::HAS_KEY | Update::LIVE
+    }
+    #[inline(always)]
+    fn removes(&self) -> bool {
+        self.flags & (Update::HAS_KEY | Update::LIVE) == Update::HAS_KEY
+    }
 }
 
 /// Updates appended but not yet applied, in offset order, with the segment boundaries
@@ -170,23 +189,23 @@ impl TenantIndex {
             // One tenant lookup per run of its records (a whole uniform batch, or more).
             let run = updates
                 .iter()
-                .take_while(|u| u.tenant == first.tenant)
-                .count();
+                .position(|u| u.tenant != first.tenant)
+                .unwrap_or(updates.len());
+            let (these, rest) = updates.split_at(run);
+            updates = rest;
             let Some(name) = names.get(first.tenant as usize) else {
                 break;
             };
             let entry = Self::entry(&mut self.tenants, name);
-            Self::apply_prefetched(
-                entry,
-                updates[..run].iter().map(|u| {
-                    let key = (u.flags & Update::HAS_KEY != 0).then_some(u.key);
-                    (u.offset, key, u.flags & Update::LIVE != 0)
-                }),
-            );
-            if let Some(last) = updates[..run].last() {
-                self.next_offset = self.next_offset.max(last.offset + 1);
-            }
-            updates = &updates[run..];
+            // The queue is in offset order: the run's last update is the tenant's latest
+            // event, and each update is one of its records.
+            let last = these[these.len() - 1].offset;
+            entry.latest_offset = Some(last);
+            entry.events += these.len() as u64;
+            // The updates go to the key map as they are (a record without a key neither
+            // sets nor removes one).
+            entry.keys.apply(these);
+            self.next_offset = self.next_offset.max(last + 1);
         }
     }
 
