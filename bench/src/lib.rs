@@ -36,26 +36,36 @@ pub fn big_segment_topic(segment_bytes: u32) -> TopicConfig {
 
 /// Queued tenant-index updates, as appends leave them for the indexer: one live record of
 /// `tenant` per key number, the key being `file-{n:08}`, at consecutive offsets from
-/// `first_offset`.
+/// `first_offset`, in batches of [`INDEX_BATCH`] records.
 pub fn index_updates(
     tenant: &[u8],
     keys: impl IntoIterator<Item = u64>,
     first_offset: u64,
 ) -> tidelog_engine::tenant_index::PendingUpdates {
     use tidelog_engine::key_map::key_hash;
-    use tidelog_engine::tenant_index::{PendingUpdates, Update};
+    use tidelog_engine::tenant_index::{Note, PendingUpdates};
     let mut pending = PendingUpdates::default();
     let id = pending.intern(tenant);
-    for (i, k) in keys.into_iter().enumerate() {
-        pending.updates.push(Update {
+    let notes: Vec<Note> = keys
+        .into_iter()
+        .map(|k| Note {
             key: key_hash(format!("file-{k:08}").as_bytes()),
-            offset: first_offset + i as u64,
-            tenant: id,
-            flags: Update::HAS_KEY | Update::LIVE,
-        });
+            flags: Note::HAS_KEY | Note::LIVE,
+            ..Note::default()
+        })
+        .collect();
+    for (b, batch) in notes.chunks(INDEX_BATCH).enumerate() {
+        let mut batch = batch.to_vec();
+        for (i, n) in batch.iter_mut().enumerate() {
+            n.offset_delta = i as u32;
+        }
+        pending.push(id, first_offset + (b * INDEX_BATCH) as u64, &batch);
     }
     pending
 }
+
+/// Records per batch in [`index_updates`] (as `tidelog-bench publish --batch 100`).
+pub const INDEX_BATCH: usize = 100;
 
 /// `n` key numbers drawn uniformly from `keys` by xorshift64 from `seed` (which it
 /// advances): the same sequence every run.

@@ -361,16 +361,24 @@ impl KeyMap {
     /// whole per-record cost.
     #[inline]
     pub fn apply<C: Change>(&mut self, changes: &[C]) {
-        // One OR per change (no branch): a tombstone's offset counts too, which at worst
-        // widens a map a little early.
-        if !self.wide && changes.iter().fold(0, |all, c| all | c.offset()) > NARROW_OFFSET_MAX {
+        self.apply_based(0, changes);
+    }
+
+    /// [`KeyMap::apply`] with every change's offset taken relative to `base` (queued
+    /// notes carry their offset within their batch).
+    #[inline]
+    pub fn apply_based<C: Change>(&mut self, base: u64, changes: &[C]) {
+        // One OR per change (no branch), at least the largest offset: a tombstone's counts
+        // too, which at worst widens a map a little early.
+        let most = base.saturating_add(changes.iter().fold(0, |all, c| all | c.offset()));
+        if !self.wide && most > NARROW_OFFSET_MAX {
             *self = self.rebuilt(self.mask + 1, true);
         }
-        with_layout!(self, L => self.apply_in::<L, C>(changes))
+        with_layout!(self, L => self.apply_in::<L, C>(base, changes))
     }
 
     #[inline(always)]
-    fn apply_in<L: Layout, C: Change>(&mut self, changes: &[C]) {
+    fn apply_in<L: Layout, C: Change>(&mut self, base: u64, changes: &[C]) {
         let mut start = 0;
         while start < changes.len() {
             let end = changes.len().min(start + GROW_CHECK);
@@ -395,7 +403,8 @@ impl KeyMap {
                     prefetch_home::<L>(table, mask, ahead.key());
                 }
                 if c.sets() {
-                    len += usize::from(set::<L>(table, mask, KeyId::of(c.key()), c.offset()));
+                    let offset = base + c.offset();
+                    len += usize::from(set::<L>(table, mask, KeyId::of(c.key()), offset));
                 } else if c.removes() {
                     len -= usize::from(delete::<L>(table, mask, KeyId::of(c.key())));
                 }

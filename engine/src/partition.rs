@@ -39,7 +39,7 @@ use crate::key_map::key_hash;
 use crate::notify::{Change, WaitPoint, Watcher};
 use crate::producer::{BatchRecord, ProducerState, SequenceCheck};
 use crate::segment::Segment;
-use crate::tenant_index::{PendingUpdates, TenantIndex, Update};
+use crate::tenant_index::{Note, PendingUpdates, TenantIndex};
 
 pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
 pub const TENANT_INDEX_FILE: &str = "tenants.snapshot";
@@ -144,20 +144,6 @@ pub struct CheckedBatch<'a> {
 #[derive(Debug, Default)]
 pub struct IndexNotes {
     notes: Vec<Note>,
-}
-
-/// One tenant record's note.
-#[derive(Debug, Clone, Copy)]
-struct Note {
-    /// The key's hash; meaningless without [`Update::HAS_KEY`] in `flags`.
-    key: u128,
-    offset_delta: u32,
-    /// Where the record's tenant lies in its batch (not used for a uniform batch); a
-    /// tenant is at most 255 bytes (validated).
-    tenant_at: u32,
-    tenant_len: u8,
-    /// [`Update`]'s flags.
-    flags: u8,
 }
 
 /// Notes an [`IndexNotes`] keeps room for between uses (a huge group's are let go).
@@ -537,11 +523,11 @@ impl Partition {
             |r| {
                 let Some(tenant) = r.tenant else { return };
                 let (key, mut flags) = match r.key {
-                    Some(k) => (key_hash(k), Update::HAS_KEY as u8),
+                    Some(k) => (key_hash(k), Note::HAS_KEY),
                     None => (0, 0),
                 };
                 if r.value.is_some() {
-                    flags |= Update::LIVE as u8;
+                    flags |= Note::LIVE;
                 }
                 notes.notes.push(Note {
                     key,
@@ -738,30 +724,36 @@ impl Partition {
         // drains the queue finds these.
         if plan.items.iter().any(|p| !p.batch.notes.is_empty()) {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let before = pending.updates.len();
+            let before = pending.len();
             pending.end = next_offset;
             for p in &plan.items {
                 let batch = p.batch;
                 let notes = &plan.notes[batch.notes.start as usize..batch.notes.end as usize];
-                let update = |n: &Note, tenant| Update {
-                    key: n.key,
-                    offset: p.base_offset + u64::from(n.offset_delta),
-                    tenant,
-                    flags: u32::from(n.flags),
-                };
-                if let Some(tenant) = batch.view.uniform_tenant().filter(|_| !notes.is_empty()) {
+                if notes.is_empty() {
+                    continue;
+                }
+                if let Some(tenant) = batch.view.uniform_tenant() {
+                    // The batch's notes as they are: one copy, no work per record.
                     let id = pending.intern(tenant);
-                    pending.updates.extend(notes.iter().map(|n| update(n, id)));
+                    pending.push(id, p.base_offset, notes);
                 } else {
-                    for n in notes {
-                        let at = n.tenant_at as usize;
-                        let tenant = &batch.view.bytes()[at..at + usize::from(n.tenant_len)];
+                    let bytes = batch.view.bytes();
+                    let tenant_of =
+                        |n: &Note| &bytes[n.tenant_at as usize..][..usize::from(n.tenant_len)];
+                    let mut rest = notes;
+                    while let Some(first) = rest.first() {
+                        let tenant = tenant_of(first);
+                        let streak = rest
+                            .iter()
+                            .position(|n| tenant_of(n) != tenant)
+                            .unwrap_or(rest.len());
                         let id = pending.intern(tenant);
-                        pending.updates.push(update(n, id));
+                        pending.push(id, p.base_offset, &rest[..streak]);
+                        rest = &rest[streak..];
                     }
                 }
             }
-            let after = pending.updates.len();
+            let after = pending.len();
             let first = queued.map_or(before, |(b, _, _)| b.min(before));
             *queued = Some((first, after, next_offset - 1));
         }
@@ -1214,10 +1206,7 @@ impl Partition {
         // Whole batches: the index never stops inside one (a checkpoint covers whole
         // batches, and replay resumes at a batch boundary).
         let end = drained.end;
-        state.debt.records = state
-            .debt
-            .records
-            .saturating_add(drained.updates.len() as u64);
+        state.debt.records = state.debt.records.saturating_add(drained.len() as u64);
         state.debt.rolls = state.debt.rolls.saturating_add(drained.rolls.len() as u32);
         if !drained.is_empty() {
             state.tenants.apply_pending(&drained);

@@ -37,51 +37,68 @@ use tidelog_protocol::batch::BatchView;
 use crate::key_map::{key_hash, Change, KeyChange, KeyMap};
 use crate::snapshot_file;
 
-/// A tenant record appended but not yet in the index: what the appender extracted from
-/// it while validating its batch (the key is hashed there, while its bytes are in the
-/// CPU's cache; hashing on the indexer instead, from the log, measured the same), for the
-/// indexer to apply. 32 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Update {
-    /// The key's hash ([`key_hash`]); meaningless without [`Update::HAS_KEY`].
+/// A tenant record appended but not yet in the index: what the appender noted of it in
+/// its batch's validation walk (the key is hashed there, while its bytes are in the CPU's
+/// cache; hashing on the indexer instead, from the log, measured the same). Queued as it
+/// was noted — 32 bytes, copied by the batch — with the batch's base offset in its
+/// [`Run`], and applied by the indexer from there: no conversion per record on the
+/// appending thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Note {
+    /// The key's hash ([`key_hash`]); meaningless without [`Note::HAS_KEY`].
     pub key: u128,
-    pub offset: u64,
-    /// The tenant, as an index into [`PendingUpdates`]' names.
-    pub tenant: u32,
-    pub flags: u32,
+    /// The record's offset within its batch.
+    pub offset_delta: u32,
+    /// Where the record's tenant lies in its batch (not used for a tenant-uniform
+    /// batch); a tenant is at most 255 bytes (validated).
+    pub tenant_at: u32,
+    pub tenant_len: u8,
+    pub flags: u8,
 }
 
-impl Update {
-    pub const HAS_KEY: u32 = 1;
+impl Note {
+    pub const HAS_KEY: u8 = 1;
     /// Clear for a tombstone.
-    pub const LIVE: u32 = 2;
+    pub const LIVE: u8 = 2;
 }
 
-impl Change for Update {
+/// A note's offset is its delta: [`KeyMap::apply_based`] adds the run's base.
+impl Change for Note {
     #[inline(always)]
     fn key(&self) -> u128 {
         self.key
     }
     #[inline(always)]
     fn offset(&self) -> u64 {
-        self.offset
+        u64::from(self.offset_delta)
     }
     #[inline(always)]
     fn sets(&self) -> bool {
-        self.flags & (Update::HAS_KEY | Update::LIVE) == Update::HAS_KEY | Update::LIVE
+        self.flags & (Note::HAS_KEY | Note::LIVE) == Note::HAS_KEY | Note::LIVE
     }
     #[inline(always)]
     fn removes(&self) -> bool {
-        self.flags & (Update::HAS_KEY | Update::LIVE) == Update::HAS_KEY
+        self.flags & (Note::HAS_KEY | Note::LIVE) == Note::HAS_KEY
     }
 }
 
-/// Updates appended but not yet applied, in offset order, with the segment boundaries
-/// among them (each calls for an index checkpoint). Filled by appenders under the partition's
-/// writer lock, drained by whoever catches the index up.
+/// Consecutive queued notes of one tenant from one batch: the notes from the previous
+/// run's `end` to this one's, at offsets `base_offset + offset_delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    base_offset: u64,
+    /// An index into [`PendingUpdates`]' names.
+    tenant: u32,
+    end: usize,
+}
+
+/// Notes appended but not yet applied, in offset order, with the segment boundaries
+/// among them (each calls for an index checkpoint). Filled by appenders under the
+/// partition's writer lock, drained by whoever catches the index up.
 #[derive(Debug, Default)]
 pub struct PendingUpdates {
-    pub updates: Vec<Update>,
+    notes: Vec<Note>,
+    runs: Vec<Run>,
     names: Vec<Arc<[u8]>>,
     ids: std::collections::HashMap<Arc<[u8]>, u32, foldhash::fast::RandomState>,
     /// Base offsets of segments rolled to, ascending.
@@ -109,12 +126,32 @@ impl PendingUpdates {
         id
     }
 
+    /// Queues `notes`, records of `tenant` (an [`PendingUpdates::intern`] id) in the batch
+    /// stamped from `base_offset`, after everything queued so far (offset order).
+    pub fn push(&mut self, tenant: u32, base_offset: u64, notes: &[Note]) {
+        if notes.is_empty() {
+            return;
+        }
+        self.notes.extend_from_slice(notes);
+        self.runs.push(Run {
+            base_offset,
+            tenant,
+            end: self.notes.len(),
+        });
+    }
+
+    /// Notes queued (one per tenant record).
+    pub fn len(&self) -> usize {
+        self.notes.len()
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.updates.is_empty() && self.rolls.is_empty()
+        self.notes.is_empty() && self.rolls.is_empty()
     }
 
     pub fn clear(&mut self) {
-        self.updates.clear();
+        self.notes.clear();
+        self.runs.clear();
         self.names.clear();
         self.ids.clear();
         self.rolls.clear();
@@ -176,36 +213,37 @@ impl TenantIndex {
 
     /// Applies pending updates (in offset order).
     pub fn apply_pending(&mut self, pending: &PendingUpdates) {
-        self.apply_run(&pending.updates, &pending.names);
+        let mut runs = &pending.runs[..];
+        let mut from = 0;
+        while let Some(first) = runs.first() {
+            let Some(name) = pending.names.get(first.tenant as usize) else {
+                break;
+            };
+            // One tenant lookup per streak of its runs (every batch, while one tenant
+            // writes).
+            let entry = Self::entry(&mut self.tenants, name);
+            let streak = runs
+                .iter()
+                .position(|r| r.tenant != first.tenant)
+                .unwrap_or(runs.len());
+            for run in &runs[..streak] {
+                let notes = &pending.notes[from..run.end];
+                from = run.end;
+                // In offset order: the run's last note is the tenant's latest event, and
+                // each note is one of its records.
+                let last = run.base_offset + u64::from(notes[notes.len() - 1].offset_delta);
+                entry.latest_offset = Some(last);
+                entry.events += notes.len() as u64;
+                // As queued (a record without a key neither sets nor removes one).
+                entry.keys.apply_based(run.base_offset, notes);
+                self.next_offset = self.next_offset.max(last + 1);
+            }
+            runs = &runs[streak..];
+        }
         // Every offset below a queued roll was queued before it (batches without tenant
         // records leave no update).
         if let Some(&boundary) = pending.rolls.last() {
             self.next_offset = self.next_offset.max(boundary);
-        }
-    }
-
-    fn apply_run(&mut self, mut updates: &[Update], names: &[Arc<[u8]>]) {
-        while let Some(first) = updates.first() {
-            // One tenant lookup per run of its records (a whole uniform batch, or more).
-            let run = updates
-                .iter()
-                .position(|u| u.tenant != first.tenant)
-                .unwrap_or(updates.len());
-            let (these, rest) = updates.split_at(run);
-            updates = rest;
-            let Some(name) = names.get(first.tenant as usize) else {
-                break;
-            };
-            let entry = Self::entry(&mut self.tenants, name);
-            // The queue is in offset order: the run's last update is the tenant's latest
-            // event, and each update is one of its records.
-            let last = these[these.len() - 1].offset;
-            entry.latest_offset = Some(last);
-            entry.events += these.len() as u64;
-            // The updates go to the key map as they are (a record without a key neither
-            // sets nor removes one).
-            entry.keys.apply(these);
-            self.next_offset = self.next_offset.max(last + 1);
         }
     }
 
@@ -421,14 +459,18 @@ mod tests {
     fn pending_updates_apply_in_order() {
         let mut pending = PendingUpdates::default();
         let key = |k: &str| key_hash(k.as_bytes());
-        for offset in 0..10u64 {
-            let tenant = pending.intern(if offset % 3 == 0 { b"b" } else { b"a" });
-            pending.updates.push(Update {
-                key: key(&format!("k{}", offset % 4)),
-                offset,
-                tenant,
-                flags: Update::HAS_KEY | if offset == 8 { 0 } else { Update::LIVE },
-            });
+        // Batches of 3 records from offset 0, 3, 6, 9: tenant b at offsets 0, 3, 6, 9.
+        for base in (0..10u64).step_by(3) {
+            for offset in base..(base + 3).min(10) {
+                let tenant = pending.intern(if offset % 3 == 0 { b"b" } else { b"a" });
+                let note = Note {
+                    key: key(&format!("k{}", offset % 4)),
+                    offset_delta: (offset - base) as u32,
+                    flags: Note::HAS_KEY | if offset == 8 { 0 } else { Note::LIVE },
+                    ..Note::default()
+                };
+                pending.push(tenant, base, &[note]);
+            }
         }
         pending.rolls.push(5);
         let mut index = TenantIndex::default();
