@@ -4,10 +4,10 @@
 //! Updating the index for a keyed record means updating a slot in a table of up to
 //! millions of keys — with keys updated at random, a cache miss per record, which on the
 //! appending thread cost as much again as the append itself. So the appender only queues
-//! what each tenant record changes (key hash, offset, tombstone: 32 bytes, noted in the
-//! batch's validation walk while its bytes are in the cache) and wakes this thread once
-//! per `partition::INDEX_POKE_AT` queued updates ([`Indexer::poke`]); this thread applies
-//! the queue, on the other core.
+//! what each tenant record changes (key hash, offset in its batch, tombstone: 32 bytes,
+//! noted in the batch's validation walk while its bytes are in the cache, queued with the
+//! batch's base offset) and wakes this thread once per `partition::INDEX_POKE_AT` queued
+//! updates ([`Indexer::poke`]); this thread applies the queue, on the other core.
 //!
 //! Invariants (the index's side is in `Partition::index_up_to`):
 //! - the index reflects exactly the offsets below its `next_offset`, every one of them:
