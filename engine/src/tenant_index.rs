@@ -180,8 +180,9 @@ pub struct TenantIndex {
 const MAGIC: &[u8; 4] = b"TLT2";
 /// A key's checkpoint entry: key hash u128 LE, offset u64 LE.
 const KEY_ENTRY: usize = 24;
-/// Key changes handed to [`KeyMap::apply`] at once, their slots prefetched together (more
-/// than the CPU's outstanding misses gains nothing; the chunk lives on the stack).
+/// Key changes of a replayed batch handed to [`KeyMap::apply`] at once, so that its
+/// sliding prefetch has changes ahead to fetch (queued notes go to it as they lie in the
+/// queue; a replay decodes them from the log into this chunk on the stack).
 const PREFETCH_CHUNK: usize = 256;
 
 impl TenantIndex {
@@ -277,9 +278,9 @@ impl TenantIndex {
         tenants.get_mut(tenant).expect("present")
     }
 
-    /// Applies one tenant's updates (offset, key hash, live), in offset order; the key
-    /// changes go to the key map a chunk at a time, so their cache misses overlap
-    /// ([`KeyMap::apply`]).
+    /// Applies one tenant's updates decoded from the log (offset, key hash, live), in
+    /// offset order (recovery's replay); the key changes go to the key map a chunk at a
+    /// time, so their cache misses overlap ([`KeyMap::apply`]).
     fn apply_prefetched(
         entry: &mut TenantKeys,
         updates: impl Iterator<Item = (u64, Option<u128>, bool)>,
