@@ -637,15 +637,9 @@ fn spread_stride(n: usize) -> usize {
 /// Hints the CPU to fetch the home slot of the key hashed `key`.
 #[inline(always)]
 fn prefetch_home<L: Layout>(table: &[L::Slot], mask: usize, key: u128) {
-    if let Some(slot) = table.get(home(key, mask)) {
+    if let Some(slot) = table.get((KeyId::of(key).hi as usize) & mask) {
         prefetch_line(std::ptr::from_ref(slot).cast());
     }
-}
-
-/// The home slot of the key hashed `key` (as [`KeyId::of`] makes its `hi`, 0 read as 1).
-#[inline(always)]
-fn home(key: u128, mask: usize) -> usize {
-    (((key >> 64) as u64).max(1) as usize) & mask
 }
 
 /// A hint to bring the line of `at` into the cache; never faults, whatever the address.
