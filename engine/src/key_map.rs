@@ -361,24 +361,25 @@ impl KeyMap {
     /// whole per-record cost.
     #[inline]
     pub fn apply<C: Change>(&mut self, changes: &[C]) {
-        self.apply_based(0, changes);
+        self.apply_based(0u64, changes);
     }
 
-    /// [`KeyMap::apply`] with every change's offset taken relative to `base` (queued
-    /// notes carry their offset within their batch).
+    /// [`KeyMap::apply`] with every change's offset taken relative to a base from `bases`
+    /// (queued notes carry their offset within their batch; one slice may span many
+    /// batches, so that the prefetch window runs across them).
     #[inline]
-    pub fn apply_based<C: Change>(&mut self, base: u64, changes: &[C]) {
+    pub fn apply_based<C: Change>(&mut self, mut bases: impl Bases, changes: &[C]) {
         // One OR per change (no branch), at least the largest offset: a tombstone's counts
         // too, which at worst widens a map a little early.
-        let most = base.saturating_add(changes.iter().fold(0, |all, c| all | c.offset()));
-        if !self.wide && most > NARROW_OFFSET_MAX {
+        let deltas = changes.iter().fold(0, |all, c| all | c.offset());
+        if !self.wide && bases.most().saturating_add(deltas) > NARROW_OFFSET_MAX {
             *self = self.rebuilt(self.mask + 1, true);
         }
-        with_layout!(self, L => self.apply_in::<L, C>(base, changes))
+        with_layout!(self, L => self.apply_in::<L, C>(&mut bases, changes))
     }
 
     #[inline(always)]
-    fn apply_in<L: Layout, C: Change>(&mut self, base: u64, changes: &[C]) {
+    fn apply_in<L: Layout, C: Change>(&mut self, bases: &mut impl Bases, changes: &[C]) {
         let mut start = 0;
         while start < changes.len() {
             let end = changes.len().min(start + GROW_CHECK);
@@ -398,12 +399,12 @@ impl KeyMap {
             }
             // The count in a register, not stored back at every change.
             let mut len = self.len;
-            for (i, c) in changes[start..end].iter().enumerate() {
-                if let Some(ahead) = changes.get(start + i + PREFETCH_AHEAD) {
+            for (i, c) in (start..end).zip(&changes[start..end]) {
+                if let Some(ahead) = changes.get(i + PREFETCH_AHEAD) {
                     prefetch_home::<L>(table, mask, ahead.key());
                 }
                 if c.sets() {
-                    let offset = base + c.offset();
+                    let offset = bases.at(i) + c.offset();
                     len += usize::from(set::<L>(table, mask, KeyId::of(c.key()), offset));
                 } else if c.removes() {
                     len -= usize::from(delete::<L>(table, mask, KeyId::of(c.key())));
@@ -558,6 +559,25 @@ impl Change for KeyChange {
     #[inline(always)]
     fn removes(&self) -> bool {
         !self.live
+    }
+}
+
+/// The offsets [`KeyMap::apply_based`]'s changes are relative to: `at(i)` for the `i`-th
+/// change, asked with `i` ascending.
+pub trait Bases {
+    fn at(&mut self, i: usize) -> u64;
+    /// At least every base `at` returns.
+    fn most(&self) -> u64;
+}
+
+/// One base for every change.
+impl Bases for u64 {
+    #[inline(always)]
+    fn at(&mut self, _: usize) -> u64 {
+        *self
+    }
+    fn most(&self) -> u64 {
+        *self
     }
 }
 

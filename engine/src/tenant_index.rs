@@ -34,7 +34,7 @@ use std::sync::Arc;
 type TenantMap = std::collections::HashMap<Arc<[u8]>, TenantKeys, foldhash::fast::RandomState>;
 use tidelog_protocol::batch::BatchView;
 
-use crate::key_map::{key_hash, Change, KeyChange, KeyMap};
+use crate::key_map::{key_hash, Bases, Change, KeyChange, KeyMap};
 use crate::snapshot_file;
 
 /// A tenant record appended but not yet in the index: what the appender noted of it in
@@ -62,7 +62,7 @@ impl Note {
     pub const LIVE: u8 = 2;
 }
 
-/// A note's offset is its delta: [`KeyMap::apply_based`] adds the run's base.
+/// A note's offset is its delta: [`KeyMap::apply_based`] adds its run's base.
 impl Change for Note {
     #[inline(always)]
     fn key(&self) -> u128 {
@@ -90,6 +90,54 @@ struct Run {
     /// An index into [`PendingUpdates`]' names.
     tenant: u32,
     end: usize,
+}
+
+/// The base offsets of a streak of runs, for the notes from `from` (an index into the
+/// queue) to the last run's end. The current run's base and end are kept at hand: asking
+/// is a compare for all but a run's first note.
+struct RunBases<'a> {
+    runs: &'a [Run],
+    from: usize,
+    /// The run of the last note asked about, its base, and its end relative to `from`.
+    next: usize,
+    base: u64,
+    end: usize,
+}
+
+impl<'a> RunBases<'a> {
+    fn new(runs: &'a [Run], from: usize) -> Self {
+        RunBases {
+            runs,
+            from,
+            next: 0,
+            base: runs[0].base_offset,
+            end: runs[0].end - from,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn step_to(&mut self, i: usize) {
+        while self.from + i >= self.runs[self.next].end {
+            self.next += 1;
+        }
+        self.base = self.runs[self.next].base_offset;
+        self.end = self.runs[self.next].end - self.from;
+    }
+}
+
+impl Bases for RunBases<'_> {
+    #[inline(always)]
+    fn at(&mut self, i: usize) -> u64 {
+        if i >= self.end {
+            self.step_to(i);
+        }
+        self.base
+    }
+
+    fn most(&self) -> u64 {
+        self.runs.last().map_or(0, |r| r.base_offset)
+    }
 }
 
 /// Notes appended but not yet applied, in offset order, with the segment boundaries
@@ -221,25 +269,26 @@ impl TenantIndex {
                 break;
             };
             // One tenant lookup per streak of its runs (every batch, while one tenant
-            // writes).
-            let entry = Self::entry(&mut self.tenants, name);
+            // writes), and one pass over the streak's notes, which lie together in the
+            // queue: the key map's prefetch window runs across its batches, however small.
             let streak = runs
                 .iter()
                 .position(|r| r.tenant != first.tenant)
                 .unwrap_or(runs.len());
-            for run in &runs[..streak] {
-                let notes = &pending.notes[from..run.end];
-                from = run.end;
-                // In offset order: the run's last note is the tenant's latest event, and
-                // each note is one of its records.
-                let last = run.base_offset + u64::from(notes[notes.len() - 1].offset_delta);
-                entry.latest_offset = Some(last);
-                entry.events += notes.len() as u64;
-                // As queued (a record without a key neither sets nor removes one).
-                entry.keys.apply_based(run.base_offset, notes);
-                self.next_offset = self.next_offset.max(last + 1);
-            }
-            runs = &runs[streak..];
+            let (these, rest) = runs.split_at(streak);
+            runs = rest;
+            let last_run = these[these.len() - 1];
+            let notes = &pending.notes[from..last_run.end];
+            let entry = Self::entry(&mut self.tenants, name);
+            // In offset order: the streak's last note is the tenant's latest event, and
+            // each note is one of its records.
+            let last = last_run.base_offset + u64::from(notes[notes.len() - 1].offset_delta);
+            entry.latest_offset = Some(last);
+            entry.events += notes.len() as u64;
+            // As queued (a record without a key neither sets nor removes one).
+            entry.keys.apply_based(RunBases::new(these, from), notes);
+            self.next_offset = self.next_offset.max(last + 1);
+            from = last_run.end;
         }
         // Every offset below a queued roll was queued before it (batches without tenant
         // records leave no update).
@@ -454,6 +503,50 @@ mod tests {
         }
         let back = TenantIndex::decode(&again).expect("decodes");
         assert_eq!(back.tenant(b"a").expect("tenant a").keys, a.keys);
+    }
+
+    #[test]
+    fn a_tenants_batches_apply_as_one_streak_each_at_its_own_base() {
+        // Three batches of one tenant (one streak of three runs, bases 10, 20, 30), a
+        // fourth of another tenant, then the first again.
+        let key = |k: &str| key_hash(k.as_bytes());
+        let note = |k: &str, delta: u32, live: bool| Note {
+            key: key(k),
+            offset_delta: delta,
+            flags: Note::HAS_KEY | if live { Note::LIVE } else { 0 },
+            ..Note::default()
+        };
+        let mut pending = PendingUpdates::default();
+        let a = pending.intern(b"a");
+        pending.push(
+            a,
+            10,
+            &[
+                note("k0", 0, true),
+                note("k1", 1, true),
+                note("k2", 2, true),
+            ],
+        );
+        pending.push(a, 20, &[note("k1", 0, true), note("k3", 3, true)]);
+        pending.push(a, 30, &[note("k2", 1, false), note("k4", 4, true)]);
+        let b = pending.intern(b"b");
+        pending.push(b, 40, &[note("k0", 0, true)]);
+        pending.push(a, 41, &[note("k5", 2, true)]);
+        let mut index = TenantIndex::default();
+        index.apply_pending(&pending);
+        let t = index.tenant(b"a").expect("a");
+        let got: Vec<Option<u64>> = ["k0", "k1", "k2", "k3", "k4", "k5"]
+            .iter()
+            .map(|k| t.keys.get(key(k)))
+            .collect();
+        assert_eq!(
+            got,
+            [Some(10), Some(20), None, Some(23), Some(34), Some(43)]
+        );
+        assert_eq!((t.events, t.latest_offset), (8, Some(43)));
+        let t = index.tenant(b"b").expect("b");
+        assert_eq!(t.keys.get(key("k0")), Some(40));
+        assert_eq!(index.next_offset(), 44);
     }
 
     #[test]
