@@ -134,12 +134,20 @@ fn fill(p: &Partition, now_ms: i64, rounds: u64) {
     }
 }
 
+/// Copies the files of a live partition's directory, as a crash at about that instant
+/// would leave them. The engine's background threads run meanwhile: a file listed may be
+/// gone when its turn comes (a checkpoint's temporary file renamed into place by the
+/// indexer); it is skipped, as a crash after the rename would not have it either.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for e in std::fs::read_dir(from).expect("list") {
         let e = e.expect("entry");
         if e.file_type().expect("type").is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+            match std::fs::copy(e.path(), to.join(e.file_name())) {
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => panic!("copy {:?}: {err}", e.file_name()),
+            }
         }
     }
 }
