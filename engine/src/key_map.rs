@@ -17,7 +17,7 @@
 //!   offset is ever cut short.
 //! - With a million keys updated at random nearly every update misses the CPU caches and
 //!   the TLB. So: one table (a key's slot is computed, not found through a shard list),
-//!   changes applied a chunk at a time with all their slots prefetched first
+//!   each change's slot prefetched a fixed distance ahead of its update
 //!   ([`KeyMap::apply`]) so their misses overlap, and tables of [`HUGE_TABLE_BYTES`] or
 //!   more in their own anonymous mapping advised for transparent huge pages (one TLB
 //!   entry per 2 MiB instead of per 4 KiB).

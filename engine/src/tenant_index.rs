@@ -39,7 +39,8 @@ use crate::snapshot_file;
 
 /// A tenant record appended but not yet in the index: what the appender noted of it in
 /// its batch's validation walk (the key is hashed there, while its bytes are in the CPU's
-/// cache; hashing on the indexer instead, from the log, measured the same). Queued as it
+/// cache; hashing on the indexer instead, from the log, cost more CPU in all: the indexer
+/// reads bytes no longer in its caches — BENCHMARKS.md, ninth session). Queued as it
 /// was noted — 32 bytes, copied by the batch — with the batch's base offset in its
 /// [`Run`], and applied by the indexer from there: no conversion per record on the
 /// appending thread.
