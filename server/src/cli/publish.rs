@@ -97,21 +97,32 @@ fn summarize(topic: &str, receipts: &[Receipt], ack: Ack) -> Result<(), String> 
         entry.2 += 1;
     }
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "published {} records to {topic}", receipts.len());
+    let _ = writeln!(out, "published {} to {topic}", records(receipts.len()));
     for (partition, (first, last, count)) in ranges {
         if ack == Ack::None {
             let _ = writeln!(
                 out,
-                "  partition {partition}: {count} records (ack none: offsets unknown)"
+                "  partition {partition}: {} (ack none: offsets unknown)",
+                records(count)
             );
         } else {
             let _ = writeln!(
                 out,
-                "  partition {partition}: {count} records, offsets {first}..={last}"
+                "  partition {partition}: {}, offsets {first}..={last}",
+                records(count)
             );
         }
     }
     out.flush().map_err(|e| e.to_string())
+}
+
+/// "1 record", "2 records".
+fn records(n: usize) -> String {
+    if n == 1 {
+        "1 record".into()
+    } else {
+        format!("{n} records")
+    }
 }
 
 fn json_record(line: &str, args: &PublishArgs) -> Result<Record, String> {
