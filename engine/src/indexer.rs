@@ -1,13 +1,16 @@
-//! The indexer thread: keeps every partition's tenant/key index right behind its log, off
-//! the append path.
+//! The indexer thread: the tenant/key index's work that must not run on an appending
+//! thread.
 //!
-//! Updating the index for a keyed record means updating a slot in a table of up to
-//! millions of keys — with keys updated at random, a cache miss per record, which on the
-//! appending thread cost as much again as the append itself. So the appender only queues
-//! what each tenant record changes (key hash, offset in its batch, tombstone: 32 bytes,
-//! noted in the batch's validation walk while its bytes are in the cache, queued with the
-//! batch's base offset) and wakes this thread once per `partition::INDEX_POKE_AT` queued
-//! updates ([`Indexer::poke`]); this thread applies the queue, on the other core.
+//! The appender notes what each tenant record changes (key hash, offset in its batch,
+//! tombstone: 32 bytes, noted in the batch's validation walk while its bytes are in the
+//! cache, queued with the batch's base offset) and, every `partition::INDEX_APPLY_AT`
+//! queued updates, applies the queue itself in one round. It wakes this thread
+//! ([`Indexer::poke`]) instead when that round would double a large key table (tens of ms
+//! for millions of keys), when the index lock is taken (someone is catching up: these
+//! updates wait for the next round), and for every checkpoint owed since a segment roll,
+//! which only this thread encodes and writes. (Until the eleventh session this thread did
+//! every round; on two cores shared with the event loop and the producer, waking it cost
+//! more than the rounds it took off the loop: docs/BENCHMARKS.md.)
 //!
 //! Invariants (the index's side is in `Partition::index_up_to`):
 //! - the index reflects exactly the offsets below its `next_offset`, every one of them:

@@ -42,6 +42,10 @@ const MIN_SLOTS: usize = 16;
 const PREFETCH_AHEAD: usize = 24;
 /// Changes between two growth checks in [`KeyMap::apply`].
 const GROW_CHECK: usize = 32;
+/// Keys up to which growing a table is cheap enough for any thread (a table of at most
+/// 64 Ki slots, 1 MiB: a doubling well under a millisecond).
+pub const CHEAP_GROWTH_KEYS: usize = 48 << 10;
+
 /// Tables at least this large get their own huge-page-advised mapping.
 pub const HUGE_TABLE_BYTES: usize = 2 << 20;
 /// The bits of a hash's low half a [`KeyId`] keeps (48..64).
@@ -309,6 +313,14 @@ impl KeyMap {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether `more` new keys fit without a doubling, or with one of a small table only:
+    /// what an appending thread may take on (a large table's doubling, tens of ms for
+    /// millions of keys, is the indexer thread's).
+    pub fn takes_cheaply(&self, more: usize) -> bool {
+        let keys = self.len.saturating_add(more);
+        keys.saturating_mul(4) <= (self.mask + 1) * 3 || keys <= CHEAP_GROWTH_KEYS
     }
 
     pub fn is_empty(&self) -> bool {

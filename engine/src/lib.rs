@@ -11,8 +11,8 @@
 //! - `segment.rs` — one segment file and its mapping; `index.rs` — its offset and time
 //!   indexes over `entry_file.rs`, a mapped array of fixed-size entries.
 //! - `flusher.rs` — the background thread: group commit, periodic sync, retention;
-//!   `indexer.rs` — the thread that keeps each partition's tenant index behind its log,
-//!   fed through `work_queue.rs`.
+//!   `indexer.rs` — the thread that does the tenant index's work an appender must not
+//!   (a large key table's doubling, checkpoints), fed through `work_queue.rs`.
 //! - `checkpoint.rs` — how far the active segment is durable; `recovery.rs` — opening a
 //!   partition after a clean or unclean stop; `producer.rs` — idempotent producer state;
 //!   `snapshot_file.rs` — the magic + CRC framing of the snapshot files.

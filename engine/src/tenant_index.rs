@@ -298,6 +298,27 @@ impl TenantIndex {
         }
     }
 
+    /// Whether applying `pending` grows no large key table (see
+    /// [`KeyMap::takes_cheaply`]), counting every note of a tenant as a new key: then it
+    /// costs about a cache miss per note, and an appending thread may do it.
+    pub fn applies_cheaply(&self, pending: &PendingUpdates) -> bool {
+        let mut notes = vec![0usize; pending.names.len()];
+        let mut from = 0;
+        for run in &pending.runs {
+            if let Some(n) = notes.get_mut(run.tenant as usize) {
+                *n += run.end - from;
+            }
+            from = run.end;
+        }
+        pending.names.iter().zip(notes).all(|(name, n)| {
+            n == 0
+                || match self.tenants.get(&**name) {
+                    Some(t) => t.keys.takes_cheaply(n),
+                    None => n <= crate::key_map::CHEAP_GROWTH_KEYS,
+                }
+        })
+    }
+
     /// Applies a stored (stamped) batch (recovery's replay). Batches must be applied in
     /// offset order.
     pub fn apply(&mut self, view: &BatchView<'_>) {
@@ -548,6 +569,48 @@ mod tests {
         let t = index.tenant(b"b").expect("b");
         assert_eq!(t.keys.get(key("k0")), Some(40));
         assert_eq!(index.next_offset(), 44);
+    }
+
+    #[test]
+    fn a_queue_applies_cheaply_unless_it_doubles_a_large_table() {
+        use crate::key_map::CHEAP_GROWTH_KEYS;
+        let note = |k: usize| Note {
+            key: key_hash(format!("key-{k}").as_bytes()),
+            flags: Note::HAS_KEY | Note::LIVE,
+            ..Note::default()
+        };
+        // `n` new keys of `tenant` from key number `first`, in batches of 1000.
+        let push = |pending: &mut PendingUpdates, tenant: &[u8], first: usize, n: usize| {
+            let id = pending.intern(tenant);
+            let notes: Vec<Note> = (first..first + n).map(note).collect();
+            for chunk in notes.chunks(1000) {
+                pending.push(id, 0, chunk);
+            }
+        };
+        // A tenant of 60 000 keys: a table of 128 Ki slots, room for 98 304.
+        let mut index = TenantIndex::default();
+        let mut pending = PendingUpdates::default();
+        push(&mut pending, b"acme", 0, 60_000);
+        index.apply_pending(&pending);
+        let cheap = |build: &dyn Fn(&mut PendingUpdates)| {
+            let mut pending = PendingUpdates::default();
+            build(&mut pending);
+            index.applies_cheaply(&pending)
+        };
+        assert!(
+            cheap(&|p| push(p, b"acme", 60_000, 8_192)),
+            "fits the table"
+        );
+        assert!(!cheap(&|p| push(p, b"acme", 60_000, 40_000)), "doubles it");
+        assert!(cheap(&|p| push(p, b"new", 0, 8_192)), "a small new table");
+        assert!(!cheap(&|p| push(p, b"new", 0, CHEAP_GROWTH_KEYS + 1)));
+        // A tenant's streaks count together: two of 20 000 (each would fit alone).
+        assert!(!cheap(&|p| {
+            push(p, b"acme", 60_000, 20_000);
+            push(p, b"other", 0, 10);
+            push(p, b"acme", 80_000, 20_000);
+        }));
+        assert!(cheap(&|_| {}), "nothing queued");
     }
 
     #[test]
