@@ -52,10 +52,10 @@ pub const TENANT_INDEX_FILE: &str = "tenants.snapshot";
 /// the index (who then applies them), a roll, or a flush.
 ///
 /// Rounds on the appending thread, rather than waking the indexer thread for each, cost
-/// less in all (eleventh session, docs/BENCHMARKS.md: a round's notes, and the loop's own
-/// caches, are warm there, and no thread is woken to compete for the two cores): 1 M-key
-/// publishes ran 1.13× faster (median of 10 alternating pairs) on 8 % less CPU per
-/// record. A round of 8 192 updates costs the appending thread ~0.1–0.3 ms.
+/// less in all (eleventh session, docs/BENCHMARKS.md; most likely because no thread is
+/// woken to share the two cores): 1 M-key publishes ran 1.12× faster (median of 10
+/// alternating pairs) on 8 % less CPU per record. A round of 8 192 updates costs the
+/// appending thread ~0.1–0.3 ms.
 pub const INDEX_APPLY_AT: usize = 8_192;
 
 /// Per-tenant figures.
