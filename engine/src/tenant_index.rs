@@ -1,13 +1,14 @@
 //! The tenant/key index of a partition: for every tenant, the offset of the latest record
 //! of each live key (a tombstone removes the key), and the tenant's latest event.
 //!
-//! It is what makes a `state` extraction exact and cheap. The index follows the log on the
-//! indexer thread (see `indexer.rs`) and reflects exactly the offsets below its
-//! `next_offset`: under the partition's index lock, an extraction catches it up to the
+//! It is what makes a `state` extraction exact and cheap. The index follows the log in
+//! rounds, mostly the appending thread's (see `indexer.rs`), and reflects exactly the
+//! offsets below its `next_offset`: under the partition's index lock, an extraction catches it up to the
 //! log's end, takes W = `next_offset - 1` and copies the tenant's live offsets — nothing
 //! can interleave, since only the holder of that lock changes the index, and the records
-//! at those offsets never change. Appends never take that lock, so the copy (O(the
-//! tenant's keys)) never stalls them. Each tenant's keys are a [`KeyMap`] (80 bits of each
+//! at those offsets never change. Appends only try that lock (when it is held they
+//! leave their round to the indexer thread), so the copy (O(the tenant's keys)) never
+//! stalls them below the lag bound. Each tenant's keys are a [`KeyMap`] (80 bits of each
 //! key's 128-bit hash, in flat tables).
 //!
 //! Persistence: a checkpoint (`tenants.snapshot`) of the whole index, encoded by the
@@ -42,8 +43,8 @@ use crate::snapshot_file;
 /// cache; hashing on the indexer instead, from the log, cost more CPU in all: the indexer
 /// reads bytes no longer in its caches — BENCHMARKS.md, ninth session). Queued as it
 /// was noted — 32 bytes, copied by the batch — with the batch's base offset in its
-/// [`Run`], and applied by the indexer from there: no conversion per record on the
-/// appending thread.
+/// [`Run`], and applied from there in rounds: no conversion per record while
+/// appending.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Note {
     /// The key's hash ([`key_hash`]); meaningless without [`Note::HAS_KEY`].
