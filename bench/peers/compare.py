@@ -124,7 +124,7 @@ def tidelog_index(bench, keys):
     index holds already (the steady state; a brand-new tenant adds its table's
     doublings once), and 32 publishes in flight, so the pipeline is throughput-bound (at 8
     in flight, 20 KB batches leave it latency-bound and the ratio measures wake-ups)."""
-    count = 1_000_000 if QUICK else 4_000_000
+    count = count_index()
     extra = ["--tenant", "tenant-0042", "--keys", str(keys)] if keys else []
     size = 200 if keys else 215
     r = json.loads(sh([bench, "--spawn-server", "--json", "publish", "--count", str(count),
@@ -278,7 +278,24 @@ def index_rows(bench):
                      None, None, 1 / ratio))
         rows.append((f"  CPU per record (bench + server), without the index / with, {label} keys (median of "
                      f"{INDEX_PAIRS} pairs)", None, None, 1 / cpu_ratio))
+        # The same comparison on one server, keyed and plain bursts in turn (see
+        # `tidelog-bench index-cost`): both sides see the same host phases.
+        r = json.loads(sh([bench, "--spawn-server", "--json", "index-cost", "--count", str(count_index()),
+                           "--burst", "500000", "--prefill", str(2 * INDEX_KEYS), "--record-size", "200",
+                           "--batch", "100", "--in-flight", str(INDEX_IN_FLIGHT), "--keys", str(keys)]))
+        assert r["verified"], f"tidelog run not verified: {r}"
+        st = r["settings"]
+        rows.append((f"  index-cost, {label} keys: keyed / plain, medians of {st['bursts_per_side']} bursts each "
+                     f"(plain {st['plain_burst_median_records_per_sec'] / 1e6:.1f} M, keyed "
+                     f"{st['keyed_burst_median_records_per_sec'] / 1e6:.1f} M records/s)",
+                     None, None, st["keyed_vs_plain_burst_medians"]))
+        rows.append((f"  index-cost, {label} keys: keyed / plain over all bursts (CPU per record, plain / keyed: "
+                     f"{st['cpu_plain_vs_keyed']:.2f}x)", None, None, st["keyed_vs_plain"]))
     return rows
+
+
+def count_index():
+    return 1_000_000 if QUICK else 4_000_000
 
 
 def print_rows(rows):

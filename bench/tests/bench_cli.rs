@@ -185,3 +185,41 @@ fn a_prefill_is_published_first_and_left_out_of_the_figures_and_the_check() {
     check(&report, "publish", 10000);
     assert_eq!(report["settings"]["prefill"], 7000, "{report}");
 }
+
+#[test]
+fn index_cost_compares_keyed_and_plain_bursts_and_verifies_both() {
+    let report = run(&[
+        "index-cost",
+        "--count",
+        "20000",
+        "--burst",
+        "5000",
+        "--prefill",
+        "3000",
+        "--record-size",
+        "100",
+        "--keys",
+        "500",
+    ]);
+    // The figures are the keyed side's; the plain side's are in `settings`.
+    check(&report, "index_cost", 20000);
+    let s = &report["settings"];
+    assert_eq!(s["bursts_per_side"], 4, "{report}");
+    assert_eq!(s["plain_record_size"], 115, "{report}");
+    let bursts = s["bursts"].as_array().expect("bursts");
+    assert_eq!(bursts.len(), 8, "{report}");
+    for (side, n) in [("plain", 4), ("keyed", 4)] {
+        assert_eq!(bursts.iter().filter(|b| b["side"] == side).count(), n);
+    }
+    for field in [
+        "plain_records_per_sec",
+        "keyed_vs_plain",
+        "keyed_vs_plain_burst_medians",
+        "cpu_plain_vs_keyed",
+    ] {
+        assert!(
+            s[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {report}"
+        );
+    }
+}

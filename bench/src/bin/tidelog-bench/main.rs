@@ -16,6 +16,11 @@
 //!             time until every member's new assignment is active
 //!   queue     a queue group of C members drains a filled topic, acking every record
 //!             (settlements batched with the next poll); verified exactly once
+//!   index-cost  the tenant index's cost on publish: bursts of --burst records to a
+//!             topic whose records carry --tenant and a key drawn from --keys, and to one
+//!             without (values longer by the key's bytes), in turn on one server, --count
+//!             records each; keyed records/s over plain (`keyed_vs_plain`), CPU per record
+//!             of each; every burst verified
 //!   extract   a tenant with --keys live keys, writers updating it throughout: snapshot
 //!             rate and time to first record, the live catch-up, and a plain fetch of
 //!             the same partition for comparison; verified against a full replay;
@@ -32,6 +37,7 @@
 
 mod cpu;
 mod group;
+mod index_cost;
 mod payload;
 mod queue;
 mod report;
@@ -134,6 +140,23 @@ enum Scenario {
     },
     /// Consumers fetch data already in the log from earliest.
     Consume(Options),
+    /// The tenant index's cost on publish: keyed and plain bursts in turn on one server.
+    IndexCost {
+        #[command(flatten)]
+        options: Options,
+        /// Tenant of the keyed side's records.
+        #[arg(long, default_value = "tenant-0042")]
+        tenant: String,
+        /// Keys the keyed side's records' keys are drawn from, at random.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Records published to each topic before the first burst (untimed).
+        #[arg(long, default_value_t = 2_000_000)]
+        prefill: u64,
+        /// Records per burst (--count records per side in all).
+        #[arg(long, default_value_t = 500_000)]
+        burst: u64,
+    },
     /// A tenant's state extraction under concurrent writers, then the live catch-up.
     Extract {
         #[command(flatten)]
@@ -268,7 +291,10 @@ impl Drop for Spawned {
     }
 }
 
-fn spawn_server(bin: Option<PathBuf>) -> Result<(Spawned, SocketAddr), String> {
+fn spawn_server(
+    bin: Option<PathBuf>,
+    env: &[(&str, &str)],
+) -> Result<(Spawned, SocketAddr), String> {
     let bin = match bin {
         Some(b) => b,
         None => std::env::current_exe()
@@ -280,6 +306,7 @@ fn spawn_server(bin: Option<PathBuf>) -> Result<(Spawned, SocketAddr), String> {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("TIDELOG_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting {}: {e}", bin.display()))?;
@@ -325,7 +352,13 @@ fn progress_bar(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (spawned, addr) = if cli.spawn_server {
-        match spawn_server(cli.tidelog_bin.clone()) {
+        // index-cost publishes more than this machine's page cache comfortably holds: its
+        // topics keep 512 MiB each, so retention must run often (see index_cost.rs).
+        let env: &[(&str, &str)] = match cli.scenario {
+            Scenario::IndexCost { .. } => &[("TIDELOG_CLEANUP_INTERVAL_MS", "1000")],
+            _ => &[],
+        };
+        match spawn_server(cli.tidelog_bin.clone(), env) {
             Ok((s, a)) => (Some(s), a.to_string()),
             Err(e) => {
                 eprintln!("tidelog-bench: {e}");
@@ -344,6 +377,7 @@ fn main() -> ExitCode {
     let (name, options) = match &cli.scenario {
         Scenario::Publish { options, .. } => ("publish", options),
         Scenario::Consume(o) => ("consume", o),
+        Scenario::IndexCost { options, .. } => ("index-cost", options),
         Scenario::E2e { options, .. } => ("e2e", options),
         Scenario::Extract { options, .. } => ("extract", options),
         Scenario::Group { options, .. } => ("group", options),
@@ -361,10 +395,26 @@ fn main() -> ExitCode {
         common.keys = *keys;
         common.prefill = *prefill;
     }
-    let bar = progress_bar(common.count, counter.clone(), done.clone());
+    let mut bar_total = common.count;
+    if let Scenario::IndexCost {
+        tenant,
+        keys,
+        prefill,
+        ..
+    } = &cli.scenario
+    {
+        common.tenant = Some(tenant.as_bytes().to_vec());
+        common.keys = *keys;
+        common.prefill = *prefill;
+        bar_total = common.count * 2; // both sides
+    }
+    let bar = progress_bar(bar_total, counter.clone(), done.clone());
     let result = match &cli.scenario {
         Scenario::Publish { .. } => scenarios::publish(&target, &common, &counter),
         Scenario::Consume(_) => scenarios::consume(&target, &common, &counter),
+        Scenario::IndexCost { burst, .. } => {
+            index_cost::index_cost(&target, &common, *burst, &counter)
+        }
         Scenario::E2e { rate, .. } => scenarios::e2e(&target, &common, *rate, &counter),
         Scenario::Extract {
             keys, log_records, ..

@@ -87,6 +87,18 @@ impl Report {
                 h.max()
             );
         }
+        if self.scenario == "index_cost" {
+            let f = |k: &str| self.settings[k].as_f64().unwrap_or(0.0);
+            s += &format!(
+                "\n{:<10} (the keyed side above) plain side {:.0} rec/s; keyed / plain: {:.2}x \
+                 over all bursts, {:.2}x of the burst medians, CPU per record {:.2}x",
+                "",
+                f("plain_records_per_sec"),
+                f("keyed_vs_plain"),
+                f("keyed_vs_plain_burst_medians"),
+                1.0 / f("cpu_plain_vs_keyed").max(1e-9),
+            );
+        }
         if let Some(cpu) = &self.cpu {
             let per_record = |secs: f64| secs * 1e9 / self.records.max(1) as f64;
             s += &format!(

@@ -178,7 +178,7 @@ impl KeyDraws {
 }
 
 /// A key as the bench writes it: fixed width, so it can be rewritten in place.
-fn bench_key(n: u64) -> String {
+pub(crate) fn bench_key(n: u64) -> String {
     format!("key-{n:010}")
 }
 
@@ -273,7 +273,7 @@ pub fn run_producers(
 
 /// [`run_producers`], drawing keys for `round` (0 for the measured run; a prefill
 /// draws others).
-fn run_producers_round(
+pub(crate) fn run_producers_round(
     target: &Target,
     c: &Common,
     round: u32,
@@ -332,7 +332,7 @@ const FETCH_BYTES: u32 = 4 << 20;
 /// Reads every partition from the earliest offset to its end and feeds the verifier;
 /// with `consumers` threads each owning partitions `i, i + consumers, ...`.
 /// `from`: where to start in each partition (by partition; earliest where absent).
-fn read_back(
+pub(crate) fn read_back(
     target: &Target,
     c: &Common,
     from: &[u64],

@@ -14,6 +14,15 @@ impl Verdict {
     pub fn passed(&self) -> bool {
         self.missing == 0 && self.duplicate == 0 && self.out_of_order == 0 && self.foreign == 0
     }
+
+    /// Adds the counts of a check of other records (a run verified in parts).
+    pub fn add(&mut self, other: &Verdict) {
+        self.expected += other.expected;
+        self.missing += other.missing;
+        self.duplicate += other.duplicate;
+        self.out_of_order += other.out_of_order;
+        self.foreign += other.foreign;
+    }
 }
 
 /// Tracks, per producer, which sequence numbers were seen and the highest so far.
