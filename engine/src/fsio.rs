@@ -78,12 +78,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
         .map_err(|e| EngineError::io("create", &tmp, e))?;
     f.write_all(bytes)
         .map_err(|e| EngineError::io("write", &tmp, e))?;
+    commit(f, &tmp, path, sync)
+}
+
+/// The second half of [`write_atomic`], for a temp file written some other way (a
+/// snapshot streamed to it): fsync, rename onto `path`, fsync of the directory.
+pub fn commit(file: File, tmp: &Path, path: &Path, sync: bool) -> Result<()> {
     if sync {
-        f.sync_all()
-            .map_err(|e| EngineError::io("fsync", &tmp, e))?;
+        file.sync_all()
+            .map_err(|e| EngineError::io("fsync", tmp, e))?;
     }
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| EngineError::io("rename", path, e))?;
+    drop(file);
+    fs::rename(tmp, path).map_err(|e| EngineError::io("rename", path, e))?;
     if sync {
         if let Some(dir) = path.parent() {
             sync_dir(dir)?;

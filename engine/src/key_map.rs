@@ -497,16 +497,24 @@ impl KeyMap {
         self.entries().map(|(id, offset)| (id.hash(), offset))
     }
 
-    /// Appends every entry to `out` as `key hash u128 LE, offset u64 LE` (24 bytes), in
-    /// slot order.
-    pub fn encode_entries(&self, out: &mut Vec<u8>) {
-        out.reserve(self.len * 24);
+    /// Writes every entry to `out` as `key hash u128 LE, offset u64 LE` (24 bytes), in
+    /// slot order, a few KiB per write.
+    pub fn write_entries(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        const ENTRY: usize = 24;
+        const PER_BLOCK: usize = 170;
+        let mut block = [0u8; ENTRY * PER_BLOCK];
+        let mut n = 0;
         for (key, offset) in self.iter() {
-            let mut entry = [0u8; 24];
+            let entry = &mut block[n * ENTRY..(n + 1) * ENTRY];
             entry[..16].copy_from_slice(&key.to_le_bytes());
             entry[16..].copy_from_slice(&offset.to_le_bytes());
-            out.extend_from_slice(&entry);
+            n += 1;
+            if n == PER_BLOCK {
+                out.write_all(&block)?;
+                n = 0;
+            }
         }
+        out.write_all(&block[..n * ENTRY])
     }
 
     pub fn values(&self) -> impl Iterator<Item = u64> + '_ {

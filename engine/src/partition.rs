@@ -282,15 +282,46 @@ pub(crate) struct IndexState {
     /// whoever else catches the index up — an extraction's freeze, TENANT_INFO, an
     /// appender — never pays for it.
     checkpoint_owed: bool,
-    /// The index encoded by the indexer, with the offset it covers (every record below),
-    /// to be written once the log is durable that far (a checkpoint never covers data
-    /// that is not).
-    checkpoint: Option<(u64, Vec<u8>)>,
+    /// The index written by the indexer to a temporary file, to be synced and renamed
+    /// into place once the log is durable as far as it covers (a checkpoint never covers
+    /// data that is not).
+    checkpoint: Option<PendingCheckpoint>,
+    /// Checkpoints written so far: names each one's temporary file, so that writing the
+    /// next never touches one about to be renamed.
+    checkpoints_written: u64,
     /// What the index has applied since its last checkpoint was encoded.
     debt: CheckpointDebt,
     /// The pending updates being applied (swapped with `Partition::pending`, so both
     /// buffers keep their capacity).
     drained: PendingUpdates,
+}
+
+/// A tenant index checkpoint written to `tenants.<n>.tmp`, covering every record below
+/// `covers`, waiting for the log to be durable that far. Dropped without being
+/// published (superseded, or at close), its file goes; one left by a crash is removed
+/// on open, as every `.tmp` file is.
+#[derive(Debug)]
+struct PendingCheckpoint {
+    covers: u64,
+    path: PathBuf,
+    /// `None` once published.
+    file: Option<std::fs::File>,
+}
+
+impl PendingCheckpoint {
+    /// Syncs it and renames it onto `to` (then syncs the directory).
+    fn publish(mut self, to: &Path) -> Result<()> {
+        let file = self.file.take().expect("not yet published");
+        fsio::commit(file, &self.path, to, true)
+    }
+}
+
+impl Drop for PendingCheckpoint {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -325,7 +356,7 @@ pub struct Partition {
     pending: Mutex<PendingUpdates>,
     /// Queued with the indexer thread.
     index_queued: AtomicBool,
-    /// A tenant index checkpoint is owed or encoded and not yet written: the next flush
+    /// A tenant index checkpoint is owed, or written and not yet in place: the next flush
     /// must give the indexer a round.
     checkpoint_waiting: AtomicBool,
     /// This partition as the indexer thread holds it (set when it is put in its `Arc`).
@@ -394,6 +425,7 @@ impl Partition {
                 tenants: recovered.tenants,
                 checkpoint_owed: false,
                 checkpoint: None,
+                checkpoints_written: 0,
                 debt: CheckpointDebt::DUE,
                 drained: PendingUpdates::default(),
             }),
@@ -1208,15 +1240,18 @@ impl Partition {
         }
         let next = self.next_offset();
         drop(w);
-        let encoded = {
+        let path = self.dir.join(TENANT_INDEX_FILE);
+        let tmp = path.with_extension("tmp");
+        let written = {
             let mut state = self.index_up_to(next);
             state.checkpoint = None;
             state.checkpoint_owed = false;
             state.debt = CheckpointDebt::NONE;
             self.checkpoint_waiting.store(false, Ordering::Release);
-            state.tenants.encode()
+            state.tenants.write_checkpoint(&tmp)
         };
-        fsio::write_atomic(&self.dir.join(TENANT_INDEX_FILE), &encoded, true)?;
+        let file = written.map_err(|e| EngineError::io("write", &tmp, e))?;
+        fsio::commit(file, &tmp, &path, true)?;
         let w = self.lock_writer();
         fsio::write_atomic(
             &self.dir.join(PRODUCER_SNAPSHOT_FILE),
@@ -1283,30 +1318,44 @@ impl Partition {
         Some(owes)
     }
 
-    /// The indexer thread's round for this partition: catch the index up; encode the
-    /// checkpoint owed since a segment roll (as the index stands now) unless one is
-    /// waiting already; write the newest one the log is durable as far as.
+    /// The indexer thread's round for this partition: catch the index up; write the
+    /// checkpoint owed since a segment roll (as the index stands now) to a temporary file
+    /// unless one is waiting already; put in place the newest one the log is durable as
+    /// far as.
     pub(crate) fn index_in_background(&self) {
         self.index_queued.store(false, Ordering::Release);
         let (due, waiting_for) = {
             let mut state = self.index.lock().unwrap_or_else(|p| p.into_inner());
             self.catch_up(&mut state, self.next_offset());
             let durable = self.durable_offset();
-            let writable = |c: &Option<(u64, Vec<u8>)>| {
-                c.as_ref().is_some_and(|(covers, _)| *covers <= durable)
-            };
+            let writable =
+                |c: &Option<PendingCheckpoint>| c.as_ref().is_some_and(|c| c.covers <= durable);
             let mut due = None;
             if writable(&state.checkpoint) {
                 due = state.checkpoint.take();
             }
             if state.checkpoint_owed && state.checkpoint.is_none() {
                 // Once per roll that owes one: O(keys), here rather than on whoever
-                // else drained the roll. Appends go on meanwhile.
-                // A fresh buffer each time (page faults and a munmap: ~7 % of the
-                // indexer's CPU when every roll had a checkpoint). Keeping one for reuse
-                // would hold 24 bytes per live key for good, a third of the index's own
-                // memory, to save ~2 % now that checkpoints are rarer.
-                state.checkpoint = Some((state.tenants.next_offset(), state.tenants.encode()));
+                // else drained the roll. Appends go on meanwhile. Straight to a file:
+                // no copy of the whole index in memory.
+                let covers = state.tenants.next_offset();
+                let path = self
+                    .dir
+                    .join(format!("tenants.{}.tmp", state.checkpoints_written));
+                state.checkpoints_written += 1;
+                match state.tenants.write_checkpoint(&path) {
+                    Ok(file) => {
+                        state.checkpoint = Some(PendingCheckpoint {
+                            covers,
+                            path,
+                            file: Some(file),
+                        })
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&path);
+                        tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "could not write tenant index checkpoint");
+                    }
+                }
                 state.checkpoint_owed = false;
                 state.debt = CheckpointDebt::NONE;
                 if writable(&state.checkpoint) {
@@ -1318,10 +1367,10 @@ impl Partition {
                 state.checkpoint.is_some() || state.checkpoint_owed,
                 Ordering::Release,
             );
-            (due, state.checkpoint.as_ref().map(|(covers, _)| *covers))
+            (due, state.checkpoint.as_ref().map(|c| c.covers))
         };
-        if let Some((_, encoded)) = due {
-            if let Err(e) = fsio::write_atomic(&self.dir.join(TENANT_INDEX_FILE), &encoded, true) {
+        if let Some(checkpoint) = due {
+            if let Err(e) = checkpoint.publish(&self.dir.join(TENANT_INDEX_FILE)) {
                 tracing::warn!(topic = %self.topic, partition = self.id, error = %e, "could not write tenant index checkpoint");
             }
         }
@@ -1451,6 +1500,37 @@ mod tests {
         build_batch(&records, ProducerStamp::default())
     }
 
+    /// Names of the partition directory's `.tmp` files, sorted.
+    fn temp_files(p: &Partition) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(p.dir())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_checkpoint_still_waiting_at_close_leaves_no_file_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = partition_without_indexer_thread(dir.path());
+        let mut k = 0;
+        while p.segments().len() < 2 {
+            p.append(&keyed_batch(k)).expect("append");
+            k += 10;
+        }
+        p.index_in_background();
+        assert_eq!(
+            temp_files(&p),
+            ["tenants.0.tmp"],
+            "written, not durable yet"
+        );
+        p.close().expect("close");
+        assert_eq!(temp_files(&p), Vec::<String>::new());
+        assert_eq!(checkpoint_covers(&p), Some(p.next_offset()), "close's own");
+    }
+
     fn checkpoint_covers(p: &Partition) -> Option<u64> {
         std::fs::read(p.dir().join(TENANT_INDEX_FILE))
             .ok()
@@ -1504,12 +1584,14 @@ mod tests {
             let state = p.index.lock().expect("index");
             assert!(state.checkpoint_owed && state.checkpoint.is_none());
         }
-        // The indexer's round encodes it as the index stands, and writes it once the log
-        // is durable that far.
+        // The indexer's round writes it as the index stands, to a temporary file, and
+        // puts it in place once the log is durable that far.
         p.index_in_background();
         assert_eq!(checkpoint_covers(&p), None, "not durable yet");
+        assert_eq!(temp_files(&p), ["tenants.0.tmp"], "written, waiting");
         p.flush().expect("flush");
         p.index_in_background();
+        assert_eq!(temp_files(&p), Vec::<String>::new(), "renamed into place");
         let covers = checkpoint_covers(&p).expect("checkpoint written");
         assert!(
             covers >= roll && covers <= p.next_offset(),

@@ -1,6 +1,13 @@
 //! The framing shared by the engine's snapshot files (`producers.snapshot`,
 //! `tenants.snapshot`): `| 0..4 magic | 4..8 crc32 of bytes 8.. | body |`, and a bounds-
 //! checked reader for their bodies. A damaged file is an `Err(reason)`, never a panic.
+//! A snapshot is built in memory ([`begin`], [`seal`]) or, when large, streamed to its
+//! file ([`FileSnapshot`]): the same bytes either way.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 /// Starts a snapshot: magic and a CRC placeholder.
 pub(crate) fn begin(magic: &[u8; 4], capacity: usize) -> Vec<u8> {
@@ -14,6 +21,62 @@ pub(crate) fn begin(magic: &[u8; 4], capacity: usize) -> Vec<u8> {
 pub(crate) fn seal(out: &mut [u8]) {
     let crc = crc32fast::hash(&out[8..]);
     out[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Bytes a [`FileSnapshot`] gathers before each write.
+const STREAM_CHUNK: usize = 1 << 20;
+
+/// A snapshot written straight to its file through a 1 MiB buffer, its CRC computed on
+/// the way, so that a large one (the tenant index's: 24 bytes per live key) never exists
+/// whole in memory. The body is written through [`Write`]; [`FileSnapshot::finish`] puts
+/// the CRC in place. Nothing is synced.
+pub(crate) struct FileSnapshot {
+    file: File,
+    buf: Vec<u8>,
+    crc: crc32fast::Hasher,
+}
+
+impl FileSnapshot {
+    /// Creates (or truncates) `path` and writes the magic and a CRC placeholder.
+    pub fn create(path: &Path, magic: &[u8; 4]) -> io::Result<FileSnapshot> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)?;
+        file.write_all(magic)?;
+        file.write_all(&[0; 4])?;
+        Ok(FileSnapshot {
+            file,
+            buf: Vec::with_capacity(STREAM_CHUNK),
+            crc: crc32fast::Hasher::new(),
+        })
+    }
+
+    /// Writes what is buffered and the CRC; returns the file (unsynced).
+    pub fn finish(mut self) -> io::Result<File> {
+        self.flush()?;
+        let crc = std::mem::take(&mut self.crc).finalize();
+        self.file.write_all_at(&crc.to_le_bytes(), 4)?;
+        Ok(self.file)
+    }
+}
+
+impl Write for FileSnapshot {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.crc.update(bytes);
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= STREAM_CHUNK {
+            self.flush()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
 }
 
 /// Checks magic and CRC; returns a reader over the body.
