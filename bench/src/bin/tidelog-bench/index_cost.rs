@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use crate::cpu::{CpuClock, CpuUse};
 use crate::report::Report;
-use crate::scenarios::{bench_key, histogram, read_back, run_producers_round};
+use crate::scenarios::{
+    bench_key, end_offsets, histogram, prefill, read_back, run_producers_round,
+};
 use crate::verify::{Verdict, Verifier};
 use crate::{Common, Target};
 use tidelog_client::TopicSettings;
@@ -116,12 +118,7 @@ pub fn index_cost(
             )
             .map_err(|e| format!("create topic {}: {e}", side.topic))?;
         if c.prefill > 0 {
-            let fill = Common {
-                count: c.prefill,
-                duration: None,
-                ..side.clone()
-            };
-            run_producers_round(target, &fill, 1, None, &Arc::new(AtomicU64::new(0)))?;
+            prefill(target, side)?;
         }
     }
     let catch_up = || {
@@ -179,7 +176,7 @@ pub fn index_cost(
             duration: None,
             ..side.clone()
         };
-        let from = end_offsets(&client, &side.topic, c.partitions)?;
+        let from = end_offsets(&client, side)?;
         // Every burst draws other keys (round 2 + burst).
         let round = 2 + (j / 2) as u32;
         let run = run_producers_round(target, &this, round, None, progress)?;
@@ -266,21 +263,6 @@ pub fn index_cost(
 /// favours neither).
 fn keyed_turn(j: u64) -> bool {
     (j % 2 == 1) == (j / 2 % 2 == 0)
-}
-
-/// The next offset of every partition of `topic`, by partition.
-fn end_offsets(
-    client: &tidelog_client::Client,
-    topic: &str,
-    partitions: u32,
-) -> Result<Vec<u64>, String> {
-    let mut from = vec![0; partitions as usize];
-    for o in client.offsets(topic).map_err(|e| e.to_string())? {
-        if let Some(f) = from.get_mut(o.partition as usize) {
-            *f = o.next;
-        }
-    }
-    Ok(from)
 }
 
 fn median(sorted: &[f64]) -> f64 {

@@ -421,17 +421,35 @@ pub(crate) fn read_back(
     Ok((records, bytes))
 }
 
+/// Publishes `c.prefill` records with `c`'s settings (untimed, not read back; the keys
+/// drawn for round 1, not the measured run's).
+pub(crate) fn prefill(target: &Target, c: &Common) -> Result<(), String> {
+    let fill = Common {
+        count: c.prefill,
+        duration: None,
+        ..c.clone()
+    };
+    run_producers_round(target, &fill, 1, None, &Arc::new(AtomicU64::new(0))).map(|_| ())
+}
+
+/// The next offset of every partition of `c.topic`, by partition: where a read-back of
+/// what is published next starts.
+pub(crate) fn end_offsets(client: &Client, c: &Common) -> Result<Vec<u64>, String> {
+    let mut from = vec![0; c.partitions as usize];
+    for o in client.offsets(&c.topic).map_err(|e| e.to_string())? {
+        if let Some(f) = from.get_mut(o.partition as usize) {
+            *f = o.next;
+        }
+    }
+    Ok(from)
+}
+
 pub fn publish(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result<Report, String> {
     let client = target.connect()?;
     create_topic(&client, c)?;
     let mut from = Vec::new();
     if c.prefill > 0 {
-        let fill = Common {
-            count: c.prefill,
-            duration: None,
-            ..c.clone()
-        };
-        run_producers_round(target, &fill, 1, None, &Arc::new(AtomicU64::new(0)))?;
+        prefill(target, c)?;
         if let Some(tenant) = &c.tenant {
             // Asking catches the index up: the prefill's share of its work stays out of
             // the measured run.
@@ -439,13 +457,7 @@ pub fn publish(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result
                 .tenant_info(&c.topic, tenant)
                 .map_err(|e| format!("tenant info: {e}"))?;
         }
-        let offsets = client.offsets(&c.topic).map_err(|e| e.to_string())?;
-        from = vec![0; c.partitions as usize];
-        for o in offsets {
-            if let Some(f) = from.get_mut(o.partition as usize) {
-                *f = o.next;
-            }
-        }
+        from = end_offsets(&client, c)?;
     }
     let run = run_producers(target, c, None, progress)?;
     if let Some(tenant) = &c.tenant {
