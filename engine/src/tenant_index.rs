@@ -11,11 +11,11 @@
 //! stalls them below the lag bound. Each tenant's keys are a [`KeyMap`] (80 bits of each
 //! key's 128-bit hash, in flat tables).
 //!
-//! Persistence: a checkpoint (`tenants.snapshot`) of the whole index, encoded by the
-//! indexer thread once the index has passed a segment boundary that owes one (whoever
-//! drained the boundary; when a boundary owes one: `CheckpointDebt` in `partition.rs`) and
-//! written once the log is durable as far as it covers (so it never covers data that is
-//! not durable), and at clean shutdown. On open the checkpoint is loaded and the log after
+//! Persistence: a checkpoint (`tenants.snapshot`) of the whole index, written by the
+//! indexer thread to a temporary file once the index has passed a segment boundary that
+//! owes one (whoever drained the boundary; when a boundary owes one: `CheckpointDebt` in
+//! `partition.rs`) and put in place once the log is durable as far as it covers (so it
+//! never covers data that is not durable), and at clean shutdown. On open the checkpoint is loaded and the log after
 //! it replayed: a bounded part of the log, never the whole of it.
 //!
 //! ```text
@@ -382,7 +382,8 @@ impl TenantIndex {
         self.next_offset = self.next_offset.max(next);
     }
 
-    /// The checkpoint's bytes, built in memory (exactly sized up front).
+    /// The checkpoint's bytes, built in memory (exactly sized up front): for tests,
+    /// benchmarks and tools; the engine itself streams them ([`TenantIndex::write_checkpoint`]).
     pub fn encode(&self) -> Vec<u8> {
         let size = 12
             + self

@@ -278,10 +278,19 @@ fn a_crash_replays_the_index_from_its_last_checkpointed_roll_not_the_whole_log()
         // last roll (earlier rolls' checkpoints may be there already: wait for that one).
         p.flush().expect("flush");
         wait_for_index_checkpoint_of_last_roll(&p);
-        p.size_bytes()
+        (p.size_bytes(), p.dir().to_path_buf())
         // Dropped without close: a crash.
     };
+    let (total, partition_dir) = total;
+    // A checkpoint the indexer had written but not yet put in place when the crash came
+    // (the log not durable that far): a valid one, of an empty index claiming the whole
+    // log. Recovery must not use it, and open removes it.
+    let stray = partition_dir.join("tenants.3.tmp");
+    let mut empty = tidelog_engine::tenant_index::TenantIndex::default();
+    empty.advance_to(u64::MAX / 2);
+    std::fs::write(&stray, empty.encode()).expect("stray checkpoint");
     let engine = open(dir.path());
+    assert!(!stray.exists(), "a waiting checkpoint is removed on open");
     let report = &engine.recovery_reports()[0].2;
     assert!(
         report.index_replayed_bytes < total / 2,
