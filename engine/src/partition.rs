@@ -16,7 +16,8 @@
 //!   `pending` into it under this lock ([`Partition::index_up_to`]).
 //!
 //! Lock order: `flush` → `writer` → `segments`; `writer` → `pending`; `index` → `pending`
-//! and `index` → `segments`. The index lock is never taken with the writer lock held, nor
+//! and `index` → `segments`; `compaction` (held by retention and compaction) → `writer`
+//! and `compaction` → `index`. The index lock is never taken with the writer lock held, nor
 //! the other way round.
 //!
 //! Invariants: offsets are dense and increasing across segments (segment N+1's base is
@@ -368,7 +369,8 @@ pub struct Partition {
     durable_offset: AtomicU64,
     poisoned: AtomicBool,
     flush: Mutex<FlushProgress>,
-    /// Held while compacting (one compaction at a time per partition).
+    /// Held while compacting or applying retention: one at a time per partition (both
+    /// replace sealed segments and their files).
     compaction: Mutex<()>,
     checkpoint: CheckpointFile,
     wait: WaitPoint,
@@ -1122,6 +1124,10 @@ impl Partition {
         if bytes_max == u64::MAX && ms_max == u64::MAX {
             return Ok(0);
         }
+        // Serialised with compaction: a compaction that had picked a segment this deletes
+        // would rename its rewrite onto the deleted file, and the next open would read it
+        // as part of the log again.
+        let _serial = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
         let w = self.lock_writer();
         let segs = self.segments();
         let mut total: u64 = segs.iter().map(|s| u64::from(s.len())).sum();
