@@ -46,20 +46,17 @@ pub fn index_updates(
     use tidelog_engine::tenant_index::{Note, PendingUpdates};
     let mut pending = PendingUpdates::default();
     let id = pending.intern(tenant);
-    let notes: Vec<Note> = keys
-        .into_iter()
-        .map(|k| Note {
-            key: key_hash(format!("file-{k:08}").as_bytes()),
-            flags: Note::HAS_KEY | Note::LIVE,
-            ..Note::default()
-        })
-        .collect();
-    for (b, batch) in notes.chunks(INDEX_BATCH).enumerate() {
-        let mut batch = batch.to_vec();
-        for (i, n) in batch.iter_mut().enumerate() {
-            n.offset_delta = i as u32;
-        }
-        pending.push(id, first_offset + (b * INDEX_BATCH) as u64, &batch);
+    let keys: Vec<u64> = keys.into_iter().collect();
+    for (b, batch) in keys.chunks(INDEX_BATCH).enumerate() {
+        let notes: Vec<Note> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let key = key_hash(format!("file-{k:08}").as_bytes());
+                Note::new(key, i as u32, Note::HAS_KEY | Note::LIVE)
+            })
+            .collect();
+        pending.push(id, first_offset + (b * INDEX_BATCH) as u64, &notes);
     }
     pending
 }

@@ -49,7 +49,7 @@ pub const CHEAP_GROWTH_KEYS: usize = 48 << 10;
 /// Tables at least this large get their own huge-page-advised mapping.
 pub const HUGE_TABLE_BYTES: usize = 2 << 20;
 /// The bits of a hash's low half a [`KeyId`] keeps (48..64).
-const TAG_BITS: u64 = 0xFFFF << 48;
+pub(crate) const TAG_BITS: u64 = 0xFFFF << 48;
 /// The largest offset a [`Narrow`] slot holds.
 const NARROW_OFFSET_MAX: u64 = !TAG_BITS;
 

@@ -45,45 +45,67 @@ use crate::snapshot_file;
 /// its batch's validation walk (the key is hashed there, while its bytes are in the CPU's
 /// cache; hashing on the indexer instead, from the log, cost more CPU in all: the indexer
 /// reads bytes no longer in its caches — BENCHMARKS.md, ninth session). Queued as it
-/// was noted — 32 bytes, copied by the batch — with the batch's base offset in its
+/// was noted, copied by the batch, with the batch's base offset and tenant in its
 /// [`Run`], and applied from there in rounds: no conversion per record while
 /// appending.
+///
+/// 16 bytes, since every keyed record's note is written, copied and read once: the
+/// hash's high 64 bits; then the hash's bits 48..64 in place (the rest of the hash is
+/// not kept: [`KeyId`](crate::key_map::KeyId)), the flags in bits 32..40 and the
+/// record's offset within its batch in bits 0..32.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Note {
-    /// The key's hash ([`key_hash`]); meaningless without [`Note::HAS_KEY`].
-    pub key: u128,
-    /// The record's offset within its batch.
-    pub offset_delta: u32,
-    /// Where the record's tenant lies in its batch (not used for a tenant-uniform
-    /// batch); a tenant is at most 255 bytes (validated).
-    pub tenant_at: u32,
-    pub tenant_len: u8,
-    pub flags: u8,
+    hi: u64,
+    lo: u64,
 }
 
 impl Note {
     pub const HAS_KEY: u8 = 1;
     /// Clear for a tombstone.
     pub const LIVE: u8 = 2;
+
+    /// The note of a record at `offset_delta` in its batch, whose key hashes to
+    /// `key_hash` ([`key_hash`]; meaningless without [`Note::HAS_KEY`]).
+    #[inline(always)]
+    pub fn new(key_hash: u128, offset_delta: u32, flags: u8) -> Note {
+        Note {
+            hi: (key_hash >> 64) as u64,
+            lo: (key_hash as u64 & crate::key_map::TAG_BITS)
+                | u64::from(flags) << 32
+                | u64::from(offset_delta),
+        }
+    }
+
+    /// The record's offset within its batch.
+    #[inline(always)]
+    pub fn offset_delta(self) -> u32 {
+        self.lo as u32
+    }
+
+    /// `HAS_KEY | LIVE` where [`Note::new`] puts them: tested in place, no shift.
+    const FLAGS_IN_PLACE: u64 = ((Note::HAS_KEY | Note::LIVE) as u64) << 32;
+    const HAS_KEY_IN_PLACE: u64 = (Note::HAS_KEY as u64) << 32;
 }
+
+const _: () = assert!(std::mem::size_of::<Note>() == 16);
 
 /// A note's offset is its delta: [`KeyMap::apply_based`] adds its run's base.
 impl Change for Note {
     #[inline(always)]
     fn key(&self) -> u128 {
-        self.key
+        u128::from(self.hi) << 64 | u128::from(self.lo & crate::key_map::TAG_BITS)
     }
     #[inline(always)]
     fn offset(&self) -> u64 {
-        u64::from(self.offset_delta)
+        u64::from(self.offset_delta())
     }
     #[inline(always)]
     fn sets(&self) -> bool {
-        self.flags & (Note::HAS_KEY | Note::LIVE) == Note::HAS_KEY | Note::LIVE
+        self.lo & Note::FLAGS_IN_PLACE == Note::FLAGS_IN_PLACE
     }
     #[inline(always)]
     fn removes(&self) -> bool {
-        self.flags & (Note::HAS_KEY | Note::LIVE) == Note::HAS_KEY
+        self.lo & Note::FLAGS_IN_PLACE == Note::HAS_KEY_IN_PLACE
     }
 }
 
@@ -287,7 +309,7 @@ impl TenantIndex {
             let entry = Self::entry(&mut self.tenants, name);
             // In offset order: the streak's last note is the tenant's latest event, and
             // each note is one of its records.
-            let last = last_run.base_offset + u64::from(notes[notes.len() - 1].offset_delta);
+            let last = last_run.base_offset + u64::from(notes[notes.len() - 1].offset_delta());
             entry.latest_offset = Some(last);
             entry.events += notes.len() as u64;
             // As queued (a record without a key neither sets nor removes one).
@@ -583,11 +605,12 @@ mod tests {
         // Three batches of one tenant (one streak of three runs, bases 10, 20, 30), a
         // fourth of another tenant, then the first again.
         let key = |k: &str| key_hash(k.as_bytes());
-        let note = |k: &str, delta: u32, live: bool| Note {
-            key: key(k),
-            offset_delta: delta,
-            flags: Note::HAS_KEY | if live { Note::LIVE } else { 0 },
-            ..Note::default()
+        let note = |k: &str, delta: u32, live: bool| {
+            Note::new(
+                key(k),
+                delta,
+                Note::HAS_KEY | if live { Note::LIVE } else { 0 },
+            )
         };
         let mut pending = PendingUpdates::default();
         let a = pending.intern(b"a");
@@ -625,10 +648,12 @@ mod tests {
     #[test]
     fn a_queue_applies_cheaply_unless_it_doubles_a_large_table() {
         use crate::key_map::CHEAP_GROWTH_KEYS;
-        let note = |k: usize| Note {
-            key: key_hash(format!("key-{k}").as_bytes()),
-            flags: Note::HAS_KEY | Note::LIVE,
-            ..Note::default()
+        let note = |k: usize| {
+            Note::new(
+                key_hash(format!("key-{k}").as_bytes()),
+                0,
+                Note::HAS_KEY | Note::LIVE,
+            )
         };
         // `n` new keys of `tenant` from key number `first`, in batches of 1000.
         let push = |pending: &mut PendingUpdates, tenant: &[u8], first: usize, n: usize| {
@@ -672,12 +697,11 @@ mod tests {
         for base in (0..10u64).step_by(3) {
             for offset in base..(base + 3).min(10) {
                 let tenant = pending.intern(if offset % 3 == 0 { b"b" } else { b"a" });
-                let note = Note {
-                    key: key(&format!("k{}", offset % 4)),
-                    offset_delta: (offset - base) as u32,
-                    flags: Note::HAS_KEY | if offset == 8 { 0 } else { Note::LIVE },
-                    ..Note::default()
-                };
+                let note = Note::new(
+                    key(&format!("k{}", offset % 4)),
+                    (offset - base) as u32,
+                    Note::HAS_KEY | if offset == 8 { 0 } else { Note::LIVE },
+                );
                 pending.push(tenant, base, &[note]);
             }
         }
