@@ -663,7 +663,7 @@ mod tests {
                 pending.push(id, 0, chunk);
             }
         };
-        // A tenant of 60 000 keys: a table of 128 Ki slots, room for 98 304.
+        // A tenant of 60 000 keys: a table of 128 Ki slots, room for 65 536 (half full).
         let mut index = TenantIndex::default();
         let mut pending = PendingUpdates::default();
         push(&mut pending, b"acme", 0, 60_000);
@@ -674,17 +674,18 @@ mod tests {
             index.applies_cheaply(&pending)
         };
         assert!(
-            cheap(&|p| push(p, b"acme", 60_000, 8_192)),
+            cheap(&|p| push(p, b"acme", 60_000, 4_096)),
             "fits the table"
         );
         assert!(!cheap(&|p| push(p, b"acme", 60_000, 40_000)), "doubles it");
         assert!(cheap(&|p| push(p, b"new", 0, 8_192)), "a small new table");
         assert!(!cheap(&|p| push(p, b"new", 0, CHEAP_GROWTH_KEYS + 1)));
-        // A tenant's streaks count together: two of 20 000 (each would fit alone).
+        // A tenant's streaks count together: two of 3 000 (each would fit alone).
+        assert!(cheap(&|p| push(p, b"acme", 60_000, 3_000)));
         assert!(!cheap(&|p| {
-            push(p, b"acme", 60_000, 20_000);
+            push(p, b"acme", 60_000, 3_000);
             push(p, b"other", 0, 10);
-            push(p, b"acme", 80_000, 20_000);
+            push(p, b"acme", 63_000, 3_000);
         }));
         assert!(cheap(&|_| {}), "nothing queued");
     }
