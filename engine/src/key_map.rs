@@ -540,12 +540,12 @@ fn words_per_slot(wide: bool) -> usize {
 /// larger ones at most 3/4.
 ///
 /// Why: an update's cost in a table the caches hold is its probes, and a probe past the
-/// home slot is a branch the CPU mispredicts about as often as not. Half full, a key
-/// sits 1.17–1.5 probes from home on average (linear probing), against 1.3–2.5 up to
-/// 3/4: criterion's `tenant_index_apply` with 10 000 keys (16 Ki slots 61 % full, then
-/// 32 Ki slots 31 % full) went from 13.5 to 8.3 ns per update. That costs at most 8 MiB
-/// more a tenant (keys that 2¹⁹ slots held at 3/4 now take 2²⁰); beyond the boundary
-/// memory counts more and the misses dominate (and at 3/4 most probes past the home
+/// home slot is a branch the CPU often mispredicts. Half full, a lookup takes 1.17–1.5
+/// probes on average (linear probing), against 1.3–2.5 up to 3/4: criterion's
+/// `tenant_index_apply` with 10 000 keys (16 Ki slots 61 % full, then 32 Ki slots 31 %
+/// full) went from 12.6–13.5 to 7.0–8.3 ns per update. That costs at most 8 MiB more a
+/// tenant (keys that 2¹⁹ slots held at 3/4 now take 2²⁰); beyond the boundary memory
+/// counts more and the misses dominate (and at 3/4 most probes past the home
 /// slot stay in its cache line). At the boundary a
 /// half-full table of 2¹⁹ slots doubles into one of 2²⁰ filled to 1/4 at most: no key
 /// count has its table grow and shrink back.
