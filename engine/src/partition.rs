@@ -645,7 +645,8 @@ impl Partition {
     }
 
     /// Appends runs of checked batches, in order, with as few writes as the segments
-    /// allow: every batch that fits the active segment goes out in one `pwritev` (see
+    /// allow: every batch that fits the active segment goes out in `pwritev` calls of up to
+    /// [`fsio::WRITE_MAX`] (see
     /// `Segment::append_all` for why that matters). Each run is one request's batches: it
     /// stops at its first error (the batches before it stay appended), and the other runs
     /// go on. The same outcome, batch for batch, as appending them one at a time.

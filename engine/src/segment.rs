@@ -4,8 +4,8 @@
 //! Files: `{base_offset:020}.log`, `.index`, `.timeindex` (see `docs/FORMAT.md`).
 //!
 //! Concurrency: one writer (the partition's append lock holder) writes a batch *past* the
-//! published length (stamped with its offset on the way: one `pwritev` of the batch with
-//! the 8 stamped bytes in the middle), indexes it, and only then publishes the new length
+//! published length (stamped with its offset on the way: `pwritev` of the batch with the
+//! 8 stamped bytes in the middle, in calls of at most 1 MiB), indexes it, and only then publishes the new length
 //! with release ordering. The page cache is one for `write` and `mmap`, so readers see the
 //! bytes through their mapping. Readers build slices only below the
 //! published length, which is immutable from then on, so a reader never observes a
