@@ -331,9 +331,13 @@ pub(crate) fn run_producers_round(
     })
 }
 
-/// Bytes asked for per fetch when reading back (the server's read-ahead unit is the
-/// segment; a few MiB per response keeps per-request costs out of the figure).
-const FETCH_BYTES: u32 = 4 << 20;
+/// Bytes asked for per fetch when reading back: 1 MiB, Kafka's default per partition
+/// too. A response must still be in the core's cache (2 MiB of L2 here) when the
+/// consumer checks and decodes it: `consume` of 1 KiB records, alternating, ran at
+/// 2.0–2.4 GB/s with 1 MiB, 2.0–2.2 with 512 KiB, 1.3–1.5 with 256 KiB (the per-request
+/// cost shows), 1.3–1.4 with 2 MiB and 1.4–1.5 with the 4 MiB used before
+/// (BENCHMARKS.md, thirteenth session).
+const FETCH_BYTES: u32 = 1 << 20;
 
 /// Reads every partition from the earliest offset to its end and feeds the verifier;
 /// with `consumers` threads each owning partitions `i, i + consumers, ...`.
