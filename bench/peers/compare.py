@@ -200,6 +200,9 @@ def paired(a, b, pairs=None):
         ra.append(x)
         rb.append(y)
         ratios.append(x[1] / y[1])
+        # Each pair on stderr: a median hides whether the pairs agreed or one phase of
+        # the host decided it.
+        print(f"  pair {i + 1}: {x[1]:.3f} / {y[1]:.3f} GB/s = {ratios[-1]:.2f}", file=sys.stderr)
     med = lambda v: sorted(v)[len(v) // 2]
     pick = lambda rs: min(rs, key=lambda r: abs(r[1] - med([q[1] for q in rs])))
     return pick(ra), pick(rb), med(ratios)
