@@ -113,7 +113,7 @@ pub struct EngineConfig {
     pub index_lag: IndexLag,
 }
 
-/// Bounds on the tenant index's lag behind the log, in queued updates (32 bytes each).
+/// Bounds on the tenant index's lag behind the log, in queued updates (16 bytes each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexLag {
     /// Past this an appender applies the queue itself, unless the indexer thread is at it
@@ -126,7 +126,7 @@ pub struct IndexLag {
 
 impl Default for IndexLag {
     fn default() -> Self {
-        // 8 MiB and 64 MiB of queued updates; a doubling of a million-key table takes
+        // 4 MiB and 32 MiB of queued updates; a doubling of a million-key table takes
         // ~50 ms, about 350 000 appended records at full speed.
         IndexLag {
             soft: 1 << 18,

@@ -2,7 +2,7 @@
 //! thread.
 //!
 //! The appender notes what each tenant record changes (key hash, offset in its batch,
-//! tombstone: 32 bytes, noted in the batch's validation walk while its bytes are in the
+//! tombstone: 16 bytes, noted in the batch's validation walk while its bytes are in the
 //! cache, queued with the batch's base offset) and, every `partition::INDEX_APPLY_AT`
 //! queued updates, applies the queue itself in one round. It wakes this thread
 //! ([`Indexer::poke`]) instead when that round would double a large key table (tens of ms
