@@ -356,7 +356,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The reader thread: frames → waiting requests / subscriptions, until the socket closes.
 fn read_loop(stream: TcpStream, shared: &Shared) {
-    let mut reader = BufReader::with_capacity(1 << 20, stream);
+    let mut reader = BufReader::with_capacity(1 << 20, LowWater::new(stream));
     while let Ok(frame) = read_frame(&mut reader) {
         if frame.header.is_push() {
             let id = frame.header.correlation as u32;
@@ -385,7 +385,116 @@ const FRAME_FROM_SERVER_BYTES_MAX: usize = 1 << 30;
 /// Frame bodies at least this large bypass the reader's buffer.
 const DIRECT_READ_BYTES: u64 = 64 << 10;
 
-fn read_frame<R: Read>(reader: &mut BufReader<R>) -> std::io::Result<Frame> {
+/// Bytes of a frame's body the reader waits for before it is woken, at most.
+const WAKE_BYTES_MAX: usize = 256 << 10;
+
+/// The socket the reader thread reads, with its receive low-water mark (`SO_RCVLOWAT`)
+/// under control: while the rest of a large frame is on its way, the kernel wakes the
+/// reader only once [`WAKE_BYTES_MAX`] of it (or all of it) can be read, instead of at
+/// every segment that arrives. Consuming, that wake-up was the server's cost: the
+/// sending thread delivers loopback segments itself and pays for waking the sleeping
+/// reader (an inter-processor interrupt, a VM exit on a virtual machine) —
+/// docs/BENCHMARKS.md, "Fewer wake-ups consuming".
+///
+/// The kernel wakes the reader when the mark is reached whatever the read asked for, so
+/// the mark must never exceed what is still to come: it is the rest of the frame, capped,
+/// and back to 1 between frames (a header, a small reply).
+struct LowWater {
+    stream: TcpStream,
+    /// The mark as set on the socket (1 when not set).
+    mark: usize,
+}
+
+impl LowWater {
+    fn new(stream: TcpStream) -> LowWater {
+        LowWater { stream, mark: 1 }
+    }
+
+    /// Sets the mark to `bytes` (at least 1). A failure only leaves wake-ups as they were.
+    fn wake_at(&mut self, bytes: usize) {
+        let bytes = bytes.max(1);
+        if bytes == self.mark {
+            return;
+        }
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt on the descriptor this struct owns, with a pointer to a
+        // c_int that lives across the call and its exact length.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        self.mark = if rc == 0 { bytes } else { 1 };
+    }
+
+    /// Reads `n` more bytes of the current frame onto `out` (fewer only at the end of the
+    /// stream), woken at most every [`WAKE_BYTES_MAX`] bytes.
+    ///
+    /// Waits in `poll`, which reports the socket readable once the mark is reached, and
+    /// then takes what is there without blocking, lowering the mark to what is left of
+    /// the frame before each wait. Never a blocking `recv` with the mark raised: the
+    /// kernel's wake-up compares the bytes queued with the mark, not with what that
+    /// call still needs once it has copied part of them, so such a call can sleep
+    /// forever on bytes it already has.
+    fn read_body(&mut self, out: &mut Vec<u8>, n: usize) -> std::io::Result<()> {
+        let end = out.len() + n;
+        out.reserve(n);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.stream);
+        let result = loop {
+            let rest = end - out.len();
+            if rest == 0 {
+                break Ok(());
+            }
+            self.wake_at(rest.min(WAKE_BYTES_MAX));
+            let mut ready = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd that lives across the call.
+            if unsafe { libc::poll(&mut ready, 1, -1) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break Err(e);
+            }
+            let spare = &mut out.spare_capacity_mut()[..rest];
+            // SAFETY: the kernel writes at most `rest` bytes into `spare`, memory this
+            // Vec owns and does not otherwise touch during the call.
+            let got =
+                unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), rest, libc::MSG_DONTWAIT) };
+            match usize::try_from(got) {
+                Ok(0) => break Ok(()),
+                // SAFETY: the kernel initialised exactly `got` (≤ `rest`) bytes after `len`.
+                Ok(got) => unsafe { out.set_len(out.len() + got) },
+                Err(_) => {
+                    let e = std::io::Error::last_os_error();
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                    ) {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        self.wake_at(1);
+        result
+    }
+}
+
+impl Read for LowWater {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+fn read_frame(reader: &mut BufReader<LowWater>) -> std::io::Result<Frame> {
     let mut header = [0u8; HEADER_LEN];
     reader.read_exact(&mut header)?;
     let frame_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -410,8 +519,7 @@ fn read_frame<R: Read>(reader: &mut BufReader<R>) -> std::io::Result<Frame> {
         reader.consume(now);
         reader
             .get_mut()
-            .take(rest - now as u64)
-            .read_to_end(&mut bytes)?;
+            .read_body(&mut bytes, rest as usize - now)?;
     } else {
         reader.by_ref().take(rest).read_to_end(&mut bytes)?;
     }
@@ -425,4 +533,83 @@ fn read_frame<R: Read>(reader: &mut BufReader<R>) -> std::io::Result<Frame> {
         header: parsed,
         bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    /// A frame of `body` bytes (kind and correlation arbitrary), its body a pattern.
+    fn frame_of(body: usize, correlation: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame::put_header(&mut out, 7, frame::FLAG_RESPONSE, correlation, body);
+        out.extend((0..body).map(|i| (i as u64 * 31 + correlation) as u8));
+        out
+    }
+
+    /// The low-water mark must never wait for bytes that are not coming: frames above and
+    /// below the mark's cap, their bodies dribbled out in small writes with pauses, the
+    /// last one's tail too, and nothing after it. A mark left above what is still to come
+    /// hangs the reader here (the test then fails on its deadline).
+    #[test]
+    fn the_reader_gets_every_frame_however_slowly_its_bytes_come() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let sizes = [
+            WAKE_BYTES_MAX * 3 + 5,
+            100 << 10,
+            DIRECT_READ_BYTES as usize,
+            40,
+            WAKE_BYTES_MAX + 1,
+            2 << 20,
+        ];
+        let frames: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| frame_of(n, i as u64))
+            .collect();
+        let sent = frames.clone();
+        let writer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let all: Vec<u8> = sent.concat();
+            // Uneven pieces, a pause now and then: many wake-ups, partial bodies queued.
+            let (mut at, mut piece) = (0, 1usize);
+            while at < all.len() {
+                let n = piece.min(all.len() - at);
+                s.write_all(&all[at..at + n]).expect("write");
+                at += n;
+                piece = piece * 7 % 90_001 + 1;
+                if piece % 5 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            // Stay open (no EOF to wake the reader) until the reader has everything.
+            let mut end = [0u8; 1];
+            let _ = s.read(&mut end);
+        });
+        let stream = TcpStream::connect(addr).expect("connect");
+        let closer = stream.try_clone().expect("clone");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::with_capacity(1 << 20, LowWater::new(stream));
+            for _ in 0..sizes.len() {
+                let frame = read_frame(&mut reader).map(|f| f.bytes);
+                if tx.send(frame).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (i, expected) in frames.iter().enumerate() {
+            let got = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("frame {i} ({} bytes) never came", expected.len()))
+                .expect("read");
+            assert!(got == *expected, "frame {i} differs");
+        }
+        drop(closer.shutdown(std::net::Shutdown::Both));
+        writer.join().expect("writer");
+    }
 }
