@@ -410,11 +410,13 @@ impl LowWater {
         LowWater { stream, mark: 1 }
     }
 
-    /// Sets the mark to `bytes` (at least 1). A failure only leaves wake-ups as they were.
-    fn wake_at(&mut self, bytes: usize) {
+    /// Sets the mark to `bytes` (at least 1). An error leaves the socket's mark unknown,
+    /// so it ends the connection (the reader then stops: waiting on a mark that may be
+    /// above what is coming could wait forever).
+    fn wake_at(&mut self, bytes: usize) -> std::io::Result<()> {
         let bytes = bytes.max(1);
         if bytes == self.mark {
-            return;
+            return Ok(());
         }
         let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
         // SAFETY: setsockopt on the descriptor this struct owns, with a pointer to a
@@ -428,7 +430,11 @@ impl LowWater {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        self.mark = if rc == 0 { bytes } else { 1 };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.mark = bytes;
+        Ok(())
     }
 
     /// Reads `n` more bytes of the current frame onto `out` (fewer only at the end of the
@@ -449,7 +455,9 @@ impl LowWater {
             if rest == 0 {
                 break Ok(());
             }
-            self.wake_at(rest.min(WAKE_BYTES_MAX));
+            if let Err(e) = self.wake_at(rest.min(WAKE_BYTES_MAX)) {
+                break Err(e);
+            }
             let mut ready = libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -483,8 +491,7 @@ impl LowWater {
                 }
             }
         };
-        self.wake_at(1);
-        result
+        result.and(self.wake_at(1))
     }
 }
 
