@@ -111,6 +111,10 @@ pub struct EngineConfig {
     pub topic_defaults: TopicConfig,
     /// How far a partition's tenant index may trail its log (see `indexer.rs`).
     pub index_lag: IndexLag,
+    /// At most this many bytes of the log stay in the page cache, all partitions
+    /// together (`page_cache.rs`); `u64::MAX` (the default): no budget, the kernel
+    /// alone decides.
+    pub page_cache_bytes: u64,
 }
 
 /// Bounds on the tenant index's lag behind the log, in queued updates (16 bytes each).
@@ -144,6 +148,7 @@ impl Default for EngineConfig {
             sync: SyncPolicy::default(),
             topic_defaults: TopicConfig::default(),
             index_lag: IndexLag::default(),
+            page_cache_bytes: u64::MAX,
         }
     }
 }

@@ -181,6 +181,7 @@ impl Engine {
                     flush_queue,
                     config.flush_interval,
                     config.retention_check_interval,
+                    config.page_cache_bytes,
                 )
             })
             .map_err(|e| EngineError::io("spawn flusher", "", e))?;
@@ -391,6 +392,16 @@ impl Engine {
             p.flush()?;
         }
         Ok(())
+    }
+
+    /// Drops the page cache of the oldest sealed segments until the log's cached bytes fit
+    /// the budget (`EngineConfig::page_cache_bytes`), now (the flusher also does so after
+    /// its periodic syncs).
+    pub fn trim_page_cache(&self) -> Result<crate::page_cache::Trimmed> {
+        crate::page_cache::trim(
+            &self.inner.all_partitions(),
+            self.inner.config.page_cache_bytes,
+        )
     }
 
     /// Applies retention to every partition now (the flusher also does so periodically).

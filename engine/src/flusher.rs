@@ -8,8 +8,9 @@
 //! cost about one sync per round, not N.
 //!
 //! Periodically (`flush_interval`) it also syncs every partition with unsynced data, so
-//! dirty pages never pile up into multi-second write-back stalls, and applies retention
-//! every `retention_check_interval`, and compaction (topics with cleanup `compact`).
+//! dirty pages never pile up into multi-second write-back stalls, then keeps the log's
+//! page cache within its budget (`page_cache.rs`), and applies retention every
+//! `retention_check_interval`, and compaction (topics with cleanup `compact`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -60,6 +61,7 @@ pub(crate) fn run(
     queue: Arc<FlushQueue>,
     flush_interval: Duration,
     retention_interval: Duration,
+    page_cache_bytes: u64,
 ) {
     let mut next_periodic = Instant::now() + flush_interval;
     let mut next_retention = Instant::now() + retention_interval;
@@ -90,6 +92,10 @@ pub(crate) fn run(
                     if p.flush().is_ok() {
                         queue.syncs.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                // Right after the syncs: segments they sealed are clean and may go.
+                if let Err(e) = crate::page_cache::trim(&partitions, page_cache_bytes) {
+                    tracing::warn!(error = %e, "page cache trim failed");
                 }
                 next_periodic = now + flush_interval;
             }

@@ -66,6 +66,7 @@ mod indexer;
 pub mod key_map;
 pub mod notify;
 pub mod offset_sort;
+pub mod page_cache;
 pub mod partition;
 pub mod producer;
 pub mod recovery;

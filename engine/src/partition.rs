@@ -1150,6 +1150,26 @@ impl Partition {
         self.durable_offset() < self.next_offset()
     }
 
+    /// For the page cache budget (`page_cache.rs`): the bytes of the segments that keep
+    /// their pages (the active one and those awaiting their seal), and the sealed
+    /// segments whose pages have not been dropped yet, oldest first.
+    pub(crate) fn cache_candidates(&self) -> (u64, Vec<Arc<Segment>>) {
+        // Under the writer lock, so that a segment is never counted sealed between its
+        // roll and its seal.
+        let w = self.lock_writer();
+        let segs = self.segments();
+        let sealed = segs.len().saturating_sub(1 + w.unsealed.len());
+        drop(w);
+        let (sealed, hot) = segs.split_at(sealed);
+        let hot_bytes = hot.iter().map(|s| u64::from(s.len())).sum();
+        let candidates = sealed
+            .iter()
+            .filter(|s| !s.cache_dropped())
+            .cloned()
+            .collect();
+        (hot_bytes, candidates)
+    }
+
     /// Deletes whole sealed segments past the size or age limit, oldest first. Returns
     /// the number of segments deleted. Readers holding a deleted segment keep reading it.
     pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {

@@ -25,7 +25,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -71,7 +71,15 @@ pub struct Segment {
     index_interval_bytes: u32,
     /// Wall-clock time the segment was opened for writing, for age-based rolling.
     opened_ms: i64,
+    /// When this process sealed it, in [`SEALS`] order (0: sealed before the engine
+    /// opened, or not sealed): which sealed segment's pages go first (`page_cache.rs`).
+    sealed_seq: AtomicU64,
+    /// Its pages were handed back to the kernel ([`Segment::drop_cache`]).
+    cache_dropped: AtomicBool,
 }
+
+/// Segments sealed by this process so far: orders them by age across partitions.
+static SEALS: AtomicU64 = AtomicU64::new(0);
 
 /// What a scan over a run of batches found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +186,8 @@ impl Segment {
             index,
             index_interval_bytes,
             opened_ms: fsio::now_ms(),
+            sealed_seq: AtomicU64::new(0),
+            cache_dropped: AtomicBool::new(false),
         };
         Ok(seg)
     }
@@ -226,6 +236,8 @@ impl Segment {
             index,
             index_interval_bytes,
             opened_ms: fsio::now_ms(),
+            sealed_seq: AtomicU64::new(0),
+            cache_dropped: AtomicBool::new(false),
         })
     }
 
@@ -628,7 +640,42 @@ impl Segment {
         self.file
             .sync_all()
             .map_err(|e| EngineError::io("fsync", &self.path, e))?;
-        self.index.trim(policy)
+        self.index.trim(policy)?;
+        self.sealed_seq
+            .store(SEALS.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Its place among sealed segments by age: 0 for one sealed before this process
+    /// opened the log (the oldest), then in the order this process sealed them.
+    pub fn sealed_seq(&self) -> u64 {
+        self.sealed_seq.load(Ordering::Acquire)
+    }
+
+    /// Whether [`Segment::drop_cache`] has run on it.
+    pub fn cache_dropped(&self) -> bool {
+        self.cache_dropped.load(Ordering::Acquire)
+    }
+
+    /// Hands the segment's pages back to the kernel: removes them from this process's
+    /// mapping (a later read faults them in again, from the page cache or the file) and
+    /// asks the kernel to drop them from the page cache. Only for a *sealed* segment:
+    /// its pages are clean (synced), so nothing has to be written back and nothing can be
+    /// lost; pages someone else still holds (a `sendfile` in flight, another process's
+    /// mapping) simply stay. Once per segment; true when this call did it.
+    pub fn drop_cache(&self) -> Result<bool> {
+        if self.cache_dropped.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        if let Some(map) = &self.map {
+            // SAFETY: a shared, read-only file mapping: MADV_DONTNEED only unmaps its
+            // pages, and the next access reads the same bytes back from the file (unlike
+            // a private mapping, nothing is zeroed). Readers never write through it.
+            unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
+                .map_err(|e| EngineError::io("madvise segment", &self.path, e))?;
+        }
+        fsio::drop_cached(&self.file, &self.path)?;
+        Ok(true)
     }
 
     /// Removes the segment's files. Readers holding the segment keep their mapping.

@@ -69,6 +69,14 @@ pub struct ServeArgs {
     /// Apply retention and compaction this often, in ms [default: 10000].
     #[arg(long, env = "TIDELOG_CLEANUP_INTERVAL_MS")]
     pub cleanup_interval_ms: Option<u64>,
+
+    /// Keep at most this many bytes of the log in the page cache, all partitions
+    /// together: past it the pages of the oldest sealed segments are handed back to the
+    /// kernel. Worth setting (e.g. 1073741824) on a VM that returns free memory to its
+    /// host; consumers reading further back then read from disk [default: 0, no
+    /// budget].
+    #[arg(long, env = "TIDELOG_PAGE_CACHE_BYTES")]
+    pub page_cache_bytes: Option<u64>,
 }
 
 /// The same settings, from a TOML file.
@@ -85,6 +93,7 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
     extract_resume_window_secs: Option<u64>,
     cleanup_interval_ms: Option<u64>,
+    page_cache_bytes: Option<u64>,
 }
 
 /// Resolved settings.
@@ -95,6 +104,8 @@ pub struct Settings {
     pub flush_interval: Duration,
     /// How often retention and compaction run.
     pub cleanup_interval: Duration,
+    /// The log's page cache budget in bytes (`u64::MAX`: none).
+    pub page_cache_bytes: u64,
     pub limits: Limits,
 }
 
@@ -156,6 +167,10 @@ pub fn settings(args: &ServeArgs) -> Result<Settings, String> {
                 .unwrap_or(10_000)
                 .max(10),
         ),
+        page_cache_bytes: match args.page_cache_bytes.or(file.page_cache_bytes) {
+            None | Some(0) => u64::MAX,
+            Some(bytes) => bytes,
+        },
         limits,
     })
 }
@@ -178,6 +193,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             EngineConfig {
                 flush_interval: settings.flush_interval,
                 retention_check_interval: settings.cleanup_interval,
+                page_cache_bytes: settings.page_cache_bytes,
                 ..EngineConfig::default()
             },
         )

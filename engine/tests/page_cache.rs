@@ -1,0 +1,159 @@
+//! The page cache budget hands back the pages of the oldest sealed segments, across
+//! partitions, and of no others; the data reads back intact from the files afterwards.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use tidelog_engine::segment::Segment;
+use tidelog_engine::{Engine, EngineConfig};
+
+/// Fraction of `path`'s pages in the page cache (`mincore` over a fresh mapping, which
+/// reports the file's cached pages without touching them).
+fn resident(path: &Path) -> f64 {
+    let file = std::fs::File::open(path).expect("open");
+    let len = file.metadata().expect("stat").len() as usize;
+    assert!(len > 0);
+    // SAFETY: a read-only shared mapping of a file we hold open, unmapped below; its
+    // pages are never read, only asked about.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(at, libc::MAP_FAILED, "mmap");
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let mut pages = vec![0u8; len.div_ceil(page)];
+        assert_eq!(libc::mincore(at, len, pages.as_mut_ptr()), 0, "mincore");
+        libc::munmap(at, len);
+        pages.iter().filter(|&&p| p & 1 == 1).count() as f64 / pages.len() as f64
+    }
+}
+
+fn sealed(engine: &Engine, topic: &str) -> Vec<std::sync::Arc<Segment>> {
+    let segs = partition0(engine, topic).segments();
+    segs[..segs.len() - 1].to_vec()
+}
+
+#[test]
+fn the_budget_drops_the_oldest_sealed_segments_and_the_data_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    const BUDGET: u64 = 256 << 10;
+    let config = EngineConfig {
+        // No periodic round: the test trims when it means to.
+        flush_interval: Duration::from_secs(3600),
+        page_cache_bytes: BUDGET,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(dir.path(), config).expect("open");
+    // "a" written (and sealed) first, so all of its sealed segments are older than b's.
+    for topic in ["a", "b"] {
+        engine
+            .create_topic(topic, small_topic(64 << 10))
+            .expect("create");
+    }
+    let (a, b) = (partition0(&engine, "a"), partition0(&engine, "b"));
+    for i in 0..150 {
+        a.append(&batch_of(i * 4, 4, 1000)).expect("append a");
+    }
+    a.flush().expect("seal a");
+    for i in 0..150 {
+        b.append(&batch_of(i * 4, 4, 1000)).expect("append b");
+    }
+    b.flush().expect("seal b");
+    let (sealed_a, sealed_b) = (sealed(&engine, "a"), sealed(&engine, "b"));
+    assert!(sealed_a.len() >= 5 && sealed_b.len() >= 5);
+    // A reader holding a slice of the oldest segment across the trim.
+    let held = a.read(0, 1 << 20).expect("read");
+    let held_copy = held.to_vec();
+    // Everything just written is in the page cache: what the check below tells apart.
+    assert!(
+        resident(sealed_a[0].path()) > 0.9,
+        "written pages are cached"
+    );
+
+    let trimmed = engine.trim_page_cache().expect("trim");
+
+    // Just enough of the oldest went for the rest to fit.
+    let segs_a = a.segments();
+    let segs_b = b.segments();
+    let all_sealed: Vec<_> = sealed_a.iter().chain(sealed_b.iter()).collect();
+    let hot = u64::from(segs_a[segs_a.len() - 1].len()) + u64::from(segs_b[segs_b.len() - 1].len());
+    let kept: u64 = all_sealed
+        .iter()
+        .filter(|s| !s.cache_dropped())
+        .map(|s| u64::from(s.len()))
+        .sum();
+    assert!(hot + kept <= BUDGET, "what stays fits the budget");
+    let first_kept = all_sealed
+        .iter()
+        .position(|s| !s.cache_dropped())
+        .expect("some sealed segment fits");
+    assert_eq!(trimmed.segments, first_kept);
+    assert!(
+        all_sealed[first_kept..].iter().all(|s| !s.cache_dropped()),
+        "oldest first, across partitions: {first_kept} dropped, then none"
+    );
+    assert!(
+        hot + kept + u64::from(all_sealed[first_kept - 1].len()) > BUDGET,
+        "no more than needed went"
+    );
+    for s in &all_sealed[..first_kept] {
+        let r = resident(s.path());
+        assert!(
+            r < 0.1,
+            "{} still {:.0} % cached",
+            s.path().display(),
+            r * 100.0
+        );
+    }
+    for s in &all_sealed[first_kept..] {
+        assert!(
+            resident(s.path()) > 0.9,
+            "a segment within the budget keeps its pages"
+        );
+    }
+    // A second trim has nothing left to do.
+    assert_eq!(engine.trim_page_cache().expect("trim").segments, 0);
+
+    // Every record comes back, in order, from the files.
+    let expected: Vec<(u64, u64)> = (0..600).map(|n| (n, n)).collect();
+    assert_eq!(read_all(&a), expected);
+    assert_eq!(read_all(&b), expected);
+    assert_eq!(
+        &held[..],
+        &held_copy[..],
+        "a held slice reads the same bytes"
+    );
+    drop(held);
+    engine.close().expect("close");
+}
+
+#[test]
+fn without_a_budget_nothing_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig {
+        flush_interval: Duration::from_secs(3600),
+        page_cache_bytes: u64::MAX,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(dir.path(), config).expect("open");
+    engine
+        .create_topic("a", small_topic(64 << 10))
+        .expect("create");
+    let a = partition0(&engine, "a");
+    for i in 0..150 {
+        a.append(&batch_of(i * 4, 4, 1000)).expect("append");
+    }
+    a.flush().expect("seal");
+    assert_eq!(engine.trim_page_cache().expect("trim").segments, 0);
+    assert!(sealed(&engine, "a").iter().all(|s| !s.cache_dropped()));
+    engine.close().expect("close");
+}
