@@ -133,6 +133,91 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// The size of a page, as `mincore` and `madvise` count them.
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+/// The page-aligned span of memory that holds `bytes`: (start, length).
+fn page_span(bytes: &[u8]) -> (usize, usize) {
+    let page = page_size();
+    let start = bytes.as_ptr() as usize & !(page - 1);
+    let end = (bytes.as_ptr() as usize + bytes.len()).next_multiple_of(page);
+    (start, end - start)
+}
+
+/// Whether every page under `bytes` (part of a file mapping) is in the page cache
+/// (`mincore`). An error (which a valid mapping does not give) answers true: the caller
+/// then reads as it would have without asking.
+pub fn resident(bytes: &[u8]) -> bool {
+    /// Pages asked about per call: one 4 KiB vector on the stack covers 16 MiB.
+    const PAGES_PER_CALL: usize = 4096;
+    if bytes.is_empty() {
+        return true;
+    }
+    let page = page_size();
+    let (mut start, len) = page_span(bytes);
+    let end = start + len;
+    let mut vec = [0u8; PAGES_PER_CALL];
+    while start < end {
+        let pages = ((end - start) / page).min(PAGES_PER_CALL);
+        // SAFETY: [start, start + pages * page) lies within the mapping that holds
+        // `bytes` (page-aligned, and a mapping covers whole pages); the kernel writes one
+        // byte per page into `vec`, which has room for `pages`.
+        let rc =
+            unsafe { libc::mincore(start as *mut libc::c_void, pages * page, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return true;
+        }
+        if vec[..pages].iter().any(|v| v & 1 == 0) {
+            return false;
+        }
+        start += pages * page;
+    }
+    true
+}
+
+/// Asks the kernel to start reading `[offset, offset+len)` of `file` into the page cache
+/// (`POSIX_FADV_WILLNEED`), without waiting for it. Failure only loses the hint.
+pub fn will_need(file: &File, offset: u64, len: u64) {
+    // SAFETY: plain syscall on an open descriptor.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
+/// Brings every page under `bytes` (part of a shared, read-only file mapping) into the
+/// page cache and the mapping, returning once they are there: `MADV_POPULATE_READ`
+/// (Linux 5.14), or a read of one byte per page where the kernel lacks it.
+pub fn populate(bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let (start, len) = page_span(bytes);
+    // SAFETY: the span lies within the mapping that holds `bytes`; POPULATE_READ only
+    // faults pages in for reading, as reading them would.
+    let rc = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_READ) };
+    if rc != 0 {
+        let mut sum = 0u8;
+        for at in (0..bytes.len()).step_by(page_size()) {
+            // SAFETY: a reference to a byte of `bytes`, valid for reads. Volatile, so that
+            // the loop is not optimised away: each read faults its page in.
+            sum ^= unsafe { std::ptr::read_volatile(&bytes[at]) };
+        }
+        std::hint::black_box(sum);
+    }
+}
+
 /// Zeroes `[offset, offset+len)` of a file in place, keeping its blocks allocated
 /// (FALLOC_FL_ZERO_RANGE). Returns false if the file system cannot, so the caller zeroes
 /// by hand.

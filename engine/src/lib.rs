@@ -87,6 +87,7 @@ pub use error::{EngineError, Result};
 pub use extract::TenantSnapshot;
 pub use notify::{Change, Watcher};
 pub use partition::{
-    Appended, CheckedBatch, Fetched, IndexNotes, Partition, RunOutcome, SeekFrom, TenantInfo,
+    Appended, CheckedBatch, ColdSpan, Fetched, IndexNotes, Partition, RunOutcome, SeekFrom,
+    TenantInfo,
 };
 pub use recovery::{RecoveryReport, Truncation};

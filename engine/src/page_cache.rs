@@ -54,7 +54,7 @@ pub(crate) fn trim(partitions: &[Arc<Partition>], budget: u64) -> Result<Trimmed
         hot += hot_bytes;
         sealed.extend(candidates);
     }
-    sealed.sort_by_key(|s| (s.sealed_seq(), s.base_offset()));
+    sealed.sort_by_key(|s| (s.cache_seq(), s.base_offset()));
     let sizes: Vec<u64> = sealed.iter().map(|s| u64::from(s.len())).collect();
     let mut trimmed = Trimmed::default();
     for seg in &sealed[..oldest_over(hot, &sizes, budget)] {

@@ -128,6 +128,31 @@ impl Fetched {
     }
 }
 
+/// Bytes of one segment that a read is about to touch and that are not all in the page
+/// cache ([`Partition::cold_span`]). Holding it keeps the segment mapped.
+#[derive(Debug, Clone)]
+pub struct ColdSpan {
+    segment: Arc<Segment>,
+    start: u32,
+    end: u32,
+}
+
+impl ColdSpan {
+    /// Reads the span into the page cache, returning once it is there (a disk read per
+    /// page that was not): for a thread that may wait.
+    pub fn warm(&self) {
+        self.segment.warm(self.start, self.end);
+    }
+
+    pub fn len(&self) -> u32 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
 impl Deref for Fetched {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -959,6 +984,41 @@ impl Partition {
         let high_watermark = self.next_offset();
         let segs = self.segments();
         Self::read_in(&segs, high_watermark, from, max_bytes)
+    }
+
+    /// Where a [`Partition::read`] from `from` of up to `max_bytes` would find pages out
+    /// of the page cache: the span of the segment it would read (from the index entry at
+    /// or before `from`, one index interval more than `max_bytes`), if some page of it is
+    /// not cached. `None` when all of it is, when the read would fail or find nothing, and
+    /// without asking the kernel for the tail this process has just written
+    /// ([`Segment::may_be_cold`]). A thread that must not wait for the disk warms the
+    /// span on one that may ([`ColdSpan::warm`]) before it reads.
+    pub fn cold_span(&self, from: u64, max_bytes: u32) -> Option<ColdSpan> {
+        let segs = self.segments();
+        let idx = segs
+            .partition_point(|s| s.base_offset() <= from)
+            .checked_sub(1)?;
+        let seg = &segs[idx];
+        if !seg.may_be_cold() || from >= seg.next_offset() {
+            return None;
+        }
+        let relative = u32::try_from(from - seg.base_offset()).ok()?;
+        let start = seg
+            .index()
+            .lookup_offset(relative)
+            .map_or(0, |e| e.position);
+        let end = start
+            .saturating_add(max_bytes)
+            .saturating_add(self.config.index_interval_bytes)
+            .min(seg.len());
+        if seg.resident(start, end) {
+            return None;
+        }
+        Some(ColdSpan {
+            segment: seg.clone(),
+            start,
+            end,
+        })
     }
 
     /// As [`Partition::read`], from a segment list taken earlier (see

@@ -71,15 +71,25 @@ pub struct Segment {
     index_interval_bytes: u32,
     /// Wall-clock time the segment was opened for writing, for age-based rolling.
     opened_ms: i64,
-    /// When this process sealed it, in [`SEALS`] order (0: sealed before the engine
-    /// opened, or not sealed): which sealed segment's pages go first (`page_cache.rs`).
-    sealed_seq: AtomicU64,
+    /// Its place in the page cache budget's order ([`CACHE_ORDER`]): when this process
+    /// sealed it, or last read it back in after its pages were dropped (0: sealed before
+    /// the engine opened, or not sealed). The lowest go first (`page_cache.rs`).
+    cache_seq: AtomicU64,
+    /// Every page of it came from this process's own writes: it was empty when opened.
+    /// Until it is sealed, such a segment is the tail readers follow, which they read
+    /// from the page cache (see [`Segment::may_be_cold`]).
+    fresh: bool,
     /// Its pages were handed back to the kernel ([`Segment::drop_cache`]).
     cache_dropped: AtomicBool,
 }
 
-/// Segments sealed by this process so far: orders them by age across partitions.
-static SEALS: AtomicU64 = AtomicU64::new(0);
+/// Segments sealed (or read back in) by this process so far: orders them by age across
+/// partitions for the page cache budget.
+static CACHE_ORDER: AtomicU64 = AtomicU64::new(0);
+
+fn next_cache_seq() -> u64 {
+    CACHE_ORDER.fetch_add(1, Ordering::Relaxed) + 1
+}
 
 /// What a scan over a run of batches found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,7 +196,8 @@ impl Segment {
             index,
             index_interval_bytes,
             opened_ms: fsio::now_ms(),
-            sealed_seq: AtomicU64::new(0),
+            cache_seq: AtomicU64::new(0),
+            fresh: len == 0,
             cache_dropped: AtomicBool::new(false),
         };
         Ok(seg)
@@ -236,7 +247,8 @@ impl Segment {
             index,
             index_interval_bytes,
             opened_ms: fsio::now_ms(),
-            sealed_seq: AtomicU64::new(0),
+            cache_seq: AtomicU64::new(0),
+            fresh: false,
             cache_dropped: AtomicBool::new(false),
         })
     }
@@ -641,15 +653,56 @@ impl Segment {
             .sync_all()
             .map_err(|e| EngineError::io("fsync", &self.path, e))?;
         self.index.trim(policy)?;
-        self.sealed_seq
-            .store(SEALS.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Release);
+        self.cache_seq.store(next_cache_seq(), Ordering::Release);
         Ok(())
     }
 
-    /// Its place among sealed segments by age: 0 for one sealed before this process
-    /// opened the log (the oldest), then in the order this process sealed them.
-    pub fn sealed_seq(&self) -> u64 {
-        self.sealed_seq.load(Ordering::Acquire)
+    /// Its place among sealed segments by age, for the page cache budget: 0 for one
+    /// sealed before this process opened the log (the oldest), then in the order this
+    /// process sealed them or read them back in after a drop ([`Segment::warm`]).
+    pub fn cache_seq(&self) -> u64 {
+        self.cache_seq.load(Ordering::Acquire)
+    }
+
+    /// Whether a read of it may find pages out of the page cache: anything but a segment
+    /// this process created and has not sealed yet (the active one and those awaiting
+    /// their seal, whose pages it has just written). Readers check the others
+    /// ([`Segment::resident`]) before reading them on a thread that must not wait for a
+    /// disk.
+    pub fn may_be_cold(&self) -> bool {
+        !self.fresh || self.cache_seq() > 0 || self.cache_dropped()
+    }
+
+    /// Whether every page of the published bytes `[from, to)` is in the page cache
+    /// (`mincore`): about 0.5 µs for a few pages, 6 µs for a MiB of pages this mapping has
+    /// not touched (`sendfile` reads them without mapping them).
+    pub fn resident(&self, from: u32, to: u32) -> bool {
+        let to = to.min(self.len());
+        match self.bytes(from.min(to), to) {
+            Some(bytes) => fsio::resident(bytes),
+            None => true,
+        }
+    }
+
+    /// Reads the published bytes `[from, to)` into the page cache and this mapping,
+    /// returning once they are there: a disk read for every page that was not. For a
+    /// thread that may wait (the server's reader), so that the one that must not (the
+    /// event loop) then finds them in memory. Once a segment whose pages the budget
+    /// dropped is read back in, the budget counts it again, as its youngest.
+    pub fn warm(&self, from: u32, to: u32) {
+        let to = to.min(self.len());
+        let Some(bytes) = self.bytes(from.min(to), to) else {
+            return;
+        };
+        if bytes.is_empty() {
+            return;
+        }
+        // The whole range's reads go to the disk at once, then we wait for them.
+        fsio::will_need(&self.file, u64::from(from), bytes.len() as u64);
+        fsio::populate(bytes);
+        if self.cache_dropped.swap(false, Ordering::AcqRel) {
+            self.cache_seq.store(next_cache_seq(), Ordering::Release);
+        }
     }
 
     /// Whether [`Segment::drop_cache`] has run on it.

@@ -157,3 +157,101 @@ fn without_a_budget_nothing_is_dropped() {
     assert!(sealed(&engine, "a").iter().all(|s| !s.cache_dropped()));
     engine.close().expect("close");
 }
+
+/// Drops a segment's clean pages from this process's mapping and the page cache, as
+/// memory pressure would.
+fn reclaim(segment: &Segment) {
+    if let Some(bytes) = segment.bytes(0, segment.len()).filter(|b| !b.is_empty()) {
+        let page = 4096;
+        let start = bytes.as_ptr() as usize & !(page - 1);
+        let len = bytes.as_ptr() as usize + bytes.len() - start;
+        // SAFETY: whole pages of the segment's shared, read-only file mapping: DONTNEED
+        // unmaps them, and the next read maps the same bytes from the file again.
+        let rc = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+        assert_eq!(rc, 0, "madvise");
+    }
+    let file = std::fs::File::open(segment.path()).expect("open");
+    // SAFETY: plain syscall on an open descriptor.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "fadvise");
+}
+
+#[test]
+fn a_read_of_dropped_pages_is_found_cold_warmed_and_counted_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    const BUDGET: u64 = 256 << 10;
+    let config = EngineConfig {
+        flush_interval: Duration::from_secs(3600),
+        page_cache_bytes: BUDGET,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(dir.path(), config.clone()).expect("open");
+    engine
+        .create_topic("a", small_topic(64 << 10))
+        .expect("create");
+    let a = partition0(&engine, "a");
+    for i in 0..150 {
+        a.append(&batch_of(i * 4, 4, 1000)).expect("append");
+    }
+    a.flush().expect("seal");
+    let last = a.next_offset() - 1;
+    // All of it was just written: nothing is cold.
+    assert!(
+        a.cold_span(0, 64 << 10).is_none(),
+        "written pages are cached"
+    );
+    assert!(a.cold_span(last, 64 << 10).is_none(), "the tail is cached");
+
+    let trimmed = engine.trim_page_cache().expect("trim");
+    assert!(trimmed.segments >= 2);
+    let segs = sealed(&engine, "a");
+    assert!(segs[0].cache_dropped());
+    let span = a
+        .cold_span(0, 64 << 10)
+        .expect("the oldest segment's pages were dropped");
+    assert!(!span.is_empty());
+    assert!(
+        a.cold_span(last, 64 << 10).is_none(),
+        "the tail keeps its pages"
+    );
+
+    span.warm();
+    assert!(resident(segs[0].path()) > 0.9, "warmed into the page cache");
+    assert!(a.cold_span(0, 64 << 10).is_none(), "and no longer cold");
+    // Read back in, the segment counts against the budget again, as the youngest: the
+    // next trim hands back older ones first and keeps the one being read.
+    assert!(!segs[0].cache_dropped());
+    assert!(segs[1..]
+        .iter()
+        .all(|s| s.cache_seq() < segs[0].cache_seq()));
+    let trimmed = engine.trim_page_cache().expect("trim");
+    assert!(trimmed.segments >= 1, "over the budget again");
+    assert!(!segs[0].cache_dropped(), "the segment just read stays");
+    assert!(resident(segs[0].path()) > 0.9);
+    let expected: Vec<(u64, u64)> = (0..600).map(|n| (n, n)).collect();
+    assert_eq!(read_all(&a), expected);
+    drop((a, segs, span));
+    engine.close().expect("close");
+
+    // After a restart every segment was read from disk by someone else: its pages may be
+    // anywhere, so readers ask.
+    let engine = Engine::open(dir.path(), config).expect("reopen");
+    let a = partition0(&engine, "a");
+    // As memory pressure would (the open's own reads brought them in, and its reads ahead
+    // may still be landing).
+    for _ in 0..100 {
+        a.segments().iter().for_each(|s| reclaim(s));
+        if a.segments().iter().all(|s| resident(s.path()) < 0.1) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let active_base = a.segments().last().expect("active").base_offset();
+    assert!(a.cold_span(0, 64 << 10).is_some(), "evicted");
+    assert!(
+        a.cold_span(active_base, 4 << 10).is_some(),
+        "the reopened active segment was not written by this process"
+    );
+    assert_eq!(read_all(&a), expected);
+    engine.close().expect("close");
+}

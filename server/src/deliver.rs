@@ -19,7 +19,7 @@ use tidelog_protocol::{kind, ErrorCode, ProtocolError};
 use crate::connection::Connection;
 use crate::outbox::Outbox;
 use crate::state::{to_protocol, Limits};
-use crate::worker::{Job, ReadJob, Worker};
+use crate::worker::{Job, ReadJob, Waiter, Worker};
 
 /// The bytes to send for a run of batches: zero-copy slices and re-encoded batches.
 #[derive(Debug, Default)]
@@ -179,16 +179,18 @@ const EXTRACT_CHUNK_BYTES: u32 = 1 << 20;
 const EXTRACT_READ_AHEAD_BYTES: u64 = 2 << 20;
 
 /// Pushes what subscription or extraction `id` may receive now. `token` is the
-/// connection's; an extraction's reads go to `worker`.
+/// connection's; an extraction's reads go to `worker`, a subscription's reads of pages
+/// out of the page cache to `reader` first.
 pub fn pump(
     conn: &mut Connection,
     token: usize,
     id: u32,
     limits: &Limits,
     worker: &mut Worker,
+    reader: &mut Worker,
 ) -> Pumped {
     if conn.subscriptions.contains_key(&id) {
-        pump_subscription(conn, id, limits)
+        pump_subscription(conn, token, id, limits, reader)
     } else {
         pump_extraction(conn, token, id, limits, worker)
     }
@@ -285,8 +287,15 @@ fn end_extraction(conn: &mut Connection, id: u32, error: &ProtocolError) -> Pump
 }
 
 /// Pushes what subscription `id` may receive now: whole batches from its position, within
-/// its credit and the connection's buffered-bytes limit.
-fn pump_subscription(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped {
+/// its credit and the connection's buffered-bytes limit. A read that would find its pages
+/// out of the page cache waits for `reader` to bring them in (`cold.rs`).
+fn pump_subscription(
+    conn: &mut Connection,
+    token: usize,
+    id: u32,
+    limits: &Limits,
+    reader: &mut Worker,
+) -> Pumped {
     let mut scanned = 0;
     loop {
         if conn.outbox.bytes() >= limits.buffered_bytes_max {
@@ -296,13 +305,31 @@ fn pump_subscription(conn: &mut Connection, id: u32, limits: &Limits) -> Pumped 
         let Some(sub) = conn.subscriptions.get_mut(&id) else {
             return Pumped::Ended;
         };
-        if sub.credit_bytes == 0 || sub.next_offset >= sub.partition.next_offset() {
+        if sub.credit_bytes == 0
+            || sub.warming.is_some()
+            || sub.next_offset >= sub.partition.next_offset()
+        {
             return Pumped::Idle;
         }
         if scanned >= PUMP_SCAN_BYTES_MAX {
             return Pumped::More;
         }
         let want = sub.credit_bytes.min(u64::from(limits.fetch_bytes_max)) as u32;
+        if sub.warmed_at != Some(sub.next_offset) {
+            let waiter = Waiter::Subscription(id);
+            let cold = crate::cold::to_reader(
+                reader,
+                token,
+                waiter,
+                &sub.partition,
+                sub.next_offset,
+                want,
+            );
+            if let Some(seq) = cold {
+                sub.warming = Some(seq);
+                return Pumped::Idle;
+            }
+        }
         let fetched = match sub.partition.read(sub.next_offset, want) {
             Ok(f) => f,
             Err(e) => {

@@ -20,7 +20,7 @@ use tidelog_protocol::{
 use crate::connection::{Connection, Freezing};
 use crate::deliver;
 use crate::extraction::{Extraction, Resumable, ResumeSpec};
-use crate::state::{key_of, to_protocol, LongPoll, State};
+use crate::state::{key_of, to_protocol, ColdFetch, FetchArgs, LongPoll, State};
 use crate::subscription::Subscription;
 use crate::worker;
 
@@ -304,24 +304,15 @@ fn execute<'a>(
             tenant,
         } => {
             let p = state.partition(topic, partition)?;
-            let from = p.resolve(seek(start));
-            let max_bytes = max_bytes.clamp(1, state.limits.fetch_bytes_max);
-            let fetched = p.read(from, max_bytes).map_err(e)?;
-            if fetched.is_empty() && max_wait_ms > 0 {
-                let wait = Duration::from_millis(u64::from(max_wait_ms)).min(state.limits.max_wait);
-                state.long_polls.push(LongPoll {
-                    token,
-                    correlation,
-                    key: key_of(&p),
-                    partition: p,
-                    from,
-                    max_bytes,
-                    tenant: tenant.map(<[u8]>::to_vec),
-                    deadline: Instant::now() + wait,
-                });
-            } else {
-                deliver::send_fetched(&mut conn.outbox, correlation, partition, &fetched, tenant);
-            }
+            let args = FetchArgs {
+                correlation,
+                from: p.resolve(seek(start)),
+                partition: p,
+                max_bytes: max_bytes.clamp(1, state.limits.fetch_bytes_max),
+                max_wait_ms,
+                tenant: tenant.map(<[u8]>::to_vec),
+            };
+            fetch(state, token, conn, args, false).map_err(e)?;
             Reply::Handled
         }
         Request::Subscribe {
@@ -370,6 +361,8 @@ fn execute<'a>(
                     credit_bytes: u64::from(credit_bytes),
                     tenant: tenant.map(<[u8]>::to_vec),
                     criteria: (!filter.is_empty()).then(|| criteria_of(&filter)),
+                    warming: None,
+                    warmed_at: None,
                 },
             );
             conn.outbox.encode(|out| {
@@ -523,6 +516,60 @@ fn execute<'a>(
             Reply::Handled
         }
     })
+}
+
+/// Answers a FETCH: now, or parked until data arrives (a long poll), or — if its pages
+/// are out of the page cache and it has not been `warmed` yet — once the reader thread
+/// has read them in (`cold.rs`).
+pub fn fetch(
+    state: &mut State,
+    token: usize,
+    conn: &mut Connection,
+    args: FetchArgs,
+    warmed: bool,
+) -> Result<(), tidelog_engine::EngineError> {
+    if !warmed {
+        let cold = crate::cold::to_reader(
+            &mut state.reader,
+            token,
+            worker::Waiter::Fetch,
+            &args.partition,
+            args.from,
+            args.max_bytes,
+        );
+        if let Some(seq) = cold {
+            state.cold_fetches.push(ColdFetch {
+                seq,
+                token,
+                fetch: args,
+            });
+            return Ok(());
+        }
+    }
+    let fetched = args.partition.read(args.from, args.max_bytes)?;
+    if fetched.is_empty() && args.max_wait_ms > 0 {
+        let wait = Duration::from_millis(u64::from(args.max_wait_ms)).min(state.limits.max_wait);
+        state.long_polls.push(LongPoll {
+            token,
+            correlation: args.correlation,
+            key: key_of(&args.partition),
+            partition: args.partition,
+            from: args.from,
+            max_bytes: args.max_bytes,
+            tenant: args.tenant,
+            deadline: Instant::now() + wait,
+        });
+    } else {
+        let partition = args.partition.id();
+        deliver::send_fetched(
+            &mut conn.outbox,
+            args.correlation,
+            partition,
+            &fetched,
+            args.tenant.as_deref(),
+        );
+    }
+    Ok(())
 }
 
 /// The answer to a request whose work the worker thread would have done, when it is gone

@@ -25,7 +25,7 @@ use crate::deliver::{self, Pumped};
 use crate::dispatch;
 use crate::notices::Pending;
 use crate::state::State;
-use crate::worker::Done;
+use crate::worker::{Done, Waiter};
 
 /// Quiet time after which a connection's large input buffer is given back.
 const INPUT_SHRINK_AFTER: Duration = Duration::from_secs(1);
@@ -113,7 +113,8 @@ impl EventLoop {
                 });
                 let drained = self.conns.iter().flatten().all(|c| c.outbox.is_empty())
                     && self.state.pending_acks.is_empty()
-                    && !self.state.worker.busy();
+                    && !self.state.worker.busy()
+                    && !self.state.reader.busy();
                 if drained || Instant::now() >= until {
                     return Ok(());
                 }
@@ -129,6 +130,7 @@ impl EventLoop {
         if !self.state.to_pump.is_empty()
             || self.conns.iter().flatten().any(readable)
             || self.state.worker.any_done()
+            || self.state.reader.any_done()
             // Changes this thread made after the tick took the notices (it woke nobody).
             || self.state.notices.any()
         {
@@ -155,11 +157,14 @@ impl EventLoop {
     /// (on the connection only if it still waits for that job), and hands read chunks to
     /// their extractions (only if still theirs) to be pumped.
     fn finish_work(&mut self) {
-        if !self.state.worker.any_done() {
+        if !self.state.worker.any_done() && !self.state.reader.any_done() {
             return;
         }
-        for done in self.state.worker.take_done() {
+        let mut done = self.state.worker.take_done();
+        done.extend(self.state.reader.take_done());
+        for done in done {
             match done {
+                Done::Warmed(job) => self.warmed(job),
                 Done::Frozen(frozen) => {
                     let Some(conn) = conn_at(&mut self.conns, frozen.job.conn) else {
                         continue;
@@ -192,6 +197,50 @@ impl EventLoop {
                     ex.read_done(read.reader, read.result);
                     self.state.to_pump.push((read.conn, read.extraction));
                 }
+            }
+        }
+    }
+
+    /// The reader has brought a fetch's or a subscription's pages into the page cache:
+    /// answer the fetch now, or pump the subscription (only if it still waits for that
+    /// job).
+    fn warmed(&mut self, job: crate::worker::WarmJob) {
+        match job.waiter {
+            Waiter::Fetch => {
+                let Some(i) = self
+                    .state
+                    .cold_fetches
+                    .iter()
+                    .position(|c| c.seq == job.seq)
+                else {
+                    return; // its connection closed meanwhile
+                };
+                let cold = self.state.cold_fetches.swap_remove(i);
+                let Some(conn) = conn_at(&mut self.conns, cold.token) else {
+                    return;
+                };
+                let correlation = cold.fetch.correlation;
+                if let Err(e) = dispatch::fetch(&mut self.state, cold.token, conn, cold.fetch, true)
+                {
+                    let error = crate::state::to_protocol(&e);
+                    conn.outbox.encode(|out| {
+                        encode_error(out, tidelog_protocol::kind::FETCH, correlation, &error)
+                    });
+                }
+            }
+            Waiter::Subscription(id) => {
+                let Some(conn) = conn_at(&mut self.conns, job.conn) else {
+                    return;
+                };
+                let Some(sub) = conn.subscriptions.get_mut(&id) else {
+                    return;
+                };
+                if sub.warming != Some(job.seq) {
+                    return; // not this subscription's job (closed, id reused)
+                }
+                sub.warming = None;
+                sub.warmed_at = Some(sub.next_offset);
+                self.state.to_pump.push((job.conn, id));
             }
         }
     }
@@ -406,7 +455,8 @@ impl EventLoop {
                 .subscriptions
                 .get(&id)
                 .map(|s| crate::state::key_of(&s.partition));
-            match deliver::pump(conn, token, id, &limits, &mut self.state.worker) {
+            let (worker, reader) = (&mut self.state.worker, &mut self.state.reader);
+            match deliver::pump(conn, token, id, &limits, worker, reader) {
                 Pumped::Idle => {}
                 Pumped::More => self.state.to_pump.push((token, id)),
                 Pumped::Ended => {
@@ -429,6 +479,7 @@ impl EventLoop {
             self.state.unsubscribe(token, &key, id);
         }
         self.state.long_polls.retain(|lp| lp.token != token);
+        self.state.cold_fetches.retain(|c| c.token != token);
         self.state.pending_acks.retain(|a| a.token != token);
         self.state.to_pump.retain(|&(t, _)| t != token);
         self.state.groups.connection_closed(token);

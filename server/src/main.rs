@@ -14,6 +14,7 @@
 //!   `state.rs` — what handlers share, limits, error mapping.
 
 mod cli;
+mod cold;
 mod connection;
 mod deliver;
 mod dispatch;

@@ -75,6 +75,27 @@ pub struct LongPoll {
     pub deadline: Instant,
 }
 
+/// A fetch whose pages the reader thread is bringing into the page cache: answered,
+/// exactly as if it had just arrived, once they are there.
+#[derive(Debug)]
+pub struct ColdFetch {
+    /// The reader's job for it.
+    pub seq: u64,
+    pub token: usize,
+    pub fetch: FetchArgs,
+}
+
+/// What a FETCH asks for, resolved.
+#[derive(Debug, Clone)]
+pub struct FetchArgs {
+    pub correlation: u64,
+    pub partition: Arc<Partition>,
+    pub from: u64,
+    pub max_bytes: u32,
+    pub max_wait_ms: u32,
+    pub tenant: Option<Vec<u8>>,
+}
+
 #[derive(Debug)]
 pub struct State {
     pub engine: Arc<Engine>,
@@ -95,8 +116,13 @@ pub struct State {
     pub next_token: u64,
     /// Consumer groups.
     pub groups: crate::groups::Coordinator,
-    /// Takes state extractions' snapshots off the loop.
+    /// Takes state extractions' snapshots, their reads and TENANT_INFO off the loop.
     pub worker: crate::worker::Worker,
+    /// Reads the pages of fetches and subscriptions that found them out of the page
+    /// cache, so that the loop never waits for the disk (`cold.rs`).
+    pub reader: crate::worker::Worker,
+    /// Fetches waiting for the reader.
+    pub cold_fetches: Vec<ColdFetch>,
     /// What checking a group of publishes noted for the tenant index (kept to be reused).
     pub index_notes: tidelog_engine::IndexNotes,
 }

@@ -21,4 +21,10 @@ pub struct Subscription {
     pub tenant: Option<Vec<u8>>,
     /// Only records meeting these criteria, when set (decided record by record).
     pub criteria: Option<tidelog_engine::extract::Criteria>,
+    /// The reader's job bringing the pages of its next read into the page cache
+    /// (`cold.rs`): not pumped until it is done.
+    pub warming: Option<u64>,
+    /// The position whose pages the reader has read in: read from there without asking
+    /// again.
+    pub warmed_at: Option<u64>,
 }

@@ -20,13 +20,19 @@
 //! - An extraction has at most one read out, and its reader (its position) travels with
 //!   it: chunks come back in order.
 //! - Jobs run one at a time, in order: a burst of extractions costs one core, not many.
+//!
+//! Two threads run this: `tidelog-worker` takes the extraction work and TENANT_INFO,
+//! `tidelog-reader` the cold reads of fetches and subscriptions (`cold.rs`), so that a
+//! consumer's wait for the disk never queues behind a freeze of a million keys, nor a
+//! freeze behind a disk.
 
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tidelog_engine::extract::Criteria;
-use tidelog_engine::{EngineError, Partition, TenantInfo, TenantSnapshot};
+use tidelog_engine::{ColdSpan, EngineError, Partition, TenantInfo, TenantSnapshot};
 
 use crate::extraction::{Reader, Step};
 use crate::notices::Notices;
@@ -36,6 +42,25 @@ pub enum Job {
     Freeze(FreezeJob),
     Read(ReadJob),
     Info(InfoJob),
+    Warm(WarmJob),
+}
+
+/// Pages a fetch or a subscription is about to read and found out of the page cache
+/// (`cold.rs`): read them in, then tell the loop.
+#[derive(Debug)]
+pub struct WarmJob {
+    pub conn: usize,
+    /// Who waits: a parked fetch or a subscription of `conn`.
+    pub waiter: Waiter,
+    /// Matches the waiter's (a result for a closed connection or a reused id is dropped).
+    pub seq: u64,
+    pub span: ColdSpan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiter {
+    Fetch,
+    Subscription(u32),
 }
 
 /// Everything the EXTRACT needs again once its snapshot is frozen.
@@ -80,6 +105,7 @@ pub enum Done {
     Frozen(Frozen),
     Read(ReadDone),
     Info(InfoDone),
+    Warmed(WarmJob),
 }
 
 #[derive(Debug)]
@@ -116,13 +142,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn start(notices: Arc<Notices>) -> std::io::Result<Worker> {
+    /// Starts a worker thread called `name`, which waits `warm_delay` before each
+    /// [`WarmJob`] (tests: a slow disk; zero otherwise).
+    pub fn start(
+        name: &str,
+        notices: Arc<Notices>,
+        warm_delay: Duration,
+    ) -> std::io::Result<Worker> {
         let (tx, rx) = mpsc::channel::<Job>();
         let done = Arc::new(Mutex::new(Vec::new()));
         let results = done.clone();
         let thread = std::thread::Builder::new()
-            .name("tidelog-worker".into())
-            .spawn(move || work(&rx, &results, &notices))?;
+            .name(name.into())
+            .spawn(move || work(&rx, &results, &notices, warm_delay))?;
         Ok(Worker {
             jobs: Some(tx),
             done,
@@ -179,7 +211,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn work(jobs: &Receiver<Job>, done: &Mutex<Vec<Done>>, notices: &Notices) {
+fn work(jobs: &Receiver<Job>, done: &Mutex<Vec<Done>>, notices: &Notices, warm_delay: Duration) {
     while let Ok(job) = jobs.recv() {
         let result = match job {
             Job::Freeze(job) => {
@@ -189,6 +221,13 @@ fn work(jobs: &Receiver<Job>, done: &Mutex<Vec<Done>>, notices: &Notices) {
             Job::Info(job) => {
                 let info = job.partition.tenant_info(&job.tenant);
                 Done::Info(InfoDone { job, info })
+            }
+            Job::Warm(job) => {
+                if !warm_delay.is_zero() {
+                    std::thread::sleep(warm_delay);
+                }
+                job.span.warm();
+                Done::Warmed(job)
             }
             Job::Read(mut job) => {
                 let result = job.reader.step(job.max_bytes);

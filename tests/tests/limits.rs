@@ -1,7 +1,8 @@
 //! Explicit limits: a connection over `connections_max` is refused with
 //! `ServerOverloaded` and the connections inside the limit keep working; an idle
 //! connection is closed after `idle_timeout_secs`; past `--page-cache-bytes` the oldest
-//! sealed segments leave the page cache and their records still read.
+//! sealed segments leave the page cache and their records still read, from the disk on
+//! the reader thread while everyone else is served.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -86,10 +87,18 @@ fn cached_fraction(path: &std::path::Path) -> f64 {
     }
 }
 
-#[test]
-fn the_page_cache_budget_hands_back_old_segments_and_their_records_still_read() {
-    use tidelog_client::{Record, StartAt, TopicSettings};
-    let server = Server::start_with(&["--page-cache-bytes", "262144", "--flush-interval-ms", "20"]);
+/// The value of record `i` of [`old_records_out_of_the_cache`]'s log.
+fn value_of(i: u64) -> Vec<u8> {
+    let mut v = i.to_le_bytes().to_vec();
+    v.resize(1000, (i % 251) as u8);
+    v
+}
+
+/// Publishes 1 200 records of 1 000 bytes to topic `t` (64 KiB segments) of a server with
+/// a 256 KiB page cache budget, and waits until the oldest segment has left the page
+/// cache.
+fn old_records_out_of_the_cache(server: &Server) {
+    use tidelog_client::{Record, TopicSettings};
     let client = server.client();
     client
         .create_topic(
@@ -101,15 +110,10 @@ fn the_page_cache_budget_hands_back_old_segments_and_their_records_still_read() 
             },
         )
         .expect("create");
-    let value = |i: u64| {
-        let mut v = i.to_le_bytes().to_vec();
-        v.resize(1000, (i % 251) as u8);
-        v
-    };
     for b in 0..300u64 {
         let records: Vec<Record> = (b * 4..b * 4 + 4)
             .map(|i| Record {
-                value: Some(value(i)),
+                value: Some(value_of(i)),
                 ..Record::default()
             })
             .collect();
@@ -131,6 +135,15 @@ fn the_page_cache_budget_hands_back_old_segments_and_their_records_still_read() 
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn the_page_cache_budget_hands_back_old_segments_and_their_records_still_read() {
+    use tidelog_client::StartAt;
+    let server = Server::start_with(&["--page-cache-bytes", "262144", "--flush-interval-ms", "20"]);
+    old_records_out_of_the_cache(&server);
+    let client = server.client();
+    let value = value_of;
     // Every record reads back, from the files.
     let mut next = 0u64;
     while next < 1200 {
@@ -143,6 +156,93 @@ fn the_page_cache_budget_hands_back_old_segments_and_their_records_still_read() 
             assert_eq!(r.value.as_deref(), Some(&value(next)[..]));
             next += 1;
         }
+    }
+    server.stop();
+}
+
+/// A consumer reading records whose pages are out of the page cache waits for the disk on
+/// the reader thread, not on the event loop: made slow (3 s per cold read), its fetch and
+/// its subscription take that long while another client publishes and reads the tail
+/// meanwhile; and what they get is what they would have got at once.
+#[test]
+fn a_consumer_reading_from_the_disk_does_not_hold_up_the_others() {
+    use std::time::Instant;
+    use tidelog_client::{Record, StartAt, WINDOW_BYTES_DEFAULT};
+    const DELAY: Duration = Duration::from_secs(3);
+    let server = Server::start_with(&[
+        "--page-cache-bytes",
+        "262144",
+        "--flush-interval-ms",
+        "20",
+        "--cold-read-delay-ms",
+        "3000",
+    ]);
+    old_records_out_of_the_cache(&server);
+
+    let cold_client = server.client();
+    let sub_client = server.client();
+    let asked = Instant::now();
+    let cold_fetch = std::thread::spawn(move || {
+        let fetched = cold_client
+            .fetch("t", 0, StartAt::Offset(0), 64 << 10, Duration::ZERO, None)
+            .expect("cold fetch");
+        (fetched, Instant::now())
+    });
+    let subscriber = std::thread::spawn(move || {
+        let mut sub = sub_client
+            .subscribe("t", 0, StartAt::Earliest, None, WINDOW_BYTES_DEFAULT)
+            .expect("subscribe");
+        let first = sub
+            .next_timeout(Duration::from_secs(30))
+            .expect("subscription")
+            .expect("a record within 30 s");
+        let first_at = Instant::now();
+        assert_eq!(first.offset, 0);
+        assert_eq!(first.value.as_deref(), Some(&value_of(0)[..]));
+        // The rest of the oldest segment (each further cold segment would wait 3 s more).
+        for next in 1..40 {
+            let r = sub
+                .next_timeout(Duration::from_secs(30))
+                .expect("subscription")
+                .expect("records keep coming");
+            assert_eq!(r.offset, next, "in order, no gap");
+            assert_eq!(r.value.as_deref(), Some(&value_of(next)[..]));
+        }
+        first_at
+    });
+
+    // Meanwhile another client publishes and reads the tail.
+    std::thread::sleep(Duration::from_millis(300));
+    let other = server.client();
+    let records: Vec<Record> = (1200..1204)
+        .map(|i| Record {
+            value: Some(value_of(i)),
+            ..Record::default()
+        })
+        .collect();
+    tidelog_e2e::publish_batch(&other, "t", 0, &records);
+    let tail = other
+        .fetch("t", 0, StartAt::Offset(1200), 1 << 20, Duration::ZERO, None)
+        .expect("tail fetch");
+    assert_eq!(tail.records.len(), 4);
+    let others_done = Instant::now();
+
+    let (fetched, fetched_at) = cold_fetch.join().expect("cold fetch thread");
+    let first_at = subscriber.join().expect("subscriber thread");
+    assert!(
+        fetched_at.duration_since(asked) >= DELAY - Duration::from_millis(100),
+        "the cold fetch went to the reader ({:?})",
+        fetched_at.duration_since(asked)
+    );
+    assert!(
+        others_done < fetched_at && others_done < first_at,
+        "the publish and the tail read were served while the cold reads waited"
+    );
+    // The same answer as a fetch from the cache would give.
+    assert!(!fetched.records.is_empty());
+    for (i, r) in fetched.records.iter().enumerate() {
+        assert_eq!(r.offset, i as u64);
+        assert_eq!(r.value.as_deref(), Some(&value_of(i as u64)[..]));
     }
     server.stop();
 }

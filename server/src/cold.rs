@@ -1,0 +1,54 @@
+//! Cold reads: a fetch or a subscription about to read pages that are not in the page
+//! cache has them read in on the reader thread first, so the event loop never waits for
+//! the disk.
+//!
+//! A read on the loop that faults a page in from the disk (walking batch headers in the
+//! mapping, or `sendfile` from the file) stalls every connection for that long: a
+//! consumer catching up on data older than the page cache holds (after a restart, past
+//! the page cache budget, or under memory pressure) would delay every publish and every
+//! live subscriber behind it. So before reading a segment that may be cold
+//! (`Segment::may_be_cold`: anything but the tail this process has just written), the
+//! loop asks the kernel which pages it holds (`Partition::cold_span`, `mincore`); if some
+//! are missing, the reader thread reads them in (`ColdSpan::warm`) while the loop goes
+//! on, and the read is made once they are there.
+//!
+//! Invariants:
+//! - The answer is the same as without this: a parked fetch is answered exactly as if it
+//!   had just arrived (data, a long poll, or an error), a subscription resumes where it
+//!   stood. Only when it is answered changes.
+//! - A read is sent to the reader at most once: once warmed, it is made even if the kernel
+//!   has dropped some pages again meanwhile (memory pressure could otherwise send it
+//!   round forever).
+//! - A result goes only to the fetch or subscription that waits for exactly that job (its
+//!   sequence number): a connection closed meanwhile drops its parked fetches, and a
+//!   subscription id reused on a reused slot waits for no job or another one.
+//! - Without a reader thread (it stopped), reads happen on the loop, as before.
+
+use std::sync::Arc;
+
+use tidelog_engine::Partition;
+
+use crate::worker::{Job, Waiter, WarmJob, Worker};
+
+/// Sends the read of `max_bytes` from `from` to the reader if it would find pages out of
+/// the page cache. Returns the job's sequence number, or `None` when the read can be
+/// made now.
+pub fn to_reader(
+    reader: &mut Worker,
+    conn: usize,
+    waiter: Waiter,
+    partition: &Arc<Partition>,
+    from: u64,
+    max_bytes: u32,
+) -> Option<u64> {
+    let span = partition.cold_span(from, max_bytes)?;
+    let seq = reader.next_seq();
+    reader
+        .submit(Job::Warm(WarmJob {
+            conn,
+            waiter,
+            seq,
+            span,
+        }))
+        .then_some(seq)
+}
