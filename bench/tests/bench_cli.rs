@@ -3,11 +3,9 @@
 
 use std::process::Command;
 
-fn run(args: &[&str]) -> serde_json::Value {
+/// `tidelog-bench --json ARGS`, which must succeed: its one JSON object.
+fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_tidelog-bench"))
-        .arg("--spawn-server")
-        .arg("--tidelog-bin")
-        .arg(tidelog_e2e::binary())
         .arg("--json")
         .args(args)
         .output()
@@ -18,6 +16,17 @@ fn run(args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+/// A scenario against a server `tidelog-bench` spawns for it.
+fn run(args: &[&str]) -> serde_json::Value {
+    let bin = tidelog_e2e::binary();
+    let spawn = [
+        "--spawn-server",
+        "--tidelog-bin",
+        bin.to_str().expect("utf-8 path"),
+    ];
+    bench(&[&spawn[..], args].concat())
 }
 
 fn check(report: &serde_json::Value, scenario: &str, records: u64) {
@@ -222,4 +231,35 @@ fn index_cost_compares_keyed_and_plain_bursts_and_verifies_both() {
             "{field} in {report}"
         );
     }
+}
+
+/// `consume --existing` reads what a topic already holds — here what an earlier `publish`
+/// run left on a server both runs share — and verifies it, publishing nothing itself.
+#[test]
+fn consume_existing_reads_back_what_an_earlier_run_left() {
+    let server = tidelog_e2e::Server::start();
+    let addr = server.addr.to_string();
+    let bench = |args: &[&str]| bench(&[&["--server", addr.as_str()][..], args].concat());
+    let common = [
+        "--topic",
+        "kept",
+        "--record-size",
+        "120",
+        "--producers",
+        "2",
+    ];
+    let published = bench(
+        &[
+            &["publish", "--count", "12000", "--partitions", "2"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    check(&published, "publish", 12000);
+    let existing = bench(&[&["consume", "--existing"], &common[..]].concat());
+    check(&existing, "consume", 12000);
+    // Twice: nothing was added by the first read.
+    let again = bench(&[&["consume", "--existing"], &common[..]].concat());
+    check(&again, "consume", 12000);
+    server.stop();
 }

@@ -182,6 +182,66 @@ pub fn resident(bytes: &[u8]) -> bool {
     true
 }
 
+/// `cachestat(2)`'s number: one for every architecture (Linux 6.5 on; the `libc` crate
+/// does not name it everywhere yet).
+const SYS_CACHESTAT: libc::c_long = 451;
+/// Set once `cachestat` has answered ENOSYS: the kernel predates it.
+static NO_CACHESTAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether every page of `[offset, offset+len)` of `file` is in the page cache, counting
+/// pages still being read in (`cachestat`: it walks the cache's entries, a whole large
+/// folio at a time, about 0.25 µs for a MiB against `mincore`'s 7–10 µs, which looks each
+/// page up). `None` where the kernel lacks `cachestat` (before 6.5).
+pub fn all_cached(file: &File, offset: u64, len: u64) -> Option<bool> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    use std::sync::atomic::Ordering;
+    if len == 0 {
+        return Some(true);
+    }
+    if NO_CACHESTAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let page = page_size() as u64;
+    let first = offset & !(page - 1);
+    let end = (offset + len).next_multiple_of(page);
+    let range = Range {
+        off: first,
+        len: end - first,
+    };
+    let mut stat = Stat::default();
+    // SAFETY: the kernel reads `range` and writes `stat`, both live, properly laid out
+    // (struct cachestat_range / struct cachestat) locals; flags must be 0.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    if rc != 0 {
+        if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            NO_CACHESTAT.store(true, Ordering::Relaxed);
+        }
+        return None;
+    }
+    Some(stat.nr_cache >= (end - first) / page)
+}
+
 /// Asks the kernel to start reading `[offset, offset+len)` of `file` into the page cache
 /// (`POSIX_FADV_WILLNEED`), without waiting for it. Failure only loses the hint.
 pub fn will_need(file: &File, offset: u64, len: u64) {

@@ -41,7 +41,7 @@ use crate::indexer::IndexerHandle;
 use crate::key_map::key_hash;
 use crate::notify::{Change, WaitPoint, Watcher};
 use crate::producer::{BatchRecord, ProducerState, SequenceCheck};
-use crate::segment::Segment;
+use crate::segment::{Segment, WARM_AHEAD_BYTES};
 use crate::tenant_index::{Note, PendingUpdates, TenantIndex};
 
 pub const PRODUCER_SNAPSHOT_FILE: &str = "producers.snapshot";
@@ -135,13 +135,22 @@ pub struct ColdSpan {
     segment: Arc<Segment>,
     start: u32,
     end: u32,
+    must_wait: bool,
 }
 
 impl ColdSpan {
     /// Reads the span into the page cache, returning once it is there (a disk read per
-    /// page that was not): for a thread that may wait.
+    /// page that was not), and asks for the read-ahead past it: for a thread that may
+    /// wait.
     pub fn warm(&self) {
         self.segment.warm(self.start, self.end);
+    }
+
+    /// Whether some page of the span is out of the page cache: the read must wait for
+    /// [`ColdSpan::warm`]. Otherwise only the read-ahead past it is due, and the read can
+    /// be made now.
+    pub fn must_wait(&self) -> bool {
+        self.must_wait
     }
 
     pub fn len(&self) -> u32 {
@@ -989,10 +998,14 @@ impl Partition {
     /// Where a [`Partition::read`] from `from` of up to `max_bytes` would find pages out
     /// of the page cache: the span of the segment it would read (from the index entry at
     /// or before `from`, one index interval more than `max_bytes`), if some page of it is
-    /// not cached. `None` when all of it is, when the read would fail or find nothing, and
-    /// without asking the kernel for the tail this process has just written
-    /// ([`Segment::may_be_cold`]). A thread that must not wait for the disk warms the
-    /// span on one that may ([`ColdSpan::warm`]) before it reads.
+    /// not cached ([`ColdSpan::must_wait`]) — or if all of it is but the page half a
+    /// read-ahead past it ([`WARM_AHEAD_BYTES`]) is not: a reader going on in order is
+    /// about to run out of what was read ahead for it, and warming the span asks for the
+    /// next read-ahead (the kernel's own read-ahead marker, for reads it does not see
+    /// coming). `None` when there is nothing to do, when the read would fail or find
+    /// nothing, and without asking the kernel for the tail this process has just written
+    /// ([`Segment::may_be_cold`]). A thread that must not wait for the disk warms the span
+    /// on one that may ([`ColdSpan::warm`]), before it reads if it must wait.
     pub fn cold_span(&self, from: u64, max_bytes: u32) -> Option<ColdSpan> {
         let segs = self.segments();
         let idx = segs
@@ -1011,13 +1024,20 @@ impl Partition {
             .saturating_add(max_bytes)
             .saturating_add(self.config.index_interval_bytes)
             .min(seg.len());
-        if seg.resident(start, end) {
-            return None;
-        }
-        Some(ColdSpan {
+        // The read-ahead marker: asked for already (read in or not) unless missing.
+        let marker = end.saturating_add(WARM_AHEAD_BYTES / 2).min(seg.len());
+        // One look at all of it first: in the usual case (everything cached) the only
+        // other question is whether the span's last page has been read in yet (pages of a
+        // read come in in order, so a read-ahead still in flight shows there).
+        let all_cached = seg.cached(start, marker.saturating_add(1));
+        let span_cached = all_cached || seg.cached(start, end);
+        let must_wait = !span_cached || !seg.resident(end.saturating_sub(1).max(start), end);
+        let ahead_missing = !all_cached && marker < seg.len() && !seg.cached(marker, marker + 1);
+        (must_wait || ahead_missing).then(|| ColdSpan {
             segment: seg.clone(),
             start,
             end,
+            must_wait,
         })
     }
 

@@ -255,3 +255,82 @@ fn a_read_of_dropped_pages_is_found_cold_warmed_and_counted_again() {
     assert_eq!(read_all(&a), expected);
     engine.close().expect("close");
 }
+
+/// Waits (up to 10 s) until `f` holds: the kernel's reads asked for without waiting land
+/// when they land.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A reader going through a cold segment in order: its first read must wait for the
+/// span, which brings the read-ahead past it in too; reads within the read-ahead find
+/// nothing to do; the read whose marker (half a read-ahead on) is missing asks for more
+/// without waiting itself.
+#[test]
+fn warming_reads_ahead_and_the_marker_asks_for_more_in_time() {
+    use tidelog_engine::segment::WARM_AHEAD_BYTES;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig {
+        flush_interval: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(dir.path(), config).expect("open");
+    let topic = tidelog_engine::TopicConfig {
+        partitions: 1,
+        segment_bytes: 64 << 20,
+        ..tidelog_engine::TopicConfig::default()
+    };
+    engine.create_topic("a", topic).expect("create");
+    let a = partition0(&engine, "a");
+    // 24 MiB: 1 536 batches of 16 records of 1 000 bytes (~16 KiB each).
+    for i in 0..1536 {
+        a.append(&batch_of(i * 16, 16, 1000)).expect("append");
+    }
+    engine.close().expect("close");
+    let engine = Engine::open(dir.path(), EngineConfig::default()).expect("reopen");
+    let a = partition0(&engine, "a");
+    let seg = a.segments()[0].clone();
+    for _ in 0..100 {
+        reclaim(&seg);
+        if resident(seg.path()) < 0.01 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cached_at = |position: u32| seg.resident(position, position + 1);
+    const MIB: u32 = 1 << 20;
+    let offset_near = |position: u32| {
+        // Records are ~16.4 KiB a batch of 16: the first offset of the batch near there.
+        u64::from(position / 16_400) * 16
+    };
+
+    // Cold: the first read must wait.
+    let first = a.cold_span(0, MIB).expect("cold");
+    assert!(first.must_wait());
+    first.warm();
+    assert!(seg.resident(0, MIB), "the span is in once warm returns");
+    eventually("the read-ahead past the span lands", || {
+        cached_at(MIB + WARM_AHEAD_BYTES - 4096)
+    });
+
+    // Inside the read-ahead, with the marker there too: nothing to do.
+    assert!(a.cold_span(offset_near(2 * MIB), MIB).is_none());
+
+    // Further on the marker (half a read-ahead past the span) is missing: more is asked
+    // for, and this read itself need not wait.
+    let on = a
+        .cold_span(offset_near(5 * MIB), MIB)
+        .expect("the marker is missing");
+    assert!(!on.must_wait(), "its own pages are in");
+    on.warm();
+    eventually("the next read-ahead lands", || cached_at(12 * MIB));
+    assert_eq!(read_all(&a).len(), 1536 * 16);
+    engine.close().expect("close");
+}

@@ -10,7 +10,11 @@
 //! (`Segment::may_be_cold`: anything but the tail this process has just written), the
 //! loop asks the kernel which pages it holds (`Partition::cold_span`, `mincore`); if some
 //! are missing, the reader thread reads them in (`ColdSpan::warm`) while the loop goes
-//! on, and the read is made once they are there.
+//! on, and the read is made once they are there. The reader also reads ahead of each
+//! such read (8 MiB), and is asked to read further ahead, with no one waiting, when a
+//! read finds its own pages cached but not those half that far past it: a consumer
+//! catching up in order is served from the page cache while the disk works ahead of it,
+//! as the kernel's read-ahead would do for reads it saw coming.
 //!
 //! Invariants:
 //! - The answer is the same as without this: a parked fetch is answered exactly as if it
@@ -32,7 +36,7 @@ use crate::worker::{Job, Waiter, WarmJob, Worker};
 
 /// Sends the read of `max_bytes` from `from` to the reader if it would find pages out of
 /// the page cache. Returns the job's sequence number, or `None` when the read can be
-/// made now.
+/// made now — perhaps with the reader asked to read ahead of it, without anyone waiting.
 pub fn to_reader(
     reader: &mut Worker,
     conn: usize,
@@ -42,13 +46,13 @@ pub fn to_reader(
     max_bytes: u32,
 ) -> Option<u64> {
     let span = partition.cold_span(from, max_bytes)?;
+    let must_wait = span.must_wait();
     let seq = reader.next_seq();
-    reader
-        .submit(Job::Warm(WarmJob {
-            conn,
-            waiter,
-            seq,
-            span,
-        }))
-        .then_some(seq)
+    let job = Job::Warm(WarmJob {
+        conn,
+        waiter: if must_wait { waiter } else { Waiter::Nobody },
+        seq,
+        span,
+    });
+    (reader.submit(job) && must_wait).then_some(seq)
 }

@@ -206,6 +206,7 @@ impl EventLoop {
     /// job).
     fn warmed(&mut self, job: crate::worker::WarmJob) {
         match job.waiter {
+            Waiter::Nobody => {}
             Waiter::Fetch => {
                 let Some(i) = self
                     .state

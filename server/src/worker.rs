@@ -61,6 +61,8 @@ pub struct WarmJob {
 pub enum Waiter {
     Fetch,
     Subscription(u32),
+    /// A read-ahead: the read that found it due was made at once.
+    Nobody,
 }
 
 /// Everything the EXTRACT needs again once its snapshot is frozen.

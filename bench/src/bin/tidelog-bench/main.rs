@@ -139,7 +139,16 @@ enum Scenario {
         prefill: u64,
     },
     /// Consumers fetch data already in the log from earliest.
-    Consume(Options),
+    Consume {
+        #[command(flatten)]
+        options: Options,
+        /// Read what --topic already holds (from earliest to its end as the run starts)
+        /// instead of publishing --count records first: e.g. a log a `publish` run left,
+        /// whose pages are no longer in the page cache. Verified against the sequence
+        /// numbers in the records (give --producers as that run had them).
+        #[arg(long, requires = "topic")]
+        existing: bool,
+    },
     /// The tenant index's cost on publish: keyed and plain bursts in turn on one server.
     IndexCost {
         #[command(flatten)]
@@ -376,7 +385,7 @@ fn main() -> ExitCode {
     let done = Arc::new(AtomicBool::new(false));
     let (name, options) = match &cli.scenario {
         Scenario::Publish { options, .. } => ("publish", options),
-        Scenario::Consume(o) => ("consume", o),
+        Scenario::Consume { options, .. } => ("consume", options),
         Scenario::IndexCost { options, .. } => ("index-cost", options),
         Scenario::E2e { options, .. } => ("e2e", options),
         Scenario::Extract { options, .. } => ("extract", options),
@@ -411,7 +420,9 @@ fn main() -> ExitCode {
     let bar = progress_bar(bar_total, counter.clone(), done.clone());
     let result = match &cli.scenario {
         Scenario::Publish { .. } => scenarios::publish(&target, &common, &counter),
-        Scenario::Consume(_) => scenarios::consume(&target, &common, &counter),
+        Scenario::Consume { existing, .. } => {
+            scenarios::consume(&target, &common, *existing, &counter)
+        }
         Scenario::IndexCost { burst, .. } => {
             index_cost::index_cost(&target, &common, *burst, &counter)
         }

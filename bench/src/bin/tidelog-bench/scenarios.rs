@@ -501,14 +501,27 @@ pub fn publish(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result
     })
 }
 
-pub fn consume(target: &Target, c: &Common, progress: &Arc<AtomicU64>) -> Result<Report, String> {
-    create_topic(&target.connect()?, c)?;
-    let fill = Common {
-        ack: Ack::Written,
-        ..c.clone()
+/// Consumers read a topic from earliest: one `--count` records are first published to,
+/// or (`existing`) one that already holds them.
+pub fn consume(
+    target: &Target,
+    c: &Common,
+    existing: bool,
+    progress: &Arc<AtomicU64>,
+) -> Result<Report, String> {
+    let verifier = if existing {
+        // Whatever the run that wrote it sent: every sequence up to the highest seen.
+        Verifier::open_ended(c.producers as usize)
+    } else {
+        create_topic(&target.connect()?, c)?;
+        let fill = Common {
+            ack: Ack::Written,
+            ..c.clone()
+        };
+        let counts = run_producers(target, &fill, None, &Arc::new(AtomicU64::new(0)))?.counts;
+        Verifier::new(&counts)
     };
-    let counts = run_producers(target, &fill, None, &Arc::new(AtomicU64::new(0)))?.counts;
-    let verifier = Arc::new(Mutex::new(Verifier::new(&counts)));
+    let verifier = Arc::new(Mutex::new(verifier));
     let started = Instant::now();
     let (records, bytes) = read_back(target, c, &[], &verifier, c.consumers, progress)?;
     let seconds = started.elapsed().as_secs_f64();
