@@ -316,7 +316,7 @@ fn pump_subscription(
         }
         let want = sub.credit_bytes.min(u64::from(limits.fetch_bytes_max)) as u32;
         if sub.warmed_at != Some(sub.next_offset) {
-            let waiter = Waiter::Subscription(id);
+            let waiter = || Waiter::Subscription(id);
             let cold = crate::cold::to_reader(
                 reader,
                 token,

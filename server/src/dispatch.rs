@@ -532,7 +532,7 @@ pub fn fetch(
         let cold = crate::cold::to_reader(
             &mut state.reader,
             token,
-            worker::Waiter::Fetch,
+            || worker::Waiter::Fetch,
             &args.partition,
             args.from,
             args.max_bytes,

@@ -207,6 +207,11 @@ impl EventLoop {
     fn warmed(&mut self, job: crate::worker::WarmJob) {
         match job.waiter {
             Waiter::Nobody => {}
+            Waiter::Queue {
+                group,
+                partition,
+                at,
+            } => self.state.groups.warmed(&group, partition, at),
             Waiter::Fetch => {
                 let Some(i) = self
                     .state
@@ -322,7 +327,11 @@ impl EventLoop {
         self.state.resumable.retain(|_, r| r.expires > now);
         self.state.groups.expire(now);
         let engine = self.state.engine.clone();
-        let queue = self.state.groups.queue_tick(&engine, now, &appended);
+        let reader = &mut self.state.reader;
+        let queue = self
+            .state
+            .groups
+            .queue_tick(&engine, now, &appended, reader);
         self.state.pending_acks.extend(queue.acks);
         for (token, frame) in queue.frames {
             if let Some(conn) = self.conn_mut(token) {

@@ -57,10 +57,16 @@ pub struct WarmJob {
     pub span: ColdSpan,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Waiter {
     Fetch,
     Subscription(u32),
+    /// A queue group's partition, reading from `at`.
+    Queue {
+        group: String,
+        partition: u32,
+        at: u64,
+    },
     /// A read-ahead: the read that found it due was made at once.
     Nobody,
 }

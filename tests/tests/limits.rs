@@ -161,13 +161,13 @@ fn the_page_cache_budget_hands_back_old_segments_and_their_records_still_read() 
 }
 
 /// A consumer reading records whose pages are out of the page cache waits for the disk on
-/// the reader thread, not on the event loop: made slow (3 s per cold read), its fetch and
-/// its subscription take that long while another client publishes and reads the tail
-/// meanwhile; and what they get is what they would have got at once.
+/// the reader thread, not on the event loop: made slow (3 s per cold read), its fetch, its
+/// subscription and a queue group's poll take that long while another client publishes
+/// and reads the tail meanwhile; and what they get is what they would have got at once.
 #[test]
 fn a_consumer_reading_from_the_disk_does_not_hold_up_the_others() {
     use std::time::Instant;
-    use tidelog_client::{Record, StartAt, WINDOW_BYTES_DEFAULT};
+    use tidelog_client::{QueueConfig, QueueConsumer, Record, StartAt, WINDOW_BYTES_DEFAULT};
     const DELAY: Duration = Duration::from_secs(3);
     let server = Server::start_with(&[
         "--page-cache-bytes",
@@ -211,6 +211,24 @@ fn a_consumer_reading_from_the_disk_does_not_hold_up_the_others() {
         first_at
     });
 
+    let queue_client = server.client();
+    let queue = std::thread::spawn(move || {
+        let mut q = QueueConsumer::join(&queue_client, "q", "t", &QueueConfig::default())
+            .expect("join the queue group");
+        let mut got = Vec::new();
+        let mut first_at = None;
+        while got.len() < 40 {
+            let polled = q.poll(40, Duration::from_secs(30)).expect("poll");
+            assert!(!polled.is_empty(), "records within 30 s");
+            first_at.get_or_insert_with(Instant::now);
+            for r in polled {
+                q.ack(&r);
+                got.push((r.record.offset, r.record.value.clone()));
+            }
+        }
+        (got, first_at.expect("polled"))
+    });
+
     // Meanwhile another client publishes and reads the tail.
     std::thread::sleep(Duration::from_millis(300));
     let other = server.client();
@@ -229,15 +247,21 @@ fn a_consumer_reading_from_the_disk_does_not_hold_up_the_others() {
 
     let (fetched, fetched_at) = cold_fetch.join().expect("cold fetch thread");
     let first_at = subscriber.join().expect("subscriber thread");
+    let (queued, queued_at) = queue.join().expect("queue thread");
     assert!(
         fetched_at.duration_since(asked) >= DELAY - Duration::from_millis(100),
         "the cold fetch went to the reader ({:?})",
         fetched_at.duration_since(asked)
     );
     assert!(
-        others_done < fetched_at && others_done < first_at,
+        others_done < fetched_at && others_done < first_at && others_done < queued_at,
         "the publish and the tail read were served while the cold reads waited"
     );
+    // The queue group hands out the oldest records first, intact.
+    for (i, (offset, value)) in queued.iter().take(40).enumerate() {
+        assert_eq!(*offset, i as u64);
+        assert_eq!(value.as_deref(), Some(&value_of(i as u64)[..]));
+    }
     // The same answer as a fetch from the cache would give.
     assert!(!fetched.records.is_empty());
     for (i, r) in fetched.records.iter().enumerate() {

@@ -37,6 +37,7 @@ use tidelog_protocol::{kind, ErrorCode, ProtocolError, Response};
 
 use crate::connection::Connection;
 use crate::state::{key_of, to_protocol, PendingAck, State};
+use crate::worker::Worker;
 use queue::{QueueConfig, QueueGroup};
 use stream::{Beat, CommittedOffset, StreamGroup};
 
@@ -136,6 +137,7 @@ impl Coordinator {
         engine: &Engine,
         now: Instant,
         appended: &HashSet<String>,
+        reader: &mut Worker,
     ) -> QueueTick {
         let mut out = QueueTick::default();
         let now_ms = tidelog_engine::fsio::now_ms();
@@ -182,7 +184,8 @@ impl Coordinator {
                     continue;
                 }
                 let mut frame = Vec::new();
-                match deliver(engine, g, pp.member, pp.max_records, pp.max_bytes, now_ms) {
+                let (member, records, bytes) = (pp.member, pp.max_records, pp.max_bytes);
+                match deliver(engine, &pp.group, g, member, records, bytes, now_ms, reader) {
                     Ok(parts) if parts.is_empty() && !expired => {
                         self.parked.push(pp);
                         continue;
@@ -242,6 +245,20 @@ impl Coordinator {
             }
         }
         out
+    }
+
+    /// The reader has read in the pages queue group `group`'s partition `partition`
+    /// waited for, from `at`: read from there now, and look at the group's parked polls
+    /// again.
+    pub fn warmed(&mut self, group: &str, partition: u32, at: u64) {
+        let Some(g) = self.queues.get_mut(group) else {
+            return;
+        };
+        if let Some(sp) = g.partitions.get_mut(partition as usize) {
+            sp.warming = false;
+            sp.warmed_at = Some(at);
+        }
+        self.touched.insert(group.to_string());
     }
 
     /// When queue work next has something to do (a lease ends, a record becomes
@@ -755,7 +772,17 @@ pub fn handle(
             let client = format!("{} {}", conn.peer, conn.client_name);
             let member = g.member(member_id, &client, now);
             let now_ms = tidelog_engine::fsio::now_ms();
-            let parts = deliver(&engine, g, member, max_records, max_bytes, now_ms)?;
+            let reader = &mut state.reader;
+            let parts = deliver(
+                &engine,
+                group,
+                g,
+                member,
+                max_records,
+                max_bytes,
+                now_ms,
+                reader,
+            )?;
             if parts.is_empty() && max_wait_ms > 0 {
                 if co.parked.len() >= PARKED_POLLS_MAX {
                     return Err(ProtocolError::new(
@@ -834,14 +861,18 @@ type LeasedPart = (u32, Vec<(u64, u32)>, Vec<u8>);
 
 /// One delivery to `member`: from each partition in turn (round robin), waiting records
 /// whose time has come, up to `max_records` and about `max_bytes`, leased until now + the
-/// visibility timeout.
+/// visibility timeout. A partition whose reads would find pages out of the page cache is
+/// skipped until `reader` has read them in (`cold.rs`); the group is looked at again then.
+#[allow(clippy::too_many_arguments)]
 fn deliver(
     engine: &Engine,
+    name: &str,
     g: &mut QueueGroup,
     member: u32,
     max_records: u32,
     max_bytes: u32,
     now_ms: i64,
+    reader: &mut Worker,
 ) -> Result<Vec<LeasedPart>, ProtocolError> {
     let e = |err| to_protocol(&err);
     let topic = engine.topic(&g.topic).map_err(e)?;
@@ -866,9 +897,19 @@ fn deliver(
                 "retention removed records a queue group had not settled"
             );
         }
+        // What `fill` would read: the whole window once after a restart (its keys), else
+        // from the window's end while it has room.
+        let fills = if !sp.keys_known && g.config.per_key_ordering {
+            Some(sp.start)
+        } else {
+            (sp.room(g.config.max_in_flight) > 0 && sp.next() < p.next_offset()).then(|| sp.next())
+        };
+        if fills.is_some_and(|at| crate::cold::queue_waits(reader, name, p, sp, at)) {
+            continue;
+        }
         queue_io::fill(sp, p, &g.config).map_err(e)?;
         let offsets = sp.deliverable(now_ms, g.config.per_key_ordering, left);
-        if offsets.is_empty() {
+        if offsets.is_empty() || crate::cold::queue_waits(reader, name, p, sp, offsets[0]) {
             continue;
         }
         let (batches, included) =

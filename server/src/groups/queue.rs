@@ -147,6 +147,12 @@ pub struct SharePartition {
     /// No waiting record becomes deliverable before this (a lower bound, exact after a
     /// scan): when a parked poll should look again.
     wake_ms: i64,
+    /// The reader thread is bringing pages this window must read into the page cache
+    /// (`cold.rs`): the partition is skipped until it is done. Not persisted.
+    pub warming: bool,
+    /// The position whose pages the reader has read in: read from there without asking
+    /// again. Not persisted.
+    pub warmed_at: Option<u64>,
 }
 
 /// What a settlement did.

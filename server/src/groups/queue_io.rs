@@ -26,7 +26,7 @@ use super::queue::{QueueConfig, QueueGroup, SharePartition};
 pub const QUEUES_TOPIC: &str = "__tidelog_queues";
 const CONFIG_KEY: &[u8] = b"\0config";
 /// Bytes read from the log per step when filling or delivering.
-const READ_STEP_BYTES: u32 = 1 << 20;
+pub const READ_STEP_BYTES: u32 = 1 << 20;
 /// Dead letters are appended in batches of at most this many bytes.
 const DEAD_LETTER_BATCH_BYTES: usize = 4 << 20;
 
