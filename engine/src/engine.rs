@@ -18,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,12 @@ pub struct TopicInfo {
 pub(crate) struct EngineInner {
     data_dir: PathBuf,
     config: EngineConfig,
+    /// Held only for a lookup or to insert or remove an entry, never while files are made
+    /// or removed: an appender looks its partition up here on every request.
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serialises topic changes (create, delete, add partitions), which make and remove
+    /// files for milliseconds to hundreds of them, outside the map's lock.
+    topic_changes: Mutex<()>,
     services: Services,
     flush_queue: Arc<FlushQueue>,
     _lock: File,
@@ -164,6 +169,7 @@ impl Engine {
             data_dir,
             config: config.clone(),
             topics: RwLock::new(topics),
+            topic_changes: Mutex::new(()),
             services,
             flush_queue: flush_queue.clone(),
             _lock: lock,
@@ -215,8 +221,8 @@ impl Engine {
     pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<Arc<Topic>> {
         topic::validate_name(name)?;
         config.validate()?;
-        let mut topics = self.inner.topics.write().unwrap_or_else(|p| p.into_inner());
-        if topics.contains_key(name) {
+        let _changing = self.lock_topic_changes();
+        if self.topic(name).is_ok() {
             return Err(EngineError::TopicExists(name.to_string()));
         }
         let topics_dir = self.inner.data_dir.join("topics");
@@ -250,7 +256,11 @@ impl Engine {
             partitions.push(partition.into_arc());
         }
         let topic = Arc::new(Topic::new(name_arc, dir, meta, partitions));
-        topics.insert(name.to_string(), topic.clone());
+        self.inner
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), topic.clone());
         tracing::info!(
             topic = name,
             partitions = config.partitions,
@@ -261,11 +271,8 @@ impl Engine {
 
     /// Increases a topic's partition count (partitions are never removed).
     pub fn add_partitions(&self, name: &str, partitions: u32) -> Result<Arc<Topic>> {
-        let topics = self.inner.topics.write().unwrap_or_else(|p| p.into_inner());
-        let topic = topics
-            .get(name)
-            .cloned()
-            .ok_or_else(|| EngineError::UnknownTopic(name.to_string()))?;
+        let _changing = self.lock_topic_changes();
+        let topic = self.topic(name)?;
         let mut meta = topic.meta();
         if partitions < meta.config.partitions {
             return Err(EngineError::InvalidConfig(format!(
@@ -295,8 +302,12 @@ impl Engine {
 
     /// Deletes a topic and its data. Readers holding its segments keep their mappings.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
-        let mut topics = self.inner.topics.write().unwrap_or_else(|p| p.into_inner());
-        let topic = topics
+        let _changing = self.lock_topic_changes();
+        let topic = self
+            .inner
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
             .remove(name)
             .ok_or_else(|| EngineError::UnknownTopic(name.to_string()))?;
         let topics_dir = self.inner.data_dir.join("topics");
@@ -306,6 +317,13 @@ impl Engine {
         fs::remove_dir_all(&grave).map_err(|e| EngineError::io("remove", &grave, e))?;
         tracing::info!(topic = name, "topic deleted");
         Ok(())
+    }
+
+    fn lock_topic_changes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .topic_changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {

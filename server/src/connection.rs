@@ -51,6 +51,9 @@ pub struct Connection {
     pub extractions: HashMap<u32, Extraction>,
     /// State extractions whose snapshot the worker is taking, by id: not answered yet.
     pub freezing: HashMap<u32, Freezing>,
+    /// A topic change (create, delete, add partitions) of this connection's is out on the
+    /// worker thread: its later requests wait, unread, so that they still run after it.
+    pub admin_pending: bool,
 }
 
 /// A state extraction waiting for its snapshot.
@@ -97,6 +100,7 @@ impl Connection {
             subscriptions: HashMap::new(),
             extractions: HashMap::new(),
             freezing: HashMap::new(),
+            admin_pending: false,
         }
     }
 

@@ -40,7 +40,10 @@ pub fn handle_frames(
 ) -> usize {
     let mut i = 0;
     while i < frames.len() {
-        if conn.closing || conn.outbox.bytes() >= state.limits.buffered_bytes_max {
+        if conn.closing
+            || conn.admin_pending
+            || conn.outbox.bytes() >= state.limits.buffered_bytes_max
+        {
             break;
         }
         // Publishes go straight to `publish`, decoded once (a single one too).
@@ -211,20 +214,26 @@ fn execute<'a>(
         Request::Ping => Reply::Now(Response::Done),
         Request::CreateTopic { name, settings } => {
             refuse_internal(name)?;
-            engine
-                .create_topic(name, topic_config(&state.topic_defaults, &settings))
-                .map_err(e)?;
-            Reply::Now(Response::Done)
+            let config = topic_config(&state.topic_defaults, &settings);
+            let change = worker::TopicChange::Create(name.to_string(), config);
+            change_topic(state, token, conn, correlation, kind::CREATE_TOPIC, change)?
         }
         Request::DeleteTopic { name } => {
             refuse_internal(name)?;
-            engine.delete_topic(name).map_err(e)?;
-            Reply::Now(Response::Done)
+            let change = worker::TopicChange::Delete(name.to_string());
+            change_topic(state, token, conn, correlation, kind::DELETE_TOPIC, change)?
         }
         Request::AddPartitions { name, partitions } => {
             refuse_internal(name)?;
-            engine.add_partitions(name, partitions).map_err(e)?;
-            Reply::Now(Response::Done)
+            let change = worker::TopicChange::AddPartitions(name.to_string(), partitions);
+            change_topic(
+                state,
+                token,
+                conn,
+                correlation,
+                kind::ADD_PARTITIONS,
+                change,
+            )?
         }
         Request::ListTopics => {
             let names = engine.topic_names();
@@ -570,6 +579,53 @@ pub fn fetch(
         );
     }
     Ok(())
+}
+
+/// Hands a topic change to the worker thread: creating a topic preallocates and syncs a
+/// segment per partition (about 2 ms each here, 140 ms for 64 partitions), deleting one
+/// unlinks and syncs as many, and on the loop every client would wait that long. The
+/// connection's later requests wait until it is done (`Connection::admin_pending`), so a
+/// client that pipelines a publish behind a create still finds the topic.
+fn change_topic<'a>(
+    state: &mut State,
+    token: usize,
+    conn: &mut Connection,
+    correlation: u64,
+    kind: u16,
+    change: worker::TopicChange,
+) -> Result<Reply<'a>, ProtocolError> {
+    let job = worker::Job::Topic(worker::TopicJob {
+        conn: token,
+        serial: conn.serial,
+        correlation,
+        kind,
+        engine: state.engine.clone(),
+        change,
+    });
+    if !state.worker.submit(job) {
+        return Err(worker_stopped());
+    }
+    conn.admin_pending = true;
+    Ok(Reply::Handled)
+}
+
+/// Answers a topic change the worker has made, and lets the connection's later requests
+/// run.
+pub fn answer_topic_change(conn: &mut Connection, done: worker::TopicDone) {
+    conn.admin_pending = false;
+    // Its later requests wait in the input buffer: handle them on the next tick.
+    conn.read_ready = true;
+    let job = done.job;
+    match done.result {
+        Ok(()) => conn
+            .outbox
+            .encode(|out| encode_response(out, job.kind, job.correlation, &Response::Done)),
+        Err(e) => {
+            let error = to_protocol(&e);
+            conn.outbox
+                .encode(|out| encode_error(out, job.kind, job.correlation, &error));
+        }
+    }
 }
 
 /// The answer to a request whose work the worker thread would have done, when it is gone

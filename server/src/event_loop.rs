@@ -165,6 +165,14 @@ impl EventLoop {
         for done in done {
             match done {
                 Done::Warmed(job) => self.warmed(job),
+                Done::Topic(done) => {
+                    let Some(conn) = conn_at(&mut self.conns, done.job.conn) else {
+                        continue;
+                    };
+                    if conn.serial == done.job.serial {
+                        dispatch::answer_topic_change(conn, done);
+                    }
+                }
                 Done::Frozen(frozen) => {
                     let Some(conn) = conn_at(&mut self.conns, frozen.job.conn) else {
                         continue;
@@ -534,7 +542,7 @@ fn conn_at(conns: &mut [Option<Connection>], token: usize) -> Option<&mut Connec
 /// full (then the client must read first: back-pressure).
 fn handle_input(state: &mut State, token: usize, conn: &mut Connection) {
     let limits = state.limits;
-    if conn.closing || conn.outbox.bytes() >= limits.buffered_bytes_max {
+    if conn.closing || conn.admin_pending || conn.outbox.bytes() >= limits.buffered_bytes_max {
         return;
     }
     if conn.read_ready {

@@ -78,11 +78,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDELOG_PAGE_CACHE_BYTES")]
     pub page_cache_bytes: Option<u64>,
 
-    /// For tests and demonstrations: the reader thread waits this long before each read
-    /// it makes for a fetch or subscription that found its pages out of the page cache,
-    /// as a slow disk would. The event loop goes on serving everyone else meanwhile.
-    #[arg(long, env = "TIDELOG_COLD_READ_DELAY_MS", hide = true)]
-    pub cold_read_delay_ms: Option<u64>,
+    /// For tests and demonstrations, a slow disk: the threads that take disk work off the
+    /// event loop wait this long before each read of pages out of the page cache and each
+    /// topic change (create, delete, add partitions). The loop goes on serving everyone
+    /// else meanwhile.
+    #[arg(long, env = "TIDELOG_SLOW_DISK_MS", hide = true)]
+    pub slow_disk_ms: Option<u64>,
 }
 
 /// The same settings, from a TOML file.
@@ -112,8 +113,8 @@ pub struct Settings {
     pub cleanup_interval: Duration,
     /// The log's page cache budget in bytes (`u64::MAX`: none).
     pub page_cache_bytes: u64,
-    /// Added before each cold read (tests: a slow disk).
-    pub cold_read_delay: Duration,
+    /// Waited before each disk job taken off the loop (tests: a slow disk).
+    pub slow_disk: Duration,
     pub limits: Limits,
 }
 
@@ -179,7 +180,7 @@ pub fn settings(args: &ServeArgs) -> Result<Settings, String> {
             None | Some(0) => u64::MAX,
             Some(bytes) => bytes,
         },
-        cold_read_delay: Duration::from_millis(args.cold_read_delay_ms.unwrap_or(0)),
+        slow_disk: Duration::from_millis(args.slow_disk_ms.unwrap_or(0)),
         limits,
     })
 }
@@ -252,14 +253,10 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         resumable: Default::default(),
         next_token: boot,
         groups,
-        worker: crate::worker::Worker::start("tidelog-worker", notices.clone(), Duration::ZERO)
+        worker: crate::worker::Worker::start("tidelog-worker", notices.clone(), settings.slow_disk)
             .map_err(|e| e.to_string())?,
-        reader: crate::worker::Worker::start(
-            "tidelog-reader",
-            notices.clone(),
-            settings.cold_read_delay,
-        )
-        .map_err(|e| e.to_string())?,
+        reader: crate::worker::Worker::start("tidelog-reader", notices.clone(), settings.slow_disk)
+            .map_err(|e| e.to_string())?,
         cold_fetches: Vec::new(),
         index_notes: tidelog_engine::IndexNotes::default(),
     };

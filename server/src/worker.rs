@@ -21,7 +21,8 @@
 //!   it: chunks come back in order.
 //! - Jobs run one at a time, in order: a burst of extractions costs one core, not many.
 //!
-//! Two threads run this: `tidelog-worker` takes the extraction work and TENANT_INFO,
+//! Two threads run this: `tidelog-worker` takes the extraction work, TENANT_INFO and
+//! topic changes (create, delete, add partitions: file preallocation and syncs),
 //! `tidelog-reader` the cold reads of fetches and subscriptions (`cold.rs`), so that a
 //! consumer's wait for the disk never queues behind a freeze of a million keys, nor a
 //! freeze behind a disk.
@@ -32,7 +33,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tidelog_engine::extract::Criteria;
-use tidelog_engine::{ColdSpan, EngineError, Partition, TenantInfo, TenantSnapshot};
+use tidelog_engine::{
+    ColdSpan, Engine, EngineError, Partition, TenantInfo, TenantSnapshot, TopicConfig,
+};
 
 use crate::extraction::{Reader, Step};
 use crate::notices::Notices;
@@ -43,6 +46,33 @@ pub enum Job {
     Read(ReadJob),
     Info(InfoJob),
     Warm(WarmJob),
+    Topic(TopicJob),
+}
+
+/// A topic created, deleted or grown: files preallocated or unlinked and synced.
+#[derive(Debug)]
+pub struct TopicJob {
+    pub conn: usize,
+    /// The connection's serial: the answer goes to it only if the slot still holds it.
+    pub serial: u64,
+    pub correlation: u64,
+    /// The request's kind, for its response.
+    pub kind: u16,
+    pub engine: Arc<Engine>,
+    pub change: TopicChange,
+}
+
+#[derive(Debug)]
+pub enum TopicChange {
+    Create(String, TopicConfig),
+    Delete(String),
+    AddPartitions(String, u32),
+}
+
+#[derive(Debug)]
+pub struct TopicDone {
+    pub job: TopicJob,
+    pub result: Result<(), EngineError>,
 }
 
 /// Pages a fetch or a subscription is about to read and found out of the page cache
@@ -114,6 +144,7 @@ pub enum Done {
     Read(ReadDone),
     Info(InfoDone),
     Warmed(WarmJob),
+    Topic(TopicDone),
 }
 
 #[derive(Debug)]
@@ -150,19 +181,19 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a worker thread called `name`, which waits `warm_delay` before each
-    /// [`WarmJob`] (tests: a slow disk; zero otherwise).
+    /// Starts a worker thread called `name`, which waits `slow_disk` before each
+    /// [`WarmJob`] and [`TopicJob`] (tests: a slow disk; zero otherwise).
     pub fn start(
         name: &str,
         notices: Arc<Notices>,
-        warm_delay: Duration,
+        slow_disk: Duration,
     ) -> std::io::Result<Worker> {
         let (tx, rx) = mpsc::channel::<Job>();
         let done = Arc::new(Mutex::new(Vec::new()));
         let results = done.clone();
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || work(&rx, &results, &notices, warm_delay))?;
+            .spawn(move || work(&rx, &results, &notices, slow_disk))?;
         Ok(Worker {
             jobs: Some(tx),
             done,
@@ -219,7 +250,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn work(jobs: &Receiver<Job>, done: &Mutex<Vec<Done>>, notices: &Notices, warm_delay: Duration) {
+fn work(jobs: &Receiver<Job>, done: &Mutex<Vec<Done>>, notices: &Notices, slow_disk: Duration) {
     while let Ok(job) = jobs.recv() {
         let result = match job {
             Job::Freeze(job) => {
@@ -231,11 +262,26 @@ fn work(jobs: &Receiver<Job>, done: &Mutex<Vec<Done>>, notices: &Notices, warm_d
                 Done::Info(InfoDone { job, info })
             }
             Job::Warm(job) => {
-                if !warm_delay.is_zero() {
-                    std::thread::sleep(warm_delay);
+                if !slow_disk.is_zero() {
+                    std::thread::sleep(slow_disk);
                 }
                 job.span.warm();
                 Done::Warmed(job)
+            }
+            Job::Topic(job) => {
+                if !slow_disk.is_zero() {
+                    std::thread::sleep(slow_disk);
+                }
+                let result = match &job.change {
+                    TopicChange::Create(name, config) => {
+                        job.engine.create_topic(name, *config).map(drop)
+                    }
+                    TopicChange::Delete(name) => job.engine.delete_topic(name),
+                    TopicChange::AddPartitions(name, n) => {
+                        job.engine.add_partitions(name, *n).map(drop)
+                    }
+                };
+                Done::Topic(TopicDone { job, result })
             }
             Job::Read(mut job) => {
                 let result = job.reader.step(job.max_bytes);

@@ -174,7 +174,7 @@ fn a_consumer_reading_from_the_disk_does_not_hold_up_the_others() {
         "262144",
         "--flush-interval-ms",
         "20",
-        "--cold-read-delay-ms",
+        "--slow-disk-ms",
         "3000",
     ]);
     old_records_out_of_the_cache(&server);
