@@ -330,7 +330,9 @@ fn warming_reads_ahead_and_the_marker_asks_for_more_in_time() {
         .expect("the marker is missing");
     assert!(!on.must_wait(), "its own pages are in");
     on.warm();
-    eventually("the next read-ahead lands", || seg.resident(6 * MIB, 12 * MIB));
+    eventually("the next read-ahead lands", || {
+        seg.resident(6 * MIB, 12 * MIB)
+    });
     assert_eq!(read_all(&a).len(), 1536 * 16);
     engine.close().expect("close");
 }
