@@ -37,6 +37,16 @@ fn resident(path: &Path) -> f64 {
     }
 }
 
+/// An engine that trims only when the test says so (no periodic round), with a page
+/// cache budget of `budget` bytes (`u64::MAX`: none).
+fn config_with_budget(budget: u64) -> EngineConfig {
+    EngineConfig {
+        flush_interval: Duration::from_secs(3600),
+        page_cache_bytes: budget,
+        ..EngineConfig::default()
+    }
+}
+
 fn sealed(engine: &Engine, topic: &str) -> Vec<std::sync::Arc<Segment>> {
     let segs = partition0(engine, topic).segments();
     segs[..segs.len() - 1].to_vec()
@@ -46,13 +56,7 @@ fn sealed(engine: &Engine, topic: &str) -> Vec<std::sync::Arc<Segment>> {
 fn the_budget_drops_the_oldest_sealed_segments_and_the_data_reads_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     const BUDGET: u64 = 256 << 10;
-    let config = EngineConfig {
-        // No periodic round: the test trims when it means to.
-        flush_interval: Duration::from_secs(3600),
-        page_cache_bytes: BUDGET,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::open(dir.path(), config).expect("open");
+    let engine = Engine::open(dir.path(), config_with_budget(BUDGET)).expect("open");
     // "a" written (and sealed) first, so all of its sealed segments are older than b's.
     for topic in ["a", "b"] {
         engine
@@ -139,12 +143,7 @@ fn the_budget_drops_the_oldest_sealed_segments_and_the_data_reads_back() {
 #[test]
 fn without_a_budget_nothing_is_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = EngineConfig {
-        flush_interval: Duration::from_secs(3600),
-        page_cache_bytes: u64::MAX,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::open(dir.path(), config).expect("open");
+    let engine = Engine::open(dir.path(), config_with_budget(u64::MAX)).expect("open");
     engine
         .create_topic("a", small_topic(64 << 10))
         .expect("create");
@@ -180,11 +179,7 @@ fn reclaim(segment: &Segment) {
 fn a_read_of_dropped_pages_is_found_cold_warmed_and_counted_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     const BUDGET: u64 = 256 << 10;
-    let config = EngineConfig {
-        flush_interval: Duration::from_secs(3600),
-        page_cache_bytes: BUDGET,
-        ..EngineConfig::default()
-    };
+    let config = config_with_budget(BUDGET);
     let engine = Engine::open(dir.path(), config.clone()).expect("open");
     engine
         .create_topic("a", small_topic(64 << 10))
@@ -277,11 +272,7 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 fn warming_reads_ahead_and_the_marker_asks_for_more_in_time() {
     use tidelog_engine::segment::WARM_AHEAD_BYTES;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = EngineConfig {
-        flush_interval: Duration::from_secs(3600),
-        ..EngineConfig::default()
-    };
-    let engine = Engine::open(dir.path(), config).expect("open");
+    let engine = Engine::open(dir.path(), config_with_budget(u64::MAX)).expect("open");
     let topic = tidelog_engine::TopicConfig {
         partitions: 1,
         segment_bytes: 64 << 20,
