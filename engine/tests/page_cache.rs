@@ -47,6 +47,20 @@ fn config_with_budget(budget: u64) -> EngineConfig {
     }
 }
 
+/// Topic `name` of 64 KiB segments holding records 0..600 (150 batches of 4 values of
+/// 1 000 bytes: ~10 segments), flushed, so all but the last are sealed.
+fn filled_topic(engine: &Engine, name: &str) -> std::sync::Arc<tidelog_engine::Partition> {
+    engine
+        .create_topic(name, small_topic(64 << 10))
+        .expect("create");
+    let p = partition0(engine, name);
+    for i in 0..150 {
+        p.append(&batch_of(i * 4, 4, 1000)).expect("append");
+    }
+    p.flush().expect("seal");
+    p
+}
+
 fn sealed(engine: &Engine, topic: &str) -> Vec<std::sync::Arc<Segment>> {
     let segs = partition0(engine, topic).segments();
     segs[..segs.len() - 1].to_vec()
@@ -58,20 +72,8 @@ fn the_budget_drops_the_oldest_sealed_segments_and_the_data_reads_back() {
     const BUDGET: u64 = 256 << 10;
     let engine = Engine::open(dir.path(), config_with_budget(BUDGET)).expect("open");
     // "a" written (and sealed) first, so all of its sealed segments are older than b's.
-    for topic in ["a", "b"] {
-        engine
-            .create_topic(topic, small_topic(64 << 10))
-            .expect("create");
-    }
-    let (a, b) = (partition0(&engine, "a"), partition0(&engine, "b"));
-    for i in 0..150 {
-        a.append(&batch_of(i * 4, 4, 1000)).expect("append a");
-    }
-    a.flush().expect("seal a");
-    for i in 0..150 {
-        b.append(&batch_of(i * 4, 4, 1000)).expect("append b");
-    }
-    b.flush().expect("seal b");
+    let a = filled_topic(&engine, "a");
+    let b = filled_topic(&engine, "b");
     let (sealed_a, sealed_b) = (sealed(&engine, "a"), sealed(&engine, "b"));
     assert!(sealed_a.len() >= 5 && sealed_b.len() >= 5);
     // A reader holding a slice of the oldest segment across the trim.
@@ -144,14 +146,7 @@ fn the_budget_drops_the_oldest_sealed_segments_and_the_data_reads_back() {
 fn without_a_budget_nothing_is_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Engine::open(dir.path(), config_with_budget(u64::MAX)).expect("open");
-    engine
-        .create_topic("a", small_topic(64 << 10))
-        .expect("create");
-    let a = partition0(&engine, "a");
-    for i in 0..150 {
-        a.append(&batch_of(i * 4, 4, 1000)).expect("append");
-    }
-    a.flush().expect("seal");
+    filled_topic(&engine, "a");
     assert_eq!(engine.trim_page_cache().expect("trim").segments, 0);
     assert!(sealed(&engine, "a").iter().all(|s| !s.cache_dropped()));
     engine.close().expect("close");
@@ -181,14 +176,7 @@ fn a_read_of_dropped_pages_is_found_cold_warmed_and_counted_again() {
     const BUDGET: u64 = 256 << 10;
     let config = config_with_budget(BUDGET);
     let engine = Engine::open(dir.path(), config.clone()).expect("open");
-    engine
-        .create_topic("a", small_topic(64 << 10))
-        .expect("create");
-    let a = partition0(&engine, "a");
-    for i in 0..150 {
-        a.append(&batch_of(i * 4, 4, 1000)).expect("append");
-    }
-    a.flush().expect("seal");
+    let a = filled_topic(&engine, "a");
     let last = a.next_offset() - 1;
     // All of it was just written: nothing is cold.
     assert!(
