@@ -231,6 +231,15 @@ fn index_cost_compares_keyed_and_plain_bursts_and_verifies_both() {
             "{field} in {report}"
         );
     }
+    // The spawned server's event loop (its main thread) appended both sides' records:
+    // each side's share of its CPU is there, per record.
+    for side in ["plain", "keyed"] {
+        let threads = &s["server_thread_ns_per_record"][side];
+        assert!(
+            threads["main"].as_f64().is_some_and(|ns| ns > 0.0),
+            "{side}: {threads}"
+        );
+    }
 }
 
 /// `consume --existing` reads what a topic already holds — here what an earlier `publish`

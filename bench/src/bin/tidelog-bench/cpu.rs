@@ -52,6 +52,59 @@ fn own_cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
+/// CPU time of each of a process's threads so far, by thread name (threads of one name
+/// summed; the main thread as [`MAIN_THREAD`], whatever the binary is called), in
+/// nanoseconds from `/proc/PID/task/TID/schedstat`: which thread spent it, e.g. the
+/// server's event loop (its main thread) against its indexer, and to the nanosecond
+/// (`/proc/PID/stat` counts clock ticks of 10 ms, coarse against a burst of 70 ms).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ThreadClock {
+    ns: std::collections::BTreeMap<String, u64>,
+}
+
+/// The name [`ThreadClock`] gives a process's main thread (the server's event loop).
+pub const MAIN_THREAD: &str = "main";
+
+impl ThreadClock {
+    /// Empty when `pid` is `None` or its threads cannot be read.
+    pub fn now(pid: Option<u32>) -> ThreadClock {
+        let mut ns = std::collections::BTreeMap::new();
+        let tasks = pid.and_then(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok());
+        for task in tasks.into_iter().flatten().flatten() {
+            let dir = task.path();
+            let main = pid.is_some_and(|pid| task.file_name() == *pid.to_string());
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("schedstat")),
+            ) else {
+                continue; // the thread ended meanwhile
+            };
+            let name = if main { MAIN_THREAD } else { comm.trim() };
+            if let Some(run_ns) = run_ns_of_schedstat(&stat) {
+                *ns.entry(name.to_string()).or_insert(0) += run_ns;
+            }
+        }
+        ThreadClock { ns }
+    }
+
+    /// Nanoseconds each thread name ran since `start` (a thread started meanwhile counts
+    /// from zero).
+    pub fn since(&self, start: &ThreadClock) -> std::collections::BTreeMap<String, u64> {
+        self.ns
+            .iter()
+            .map(|(name, &end)| {
+                let begun = start.ns.get(name).copied().unwrap_or(0);
+                (name.clone(), end.saturating_sub(begun))
+            })
+            .collect()
+    }
+}
+
+/// The first field of a `/proc/.../schedstat` line: nanoseconds spent running.
+fn run_ns_of_schedstat(stat: &str) -> Option<u64> {
+    stat.split_whitespace().next()?.parse().ok()
+}
+
 /// User + system time of a process, from `/proc/PID/stat` (Linux).
 fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -89,6 +142,42 @@ mod tests {
                     1234 567 0 0 20 0 5 0 100 0 0";
         assert_eq!(ticks_of_stat(stat), Some(1234 + 567));
         assert_eq!(ticks_of_stat("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn schedstat_gives_the_run_time_first() {
+        assert_eq!(run_ns_of_schedstat("438619 538222 2\n"), Some(438619));
+        assert_eq!(run_ns_of_schedstat(""), None);
+    }
+
+    #[test]
+    fn the_thread_clock_charges_the_thread_that_worked() {
+        let me = Some(std::process::id());
+        let start = ThreadClock::now(me);
+        let worker = std::thread::Builder::new()
+            .name("busy-thread".into())
+            .spawn(|| {
+                let mut x = 0u64;
+                let begun = std::time::Instant::now();
+                while begun.elapsed() < std::time::Duration::from_millis(50) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                // Still alive when the clock is read.
+                std::thread::park_timeout(std::time::Duration::from_secs(5));
+            })
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        let used = ThreadClock::now(me).since(&start);
+        worker.thread().unpark();
+        worker.join().expect("join");
+        let busy = used.get("busy-thread").copied().unwrap_or(0);
+        assert!(busy >= 20_000_000, "{used:?}");
+        // The test harness runs this test off the main thread, which slept.
+        assert!(
+            used.get(MAIN_THREAD).is_some_and(|&ns| ns < busy),
+            "{used:?}"
+        );
+        assert!(ThreadClock::now(None).ns.is_empty());
     }
 
     #[test]

@@ -21,7 +21,10 @@
 //! the log is durable that far, which may fall in the pause — outside the keyed side's
 //! wall time, inside its CPU. For a million keys that write is 8–37 ms (24 MB) once per
 //! ~4 M keyed records, 1–5 % of their wall time, which the ratio of records/s leaves out
-//! and the CPU ratio does not. Both topics are prefilled (untimed, `--prefill` records
+//! and the CPU ratio does not. `server_thread_ns_per_record` splits each side's server
+//! CPU by thread (nanosecond `schedstat` counts): the event loop's keyed-minus-plain is
+//! what the index costs the thread every publish waits for (steadier than the wall clock,
+//! though the host's slow phases inflate CPU time too). Both topics are prefilled (untimed, `--prefill` records
 //! each), so the tenant is long-lived and its keys are in the index already. Every burst
 //! is read back and verified, untimed.
 //!
@@ -35,7 +38,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cpu::{CpuClock, CpuUse};
+use crate::cpu::{CpuClock, CpuUse, ThreadClock};
 use crate::report::Report;
 use crate::scenarios::{
     bench_key, end_offsets, histogram, prefill, read_back, run_producers_round,
@@ -65,6 +68,8 @@ struct Side {
     bytes: u64,
     seconds: f64,
     cpu: CpuUse,
+    /// Nanoseconds each server thread ran, by name (empty unless the bench spawned it).
+    threads: std::collections::BTreeMap<String, u64>,
 }
 
 impl Side {
@@ -80,6 +85,18 @@ impl Side {
     fn cpu_ns(&self) -> serde_json::Value {
         let per = |s: f64| s * 1e9 / self.records.max(1) as f64;
         serde_json::json!({"client": per(self.cpu.client), "server": self.cpu.server.map(per)})
+    }
+
+    /// Server CPU per record by thread, in ns: where the index's cost lands (the event
+    /// loop, `main`, appends and applies its rounds; `tidelog-indexer` grows large tables
+    /// and writes checkpoints).
+    fn thread_ns(&self) -> serde_json::Value {
+        let records = self.records.max(1) as f64;
+        self.threads
+            .iter()
+            .map(|(name, &ns)| (name.clone(), serde_json::json!(ns as f64 / records)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 }
 
@@ -179,6 +196,7 @@ pub fn index_cost(
         let from = end_offsets(&client, side)?;
         // Every burst draws other keys (round 2 + burst).
         let round = 2 + (j / 2) as u32;
+        let threads_before = ThreadClock::now(target.server_pid);
         let run = run_producers_round(target, &this, round, None, progress)?;
         let mut seconds = run.seconds;
         if keyed_turn {
@@ -188,6 +206,7 @@ pub fn index_cost(
         }
         std::thread::sleep(SETTLE);
         let cpu = CpuClock::now(target.server_pid).since(&run.cpu);
+        let threads = ThreadClock::now(target.server_pid).since(&threads_before);
         let verifier = Arc::new(Mutex::new(Verifier::new(&run.counts)));
         read_back(
             target,
@@ -217,6 +236,9 @@ pub fn index_cost(
         t.seconds += seconds;
         t.cpu.client += cpu.client;
         t.cpu.server = cpu.server.map(|s| s + t.cpu.server.unwrap_or(0.0));
+        for (name, ns) in threads {
+            *t.threads.entry(name).or_insert(0) += ns;
+        }
         rate[usize::from(keyed_turn)] = records as f64 / seconds.max(1e-9);
         rates[usize::from(keyed_turn)].push(rate[usize::from(keyed_turn)]);
         if i % 2 == 1 {
@@ -246,6 +268,8 @@ pub fn index_cost(
     settings["cpu_ns_per_record_keyed"] = k.cpu_ns();
     settings["bursts"] = timeline.into();
     settings["cpu_plain_vs_keyed"] = (p.cpu_per_record() / k.cpu_per_record().max(1e-18)).into();
+    settings["server_thread_ns_per_record"] =
+        serde_json::json!({"plain": p.thread_ns(), "keyed": k.thread_ns()});
     Ok(Report {
         scenario: "index_cost".into(),
         records: k.records,
