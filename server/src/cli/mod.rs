@@ -6,6 +6,7 @@
 pub mod consume;
 pub mod extract;
 pub mod group;
+mod json_bytes;
 pub mod publish;
 pub mod topic;
 
@@ -63,7 +64,8 @@ pub enum OutputFormat {
     /// The value, one per line (tombstones shown as such).
     Text,
     /// One json object per line: partition, offset, timestamp, tenant, key, value
-    /// (null = tombstone), headers, and `phase` when given.
+    /// (null = tombstone), headers, and `phase` when given. Bytes that are not UTF-8 are
+    /// base64, flagged by `<field>_encoding: "base64"` (`json_bytes.rs`).
     Json,
 }
 
@@ -84,24 +86,18 @@ pub fn print_record(
             ),
         },
         OutputFormat::Json => {
-            let headers: serde_json::Map<String, serde_json::Value> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (text(k), serde_json::Value::String(text(v))))
-                .collect();
-            let mut line = serde_json::json!({
-                "partition": r.partition,
-                "offset": r.offset,
-                "timestamp": r.timestamp_ms,
-                "tenant": r.tenant.as_deref().map(text),
-                "key": r.key.as_deref().map(text),
-                "value": r.value.as_deref().map(text),
-                "headers": headers,
-            });
+            let mut line = serde_json::Map::new();
+            line.insert("partition".into(), r.partition.into());
+            line.insert("offset".into(), r.offset.into());
+            line.insert("timestamp".into(), r.timestamp_ms.into());
+            json_bytes::put(&mut line, "tenant", r.tenant.as_deref());
+            json_bytes::put(&mut line, "key", r.key.as_deref());
+            json_bytes::put(&mut line, "value", r.value.as_deref());
+            json_bytes::put_headers(&mut line, &r.headers);
             if let Some(phase) = phase {
-                line["phase"] = phase.into();
+                line.insert("phase".into(), phase.into());
             }
-            writeln!(out, "{line}")
+            writeln!(out, "{}", serde_json::Value::Object(line))
         }
     };
     written.map_err(|e| format!("writing output: {e}"))

@@ -2,7 +2,9 @@
 //!
 //! `--format text`: the line is the value (with `--tenant` / `--key` applied to every
 //! record). `--format json`: each line is `{"tenant":..,"key":..,"value":..|null,
-//! "headers":{..}}`; a null (or missing) value is a tombstone. Prints how many records
+//! "headers":{..}}`; a null (or missing) value is a tombstone; bytes given in base64 say
+//! so with `<field>_encoding: "base64"`, as `consume --format json` prints them
+//! (`json_bytes.rs`). Prints how many records
 //! were written and their offset range per partition.
 
 use std::collections::BTreeMap;
@@ -129,24 +131,8 @@ fn json_record(line: &str, args: &PublishArgs) -> Result<Record, String> {
     let v: serde_json::Value =
         serde_json::from_str(line).map_err(|e| format!("invalid json: {e}"))?;
     let obj = v.as_object().ok_or("expected a json object")?;
-    let field = |name: &str| -> Result<Option<Vec<u8>>, String> {
-        match obj.get(name) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(serde_json::Value::String(s)) => Ok(Some(s.as_bytes().to_vec())),
-            Some(other) if name == "value" => Ok(Some(other.to_string().into_bytes())),
-            Some(_) => Err(format!("{name} must be a string")),
-        }
-    };
-    let mut headers = Vec::new();
-    if let Some(h) = obj.get("headers") {
-        let h = h
-            .as_object()
-            .ok_or("headers must be an object of strings")?;
-        for (k, v) in h {
-            let v = v.as_str().ok_or("header values must be strings")?;
-            headers.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
-        }
-    }
+    let field = |name: &str| super::json_bytes::take(obj, name);
+    let headers = super::json_bytes::take_headers(obj)?;
     Ok(Record {
         timestamp_ms: obj
             .get("timestamp")
