@@ -10,51 +10,136 @@
 //! string's bytes; `"base64"` decodes it; anything else is an error. Header names are
 //! text (a name that is not UTF-8 is printed lossily: names are identifiers).
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
 use serde_json::{Map, Value};
+use tidelog_client::ConsumedRecord;
 
 const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// A record's headers: (name, value) pairs, in order.
 type Headers = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Text when the bytes are UTF-8, else base64: the string, and whether it is base64.
-fn encode(bytes: &[u8]) -> (String, bool) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => (text.to_owned(), false),
-        Err(_) => (BASE64.encode(bytes), true),
-    }
+/// A byte field as json: the text itself when the bytes are UTF-8 (borrowed, no copy),
+/// else their base64.
+#[derive(Debug)]
+struct Field<'a> {
+    text: Cow<'a, str>,
+    base64: bool,
 }
 
-/// Sets `name` (null for `None`), and `<name>_encoding` when the bytes are base64.
-pub fn put(line: &mut Map<String, Value>, name: &str, bytes: Option<&[u8]>) {
-    let Some(bytes) = bytes else {
-        line.insert(name.to_owned(), Value::Null);
-        return;
-    };
-    let (text, base64) = encode(bytes);
-    line.insert(name.to_owned(), Value::String(text));
-    if base64 {
-        line.insert(format!("{name}_encoding"), "base64".into());
-    }
-}
-
-/// Sets `headers` (an object of name → value), and `headers_encoding` for the values
-/// that are base64.
-pub fn put_headers(line: &mut Map<String, Value>, headers: &[(Vec<u8>, Vec<u8>)]) {
-    let mut values = Map::new();
-    let mut encodings = Map::new();
-    for (name, value) in headers {
-        let name = String::from_utf8_lossy(name).into_owned();
-        let (text, base64) = encode(value);
-        if base64 {
-            encodings.insert(name.clone(), "base64".into());
+impl<'a> Field<'a> {
+    fn of(bytes: &'a [u8]) -> Field<'a> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Field {
+                text: Cow::Borrowed(text),
+                base64: false,
+            },
+            Err(_) => Field {
+                text: Cow::Owned(BASE64.encode(bytes)),
+                base64: true,
+            },
         }
-        values.insert(name, Value::String(text));
     }
-    line.insert("headers".into(), Value::Object(values));
-    if !encodings.is_empty() {
-        line.insert("headers_encoding".into(), Value::Object(encodings));
+
+    /// `"base64"` for `<field>_encoding` when it is, else nothing (the field is left out).
+    fn encoding(field: &Option<Field<'_>>) -> Option<&'static str> {
+        field.as_ref().filter(|f| f.base64).map(|_| "base64")
+    }
+}
+
+impl Serialize for Field<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+/// A record's headers as a json object of name → value (names lossily as text), or of
+/// name → `"base64"` for the values that are base64 (`only_base64`).
+#[derive(Debug)]
+struct HeaderMap<'a> {
+    headers: Vec<(Cow<'a, str>, Field<'a>)>,
+    only_base64: bool,
+}
+
+impl Serialize for HeaderMap<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let shown = self
+            .headers
+            .iter()
+            .filter(|(_, v)| !self.only_base64 || v.base64);
+        let mut map = s.serialize_map(None)?;
+        for (name, value) in shown {
+            if self.only_base64 {
+                map.serialize_entry(name, "base64")?;
+            } else {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// One record as a json line, serialized straight from the record's bytes (no
+/// intermediate `serde_json::Value`: an extraction prints millions of these).
+#[derive(Debug, Serialize)]
+pub struct JsonRecord<'a> {
+    partition: u32,
+    offset: u64,
+    timestamp: i64,
+    tenant: Option<Field<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant_encoding: Option<&'static str>,
+    key: Option<Field<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_encoding: Option<&'static str>,
+    /// Null for a tombstone.
+    value: Option<Field<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_encoding: Option<&'static str>,
+    headers: HeaderMap<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers_encoding: Option<HeaderMap<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phase: Option<&'a str>,
+}
+
+impl<'a> JsonRecord<'a> {
+    /// `r` as a json line, tagged with `phase` when given (extract's phases).
+    pub fn new(r: &'a ConsumedRecord, phase: Option<&'a str>) -> JsonRecord<'a> {
+        let (tenant, key, value) = (
+            r.tenant.as_deref().map(Field::of),
+            r.key.as_deref().map(Field::of),
+            r.value.as_deref().map(Field::of),
+        );
+        let header = |(n, v): &'a (Vec<u8>, Vec<u8>)| (String::from_utf8_lossy(n), Field::of(v));
+        let any_base64 = r
+            .headers
+            .iter()
+            .any(|(_, v)| std::str::from_utf8(v).is_err());
+        JsonRecord {
+            partition: r.partition,
+            offset: r.offset,
+            timestamp: r.timestamp_ms,
+            tenant_encoding: Field::encoding(&tenant),
+            key_encoding: Field::encoding(&key),
+            value_encoding: Field::encoding(&value),
+            tenant,
+            key,
+            value,
+            headers: HeaderMap {
+                headers: r.headers.iter().map(header).collect(),
+                only_base64: false,
+            },
+            headers_encoding: any_base64.then(|| HeaderMap {
+                headers: r.headers.iter().map(header).collect(),
+                only_base64: true,
+            }),
+            phase,
+        }
     }
 }
 
@@ -117,11 +202,18 @@ mod tests {
     use proptest::prelude::*;
 
     fn line_of(value: Option<&[u8]>, headers: &[(Vec<u8>, Vec<u8>)]) -> Map<String, Value> {
-        let mut line = Map::new();
-        put(&mut line, "value", value);
-        put_headers(&mut line, headers);
+        let record = ConsumedRecord {
+            partition: 1,
+            offset: 42,
+            timestamp_ms: 7,
+            tenant: Some(b"acme".to_vec()),
+            key: Some(b"k".to_vec()),
+            value: value.map(<[u8]>::to_vec),
+            headers: headers.to_vec(),
+        };
         // Through the text a pipe carries.
-        serde_json::from_str(&Value::Object(line).to_string()).expect("json")
+        let text = serde_json::to_string(&JsonRecord::new(&record, None)).expect("serialize");
+        serde_json::from_str(&text).expect("json")
     }
 
     #[test]

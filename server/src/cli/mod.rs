@@ -86,18 +86,9 @@ pub fn print_record(
             ),
         },
         OutputFormat::Json => {
-            let mut line = serde_json::Map::new();
-            line.insert("partition".into(), r.partition.into());
-            line.insert("offset".into(), r.offset.into());
-            line.insert("timestamp".into(), r.timestamp_ms.into());
-            json_bytes::put(&mut line, "tenant", r.tenant.as_deref());
-            json_bytes::put(&mut line, "key", r.key.as_deref());
-            json_bytes::put(&mut line, "value", r.value.as_deref());
-            json_bytes::put_headers(&mut line, &r.headers);
-            if let Some(phase) = phase {
-                line.insert("phase".into(), phase.into());
-            }
-            writeln!(out, "{}", serde_json::Value::Object(line))
+            serde_json::to_writer(&mut *out, &json_bytes::JsonRecord::new(r, phase))
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
         }
     };
     written.map_err(|e| format!("writing output: {e}"))
