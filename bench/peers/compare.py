@@ -182,10 +182,10 @@ INDEX_KEYS = 1_000_000
 INDEX_KEYS_SMALL = 10_000
 # Publishes of 100 records in flight for the index's throughput cost: the depth at which
 # the plain side stops gaining (seventeenth session, docs/BENCHMARKS.md: the plain side's
-# median burst rate 6.0 M records/s at 16, 7.3 at 32, 7.5 at 64, 8.5 at 128, 8.2 at 256).
-# At 32 the pipeline is still partly latency-bound, and the ratio there measures how long
-# an index round holds a tick's answers as much as what the index costs;
-# the index-cost rows report that depth too (INDEX_LATENCY_BOUND_IN_FLIGHT). A real
+# median burst rate 6.0 M records/s at 16, 7.2 at 32, 7.5 at 64, 8.4 at 128, 8.2 at 256).
+# At 32 the pipeline is still partly latency-bound, and the ratio there measures the
+# keyed path's extra latency as much as its extra work; the index-cost rows report that
+# depth too (INDEX_LATENCY_BOUND_IN_FLIGHT). A real
 # producer (`ProducerConfig`: 16 batches of up to 1 MiB in flight) runs deeper than both.
 INDEX_IN_FLIGHT = 128
 INDEX_LATENCY_BOUND_IN_FLIGHT = 32

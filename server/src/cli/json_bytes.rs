@@ -11,6 +11,7 @@
 //! text (a name that is not UTF-8 is printed lossily: names are identifiers).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use serde::ser::{SerializeMap, Serializer};
@@ -57,27 +58,16 @@ impl Serialize for Field<'_> {
     }
 }
 
-/// A record's headers as a json object of name → value (names lossily as text), or of
-/// name → `"base64"` for the values that are base64 (`only_base64`).
+/// A record's headers as a json object of name → value (names lossily as text), in the
+/// record's order.
 #[derive(Debug)]
-struct HeaderMap<'a> {
-    headers: Vec<(Cow<'a, str>, Field<'a>)>,
-    only_base64: bool,
-}
+struct HeaderValues<'a>(Vec<(Cow<'a, str>, Field<'a>)>);
 
-impl Serialize for HeaderMap<'_> {
+impl Serialize for HeaderValues<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let shown = self
-            .headers
-            .iter()
-            .filter(|(_, v)| !self.only_base64 || v.base64);
-        let mut map = s.serialize_map(None)?;
-        for (name, value) in shown {
-            if self.only_base64 {
-                map.serialize_entry(name, "base64")?;
-            } else {
-                map.serialize_entry(name, value)?;
-            }
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
         }
         map.end()
     }
@@ -100,9 +90,10 @@ pub struct JsonRecord<'a> {
     value: Option<Field<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value_encoding: Option<&'static str>,
-    headers: HeaderMap<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    headers_encoding: Option<HeaderMap<'a>>,
+    headers: HeaderValues<'a>,
+    /// The names of the header values that are base64, each → `"base64"`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    headers_encoding: BTreeMap<Cow<'a, str>, &'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     phase: Option<&'a str>,
 }
@@ -115,11 +106,16 @@ impl<'a> JsonRecord<'a> {
             r.key.as_deref().map(Field::of),
             r.value.as_deref().map(Field::of),
         );
-        let header = |(n, v): &'a (Vec<u8>, Vec<u8>)| (String::from_utf8_lossy(n), Field::of(v));
-        let any_base64 = r
+        let headers: Vec<_> = r
             .headers
             .iter()
-            .any(|(_, v)| std::str::from_utf8(v).is_err());
+            .map(|(n, v)| (String::from_utf8_lossy(n), Field::of(v)))
+            .collect();
+        let headers_encoding = headers
+            .iter()
+            .filter(|(_, v)| v.base64)
+            .map(|(n, _)| (n.clone(), "base64"))
+            .collect();
         JsonRecord {
             partition: r.partition,
             offset: r.offset,
@@ -130,14 +126,8 @@ impl<'a> JsonRecord<'a> {
             tenant,
             key,
             value,
-            headers: HeaderMap {
-                headers: r.headers.iter().map(header).collect(),
-                only_base64: false,
-            },
-            headers_encoding: any_base64.then(|| HeaderMap {
-                headers: r.headers.iter().map(header).collect(),
-                only_base64: true,
-            }),
+            headers: HeaderValues(headers),
+            headers_encoding,
             phase,
         }
     }

@@ -23,10 +23,10 @@
 //! ~4 M keyed records, 1–5 % of their wall time, which the ratio of records/s leaves out
 //! and the CPU ratio does not. `server_thread_ns_per_record` splits each side's server
 //! CPU by thread (nanosecond `schedstat` counts): the event loop's keyed-minus-plain is
-//! what the index costs the thread every publish waits for (steadier than the wall clock,
-//! though the host's slow phases inflate CPU time too). Both topics are prefilled (untimed, `--prefill` records
-//! each), so the tenant is long-lived and its keys are in the index already. Every burst
-//! is read back and verified, untimed.
+//! what the index costs the thread every publish waits for (steadier than the wall
+//! clock, though the host's slow phases inflate CPU time too). Both topics are prefilled
+//! (untimed, `--prefill` records each), so the tenant is long-lived and its keys are in
+//! the index already. Every burst is read back and verified, untimed.
 //!
 //! Memory: a run publishes several GB (both prefills and 2 × `--count` records). Past
 //! ~2 GB of fresh page cache this VM slows to the pace at which the host hands it memory
