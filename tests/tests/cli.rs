@@ -110,8 +110,9 @@ fn topic_publish_consume_round_trip() {
     server.stop();
 }
 
-/// Binary values and headers used to be printed lossily (every invalid byte a U+FFFD):
-/// json lines now carry them as base64, flagged `<field>_encoding`, and
+/// Binary values and headers used to be printed lossily (every invalid byte a U+FFFD),
+/// and of a repeated header name only the last value: json lines now carry them as
+/// base64, flagged `<field>_encoding`, every header in order, and
 /// `consume --format json | publish --format json` copies records byte for byte.
 #[test]
 fn json_lines_carry_binary_bytes_without_loss() {
@@ -125,7 +126,11 @@ fn json_lines_carry_binary_bytes_without_loss() {
             tenant: Some(b"acme".to_vec()),
             key: Some(vec![0xde, 0xad, 0xbe, 0xef]),
             value: Some(vec![0xff, 0x00, 0xfe, b'a', 0x80]),
-            headers: vec![(b"sig".to_vec(), vec![0xc3, 0x28])],
+            // A repeated name, one value binary: every value of `sig` goes out as base64.
+            headers: vec![
+                (b"sig".to_vec(), vec![0xc3, 0x28]),
+                (b"sig".to_vec(), b"text".to_vec()),
+            ],
             timestamp_ms: 1_700_000_000_000,
         },
         Record {

@@ -1,10 +1,13 @@
 //! Record bytes in the CLI's json lines, without loss: a field whose bytes are UTF-8 is
 //! a json string as it is; any other bytes are base64 (standard alphabet, padded), and
 //! the line says so in `<field>_encoding: "base64"`. For headers, `headers_encoding`
-//! maps the names of the base64 values to `"base64"`. A script that handles text sees
-//! no difference; a binary value (a protobuf, a compressed blob) is no longer mangled
-//! into replacement characters; and `consume --format json | publish --format json`
-//! copies records byte for byte.
+//! maps a header name to `"base64"` when any of its values is not UTF-8 (then every
+//! value of that name is base64: a record's headers are a list, a name may repeat, and
+//! one flag per name must fit all its values). A script that handles text sees no
+//! difference; a binary value (a protobuf, a compressed blob) is no longer mangled into
+//! replacement characters; and `consume --format json | publish --format json` copies
+//! records byte for byte, repeated header names included (printed as repeated keys of
+//! the `headers` object, read back in order).
 //!
 //! Reading (`publish --format json`): `<field>_encoding` absent or `"utf-8"` takes the
 //! string's bytes; `"base64"` decodes it; anything else is an error. Header names are
@@ -14,8 +17,9 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tidelog_client::ConsumedRecord;
 
@@ -46,6 +50,19 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// Base64 whatever the bytes (a header whose name has another value that is not
+    /// UTF-8), else as [`Field::of`].
+    fn of_forced(bytes: &'a [u8], base64: bool) -> Field<'a> {
+        if base64 {
+            Field {
+                text: Cow::Owned(BASE64.encode(bytes)),
+                base64: true,
+            }
+        } else {
+            Field::of(bytes)
+        }
+    }
+
     /// `"base64"` for `<field>_encoding` when it is, else nothing (the field is left out).
     fn encoding(field: &Option<Field<'_>>) -> Option<&'static str> {
         field.as_ref().filter(|f| f.base64).map(|_| "base64")
@@ -59,7 +76,7 @@ impl Serialize for Field<'_> {
 }
 
 /// A record's headers as a json object of name → value (names lossily as text), in the
-/// record's order.
+/// record's order, a repeated name as a repeated key.
 #[derive(Debug)]
 struct HeaderValues<'a>(Vec<(Cow<'a, str>, Field<'a>)>);
 
@@ -91,7 +108,7 @@ pub struct JsonRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     value_encoding: Option<&'static str>,
     headers: HeaderValues<'a>,
-    /// The names of the header values that are base64, each → `"base64"`.
+    /// The header names whose values are base64, each → `"base64"`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     headers_encoding: BTreeMap<Cow<'a, str>, &'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,15 +123,20 @@ impl<'a> JsonRecord<'a> {
             r.key.as_deref().map(Field::of),
             r.value.as_deref().map(Field::of),
         );
-        let headers: Vec<_> = r
+        let headers_encoding: BTreeMap<Cow<'a, str>, &'static str> = r
             .headers
             .iter()
-            .map(|(n, v)| (String::from_utf8_lossy(n), Field::of(v)))
+            .filter(|(_, v)| std::str::from_utf8(v).is_err())
+            .map(|(n, _)| (String::from_utf8_lossy(n), "base64"))
             .collect();
-        let headers_encoding = headers
+        let headers = r
+            .headers
             .iter()
-            .filter(|(_, v)| v.base64)
-            .map(|(n, _)| (n.clone(), "base64"))
+            .map(|(n, v)| {
+                let name = String::from_utf8_lossy(n);
+                let base64 = headers_encoding.contains_key(&name);
+                (name, Field::of_forced(v, base64))
+            })
             .collect();
         JsonRecord {
             partition: r.partition,
@@ -147,43 +169,101 @@ fn decode(what: &str, text: &str, encoding: Option<&Value>) -> Result<Vec<u8>, S
     }
 }
 
-/// Field `name` of a json line: `None` when absent or null. A non-string `value` is
-/// taken as its json text (`{"value":{"a":1}}` publishes the bytes `{"a":1}`); other
-/// fields must be strings.
-pub fn take(obj: &Map<String, Value>, name: &str) -> Result<Option<Vec<u8>>, String> {
-    let encoding = obj.get(&format!("{name}_encoding"));
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => decode(name, s, encoding).map(Some),
-        Some(other) if name == "value" && encoding.is_none() => {
-            Ok(Some(other.to_string().into_bytes()))
+/// A json line as `publish --format json` reads it: every field may be absent or null;
+/// the headers in the line's order, a repeated name kept (a json object read into a map
+/// would keep one value per name).
+#[derive(Debug, Deserialize)]
+pub struct JsonLine {
+    tenant: Option<Value>,
+    tenant_encoding: Option<Value>,
+    key: Option<Value>,
+    key_encoding: Option<Value>,
+    value: Option<Value>,
+    value_encoding: Option<Value>,
+    headers: Option<HeaderList>,
+    headers_encoding: Option<Map<String, Value>>,
+    timestamp: Option<Value>,
+}
+
+/// A `headers` object as (name, value) pairs, in order, repeated names kept.
+#[derive(Debug, Default)]
+struct HeaderList(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for HeaderList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = HeaderList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("headers as an object of strings")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<HeaderList, M::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(HeaderList(pairs))
+            }
         }
-        Some(_) => Err(format!("{name} must be a string")),
+        d.deserialize_map(Pairs)
     }
 }
 
-/// The `headers` of a json line (with `headers_encoding`), in the line's order.
-pub fn take_headers(obj: &Map<String, Value>) -> Result<Headers, String> {
-    let Some(headers) = obj.get("headers") else {
-        return Ok(Vec::new());
-    };
-    let headers = headers
-        .as_object()
-        .ok_or("headers must be an object of strings")?;
-    let encodings = match obj.get("headers_encoding") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(e)) => Some(e),
-        Some(_) => return Err("headers_encoding must be an object".into()),
-    };
-    headers
-        .iter()
-        .map(|(name, value)| {
-            let value = value.as_str().ok_or("header values must be strings")?;
-            let encoding = encodings.and_then(|e| e.get(name));
-            let bytes = decode(&format!("header {name}"), value, encoding)?;
-            Ok((name.as_bytes().to_vec(), bytes))
-        })
-        .collect()
+impl JsonLine {
+    pub fn parse(line: &str) -> Result<JsonLine, String> {
+        serde_json::from_str(line).map_err(|e| format!("invalid json line: {e}"))
+    }
+
+    pub fn tenant(&self) -> Result<Option<Vec<u8>>, String> {
+        text_field("tenant", &self.tenant, &self.tenant_encoding)
+    }
+
+    pub fn key(&self) -> Result<Option<Vec<u8>>, String> {
+        text_field("key", &self.key, &self.key_encoding)
+    }
+
+    /// `None` (a tombstone) when absent or null. A value that is not a json string is
+    /// taken as its json text (`{"value":{"a":1}}` publishes the bytes `{"a":1}`).
+    pub fn value(&self) -> Result<Option<Vec<u8>>, String> {
+        match (&self.value, &self.value_encoding) {
+            (Some(v), None) if !v.is_string() => Ok(Some(v.to_string().into_bytes())),
+            _ => text_field("value", &self.value, &self.value_encoding),
+        }
+    }
+
+    /// The record's timestamp (ms), when the line gives one as an integer.
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp.as_ref().and_then(Value::as_i64)
+    }
+
+    /// The headers, in the line's order (with `headers_encoding`).
+    pub fn headers(&self) -> Result<Headers, String> {
+        let Some(HeaderList(headers)) = &self.headers else {
+            return Ok(Vec::new());
+        };
+        headers
+            .iter()
+            .map(|(name, value)| {
+                let value = value.as_str().ok_or("header values must be strings")?;
+                let encoding = self.headers_encoding.as_ref().and_then(|e| e.get(name));
+                let bytes = decode(&format!("header {name}"), value, encoding)?;
+                Ok((name.as_bytes().to_vec(), bytes))
+            })
+            .collect()
+    }
+}
+
+/// A field that must be a string (or absent / null: `None`), under its encoding.
+fn text_field(
+    name: &str,
+    value: &Option<Value>,
+    encoding: &Option<Value>,
+) -> Result<Option<Vec<u8>>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => decode(name, s, encoding.as_ref()).map(Some),
+        Some(_) => Err(format!("{name} must be a string")),
+    }
 }
 
 #[cfg(test)]
@@ -191,7 +271,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn line_of(value: Option<&[u8]>, headers: &[(Vec<u8>, Vec<u8>)]) -> Map<String, Value> {
+    /// The line printed for a record with this value and these headers.
+    fn printed(value: Option<&[u8]>, headers: &[(Vec<u8>, Vec<u8>)]) -> String {
         let record = ConsumedRecord {
             partition: 1,
             offset: 42,
@@ -201,9 +282,12 @@ mod tests {
             value: value.map(<[u8]>::to_vec),
             headers: headers.to_vec(),
         };
-        // Through the text a pipe carries.
-        let text = serde_json::to_string(&JsonRecord::new(&record, None)).expect("serialize");
-        serde_json::from_str(&text).expect("json")
+        serde_json::to_string(&JsonRecord::new(&record, None)).expect("serialize")
+    }
+
+    /// The same line as a json object (repeated keys: the last).
+    fn line_of(value: Option<&[u8]>, headers: &[(Vec<u8>, Vec<u8>)]) -> Map<String, Value> {
+        serde_json::from_str(&printed(value, headers)).expect("json")
     }
 
     #[test]
@@ -225,38 +309,67 @@ mod tests {
     fn a_tombstone_is_null_and_reads_back_as_none() {
         let line = line_of(None, &[]);
         assert_eq!(line["value"], Value::Null);
-        assert_eq!(take(&line, "value"), Ok(None));
+        let read = JsonLine::parse(&printed(None, &[])).expect("parse");
+        assert_eq!(read.value(), Ok(None));
+    }
+
+    /// A record's headers are a list: a name may repeat, and one of its values may be
+    /// binary while another is text. Every value of that name goes out as base64, so the
+    /// one flag per name is right for each, and all come back, in order.
+    #[test]
+    fn repeated_header_names_come_back_in_order() {
+        let headers = vec![
+            (b"h".to_vec(), b"text".to_vec()),
+            (b"x".to_vec(), b"plain".to_vec()),
+            (b"h".to_vec(), vec![0xff]),
+        ];
+        let line = printed(Some(b"v"), &headers);
+        assert!(line.contains(r#""h":"dGV4dA==""#), "{line}");
+        assert!(
+            line.contains(r#""headers_encoding":{"h":"base64"}"#),
+            "{line}"
+        );
+        let read = JsonLine::parse(&line).expect("parse");
+        assert_eq!(read.headers(), Ok(headers));
     }
 
     #[test]
     fn bad_encodings_are_errors_not_guesses() {
-        let obj = |s: &str| -> Map<String, Value> { serde_json::from_str(s).expect("json") };
-        let bad = obj(r#"{"value":"!!","value_encoding":"base64"}"#);
-        assert!(take(&bad, "value").is_err());
-        let unknown = obj(r#"{"value":"x","value_encoding":"hex"}"#);
-        assert!(take(&unknown, "value")
+        let line = |s: &str| JsonLine::parse(s).expect("parse");
+        let bad = line(r#"{"value":"!!","value_encoding":"base64"}"#);
+        assert!(bad.value().is_err());
+        let unknown = line(r#"{"value":"x","value_encoding":"hex"}"#);
+        assert!(unknown.value().unwrap_err().contains("unknown encoding"));
+        let header = line(r#"{"headers":{"a":"%"},"headers_encoding":{"a":"base64"}}"#);
+        assert!(header.headers().is_err());
+        assert!(line(r#"{"key":5}"#)
+            .key()
             .unwrap_err()
-            .contains("unknown encoding"));
-        let header = obj(r#"{"headers":{"a":"%"},"headers_encoding":{"a":"base64"}}"#);
-        assert!(take_headers(&header).is_err());
+            .contains("must be a string"));
+        assert!(JsonLine::parse(r#"{"headers":[1]}"#).is_err());
+        assert!(JsonLine::parse("[1]").is_err());
         // A json value that is not a string is published as its json text.
         assert_eq!(
-            take(&obj(r#"{"value":{"a":1}}"#), "value"),
+            line(r#"{"value":{"a":1}}"#).value(),
             Ok(Some(br#"{"a":1}"#.to_vec()))
         );
     }
 
     proptest! {
-        /// Whatever the bytes, a line printed and read back gives them back.
+        /// Whatever the bytes, and whichever header names repeat, a line printed and
+        /// read back gives them back.
         #[test]
         fn any_bytes_round_trip(
             value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
-            header in proptest::collection::vec(any::<u8>(), 0..16),
+            headers in proptest::collection::vec(
+                (proptest::sample::select(vec![b"a".to_vec(), b"b".to_vec()]),
+                 proptest::collection::vec(any::<u8>(), 0..16)),
+                0..5,
+            ),
         ) {
-            let headers = vec![(b"h".to_vec(), header)];
-            let line = line_of(value.as_deref(), &headers);
-            prop_assert_eq!(take(&line, "value").expect("value"), value);
-            prop_assert_eq!(take_headers(&line).expect("headers"), headers);
+            let read = JsonLine::parse(&printed(value.as_deref(), &headers)).expect("parse");
+            prop_assert_eq!(read.value().expect("value"), value);
+            prop_assert_eq!(read.headers().expect("headers"), headers);
         }
     }
 }

@@ -4,8 +4,8 @@
 //! record). `--format json`: each line is `{"tenant":..,"key":..,"value":..|null,
 //! "headers":{..}}`; a null (or missing) value is a tombstone; bytes given in base64 say
 //! so with `<field>_encoding: "base64"`, as `consume --format json` prints them
-//! (`json_bytes.rs`). Prints how many records
-//! were written and their offset range per partition.
+//! (`json_bytes.rs`). Prints how many records were written and their offset range per
+//! partition.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -128,20 +128,17 @@ fn records(n: usize) -> String {
 }
 
 fn json_record(line: &str, args: &PublishArgs) -> Result<Record, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("invalid json: {e}"))?;
-    let obj = v.as_object().ok_or("expected a json object")?;
-    let field = |name: &str| super::json_bytes::take(obj, name);
-    let headers = super::json_bytes::take_headers(obj)?;
+    let line = super::json_bytes::JsonLine::parse(line)?;
     Ok(Record {
-        timestamp_ms: obj
-            .get("timestamp")
-            .and_then(serde_json::Value::as_i64)
-            .unwrap_or_else(now_ms),
-        tenant: field("tenant")?.or_else(|| args.tenant.as_ref().map(|t| t.as_bytes().to_vec())),
-        key: field("key")?.or_else(|| args.key.as_ref().map(|k| k.as_bytes().to_vec())),
-        value: field("value")?,
-        headers,
+        timestamp_ms: line.timestamp_ms().unwrap_or_else(now_ms),
+        tenant: line
+            .tenant()?
+            .or_else(|| args.tenant.as_ref().map(|t| t.as_bytes().to_vec())),
+        key: line
+            .key()?
+            .or_else(|| args.key.as_ref().map(|k| k.as_bytes().to_vec())),
+        value: line.value()?,
+        headers: line.headers()?,
     })
 }
 
