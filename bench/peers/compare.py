@@ -129,7 +129,7 @@ def tidelog_index(bench, keys):
     size = 200 if keys else 215
     r = json.loads(sh([bench, "--spawn-server", "--json", "publish", "--count", str(count),
                        "--record-size", str(size), "--batch", "100", "--in-flight", str(INDEX_IN_FLIGHT),
-                       "--prefill", str(2 * INDEX_KEYS), *extra]))
+                       "--prefill", str(2 * INDEX_KEYS), *extra], env=page_cache_budget(INDEX_PAIRS_PAGE_CACHE_BYTES)))
     assert r["verified"], f"tidelog run not verified: {r}"
     cpu = r["cpu_seconds"]
     return r["records_per_sec"], r["records_per_sec"], (cpu["client"] + cpu["server"]) / r["records"]
@@ -189,6 +189,15 @@ INDEX_KEYS_SMALL = 10_000
 # producer (`ProducerConfig`: 16 batches of up to 1 MiB in flight) runs deeper than both.
 INDEX_IN_FLIGHT = 128
 INDEX_LATENCY_BOUND_IN_FLIGHT = 32
+# The spawned servers' page cache budget (`TIDELOG_PAGE_CACHE_BYTES`) in the index's runs.
+# Each separate-server run writes ~1.3 GB; without a budget every page is a fresh one that
+# this VM may have reported free to its host, whose first touch is slow, and which run
+# gets more of those decided the pair (eighteenth session, docs/BENCHMARKS.md: the loop's
+# time in the page cache copy 40-83 % in slow runs, with 10 000 keys as with a million).
+# With 256 MiB the appends reuse the pages handed back after the first 256 MiB.
+INDEX_PAIRS_PAGE_CACHE_BYTES = 256 << 20
+# index-cost's bursts run on one server; every index-cost figure was taken with 1 GiB.
+INDEX_COST_PAGE_CACHE_BYTES = 1 << 30
 
 
 def paired(a, b, pairs=None):
@@ -300,7 +309,8 @@ def index_rows(bench):
 def index_cost_rows(bench, keys, label, in_flight):
     r = json.loads(sh([bench, "--spawn-server", "--json", "index-cost", "--count", str(count_index()),
                        "--burst", "500000", "--prefill", str(2 * INDEX_KEYS), "--record-size", "200",
-                       "--batch", "100", "--in-flight", str(in_flight), "--keys", str(keys)]))
+                       "--batch", "100", "--in-flight", str(in_flight), "--keys", str(keys)],
+                      env=page_cache_budget(INDEX_COST_PAGE_CACHE_BYTES)))
     assert r["verified"], f"tidelog run not verified: {r}"
     st = r["settings"]
     return [
@@ -311,6 +321,10 @@ def index_cost_rows(bench, keys, label, in_flight):
         (f"  index-cost, {label} keys, {in_flight} in flight: keyed / plain over all bursts (CPU per record, "
          f"plain / keyed: {st['cpu_plain_vs_keyed']:.2f}x)", None, None, st["keyed_vs_plain"]),
     ]
+
+
+def page_cache_budget(nbytes):
+    return {**os.environ, "TIDELOG_PAGE_CACHE_BYTES": str(nbytes)}
 
 
 def count_index():

@@ -4,19 +4,23 @@
 //! by ±20 % with the host's load; the CPU a run spent per record is the steadier figure
 //! when two configurations are compared (e.g. the tenant index on and off).
 
-/// CPU seconds used so far (user + system, all threads).
-#[derive(Debug, Clone, Copy)]
+/// CPU seconds used so far (user + system, all threads), and the server's by thread.
+#[derive(Debug, Clone)]
 pub struct CpuClock {
     client: f64,
     server: Option<f64>,
+    server_threads: ThreadClock,
 }
 
 /// CPU seconds used over a window.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CpuUse {
     pub client: f64,
     /// `None` when the server is not this bench's child (its CPU is not ours to read).
     pub server: Option<f64>,
+    /// The server's CPU by thread name, in ns (empty when `server` is `None`): which
+    /// thread a change of cost lands on, e.g. the event loop (`main`) or the indexer.
+    pub server_threads: std::collections::BTreeMap<String, u64>,
 }
 
 impl CpuClock {
@@ -25,6 +29,7 @@ impl CpuClock {
         CpuClock {
             client: own_cpu_seconds(),
             server: server.and_then(process_cpu_seconds),
+            server_threads: ThreadClock::now(server),
         }
     }
 
@@ -35,7 +40,20 @@ impl CpuClock {
                 .server
                 .zip(start.server)
                 .map(|(end, start)| end - start),
+            server_threads: self.server_threads.since(&start.server_threads),
         }
+    }
+}
+
+impl CpuUse {
+    /// [`CpuUse::server_threads`] per record, in ns, as a JSON object by thread name.
+    pub fn server_thread_ns_per_record(&self, records: u64) -> serde_json::Value {
+        let records = records.max(1) as f64;
+        self.server_threads
+            .iter()
+            .map(|(name, &ns)| (name.clone(), serde_json::json!(ns as f64 / records)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 }
 
@@ -178,6 +196,28 @@ mod tests {
             "{used:?}"
         );
         assert!(ThreadClock::now(None).ns.is_empty());
+    }
+
+    #[test]
+    fn thread_time_is_given_per_record_by_thread() {
+        let used = CpuUse {
+            server_threads: [
+                ("main".to_string(), 2_500),
+                ("tidelog-flusher".to_string(), 500),
+            ]
+            .into_iter()
+            .collect(),
+            ..CpuUse::default()
+        };
+        assert_eq!(
+            used.server_thread_ns_per_record(10),
+            serde_json::json!({"main": 250.0, "tidelog-flusher": 50.0})
+        );
+        // No records: per one record, not a division by zero.
+        assert_eq!(
+            used.server_thread_ns_per_record(0)["main"],
+            serde_json::json!(2_500.0)
+        );
     }
 
     #[test]

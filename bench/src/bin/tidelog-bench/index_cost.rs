@@ -38,7 +38,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cpu::{CpuClock, CpuUse, ThreadClock};
+use crate::cpu::{CpuClock, CpuUse};
 use crate::report::Report;
 use crate::scenarios::{
     bench_key, end_offsets, histogram, prefill, read_back, run_producers_round,
@@ -68,8 +68,6 @@ struct Side {
     bytes: u64,
     seconds: f64,
     cpu: CpuUse,
-    /// Nanoseconds each server thread ran, by name (empty unless the bench spawned it).
-    threads: std::collections::BTreeMap<String, u64>,
 }
 
 impl Side {
@@ -91,12 +89,7 @@ impl Side {
     /// loop, `main`, appends and applies its rounds; `tidelog-indexer` grows large tables
     /// and writes checkpoints).
     fn thread_ns(&self) -> serde_json::Value {
-        let records = self.records.max(1) as f64;
-        self.threads
-            .iter()
-            .map(|(name, &ns)| (name.clone(), serde_json::json!(ns as f64 / records)))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
+        self.cpu.server_thread_ns_per_record(self.records)
     }
 }
 
@@ -196,7 +189,6 @@ pub fn index_cost(
         let from = end_offsets(&client, side)?;
         // Every burst draws other keys (round 2 + burst).
         let round = 2 + (j / 2) as u32;
-        let threads_before = ThreadClock::now(target.server_pid);
         let run = run_producers_round(target, &this, round, None, progress)?;
         let mut seconds = run.seconds;
         if keyed_turn {
@@ -206,7 +198,6 @@ pub fn index_cost(
         }
         std::thread::sleep(SETTLE);
         let cpu = CpuClock::now(target.server_pid).since(&run.cpu);
-        let threads = ThreadClock::now(target.server_pid).since(&threads_before);
         let verifier = Arc::new(Mutex::new(Verifier::new(&run.counts)));
         read_back(
             target,
@@ -236,8 +227,8 @@ pub fn index_cost(
         t.seconds += seconds;
         t.cpu.client += cpu.client;
         t.cpu.server = cpu.server.map(|s| s + t.cpu.server.unwrap_or(0.0));
-        for (name, ns) in threads {
-            *t.threads.entry(name).or_insert(0) += ns;
+        for (name, ns) in cpu.server_threads {
+            *t.cpu.server_threads.entry(name).or_insert(0) += ns;
         }
         rate[usize::from(keyed_turn)] = records as f64 / seconds.max(1e-9);
         rates[usize::from(keyed_turn)].push(rate[usize::from(keyed_turn)]);
@@ -277,7 +268,7 @@ pub fn index_cost(
         seconds: k.seconds,
         latency: Some(latency),
         verdict: Some(verdict),
-        cpu: Some(k.cpu),
+        cpu: Some(k.cpu.clone()),
         settings,
     })
 }

@@ -50,6 +50,9 @@ impl Report {
         });
         if let Some(cpu) = &self.cpu {
             out["cpu_seconds"] = serde_json::json!({"client": cpu.client, "server": cpu.server});
+            if !cpu.server_threads.is_empty() {
+                out["server_thread_ns_per_record"] = cpu.server_thread_ns_per_record(self.records);
+            }
         }
         if let Some(v) = self.verdict.as_ref().filter(|v| !v.passed()) {
             out["missing"] = v.missing.into();
