@@ -193,7 +193,7 @@ INDEX_LATENCY_BOUND_IN_FLIGHT = 32
 # Each separate-server run writes ~1.3 GB; without a budget every page is a fresh one that
 # this VM may have reported free to its host, whose first touch is slow, and which run
 # gets more of those decided the pair (eighteenth session, docs/BENCHMARKS.md: the loop's
-# time in the page cache copy 40-83 % in slow runs, with 10 000 keys as with a million).
+# time in the page cache copy 38-83 % in slow runs, with 10 000 keys as with a million).
 # With 256 MiB the appends reuse the pages handed back after the first 256 MiB.
 INDEX_PAIRS_PAGE_CACHE_BYTES = 256 << 20
 # index-cost's bursts run on one server; every index-cost figure was taken with 1 GiB.
