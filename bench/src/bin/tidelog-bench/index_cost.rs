@@ -24,7 +24,10 @@
 //! and the CPU ratio does not. `server_thread_ns_per_record` splits each side's server
 //! CPU by thread (nanosecond `schedstat` counts): the event loop's keyed-minus-plain is
 //! what the index costs the thread every publish waits for (steadier than the wall
-//! clock, though the host's slow phases inflate CPU time too). Both topics are prefilled
+//! clock, though the host's slow phases inflate CPU time too); in `settings` as
+//! `{plain, keyed}`, while the report's top-level `cpu_seconds` and
+//! `server_thread_ns_per_record` are the keyed side's, as every report's are its measured
+//! run's. Both topics are prefilled
 //! (untimed, `--prefill` records each), so the tenant is long-lived and its keys are in
 //! the index already. Every burst is read back and verified, untimed.
 //!
