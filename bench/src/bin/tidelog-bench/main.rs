@@ -25,18 +25,24 @@
 //!             rate and time to first record, the live catch-up, and a plain fetch of
 //!             the same partition for comparison; verified against a full replay;
 //!             latency = the writers' publish → ack while the extraction runs
+//!   history   a partition of --count records in tenant-uniform batches, one batch in
+//!             --tenants the measured tenant's: a history extraction of that tenant
+//!             (--header K=V criteria), against a plain fetch of the whole partition;
+//!             verified against the tenant's matching records in that fetch
 //! ```
 //!
 //! Output: a table, or with `--json` one object per scenario (`scenario`, `records`,
 //! `bytes`, `seconds`, `records_per_sec`, `mb_per_sec`, `latency_us` {p50, p90, p99,
 //! p999, max}, `verified`, and the fault counts when verification fails; `publish` adds
 //! `cpu_seconds` {client, server}: the CPU spent over the measured run, the server's only
-//! with `--spawn-server`). Exit code 1
+//! with `--spawn-server`, and then `server_thread_ns_per_record` by server thread). Exit
+//! code 1
 //! when verification fails. Every run is bounded: `--count` records, optionally
 //! `--duration-secs`, and `--timeout-secs`.
 
 mod cpu;
 mod group;
+mod history;
 mod index_cost;
 mod payload;
 mod queue;
@@ -178,6 +184,20 @@ enum Scenario {
         /// live records are spread over the whole log [default: just the keys].
         #[arg(long, default_value_t = 0)]
         log_records: u64,
+    },
+    /// A tenant's history extraction out of a partition shared with other tenants,
+    /// against a fetch of the whole partition.
+    History {
+        #[command(flatten)]
+        options: Options,
+        /// Tenants whose batches take turns in the partition: the measured tenant has one
+        /// batch in this many.
+        #[arg(long, default_value_t = 64)]
+        tenants: u64,
+        /// Criteria: a header the events must carry, `NAME=VALUE` (repeatable; every
+        /// record has `type=share` (one in four) or `type=upload`).
+        #[arg(long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
     },
     /// A stream group consumes a filled topic; then rebalance times (a member joins/leaves).
     Group {
@@ -389,6 +409,7 @@ fn main() -> ExitCode {
         Scenario::IndexCost { options, .. } => ("index-cost", options),
         Scenario::E2e { options, .. } => ("e2e", options),
         Scenario::Extract { options, .. } => ("extract", options),
+        Scenario::History { options, .. } => ("history", options),
         Scenario::Group { options, .. } => ("group", options),
         Scenario::Queue { options, .. } => ("queue", options),
     };
@@ -430,6 +451,9 @@ fn main() -> ExitCode {
         Scenario::Extract {
             keys, log_records, ..
         } => scenarios::extract(&target, &common, *keys, *log_records, &counter),
+        Scenario::History {
+            tenants, headers, ..
+        } => history::history(&target, &common, *tenants, headers, &counter),
         Scenario::Group { rebalances, .. } => group::group(&target, &common, *rebalances, &counter),
         Scenario::Queue { poll_records, .. } => {
             queue::queue(&target, &common, *poll_records, &counter)
@@ -454,4 +478,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `NAME=VALUE` of `--header`.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))?;
+    Ok((name.to_string(), value.to_string()))
 }
