@@ -57,6 +57,13 @@ fn every_scenario_runs_and_verifies() {
         "2",
     ]);
     check(&publish, "publish", 20000);
+    // The spawned server's CPU by thread: the event loop is `main`.
+    assert!(
+        publish["server_thread_ns_per_record"]["main"]
+            .as_f64()
+            .is_some_and(|ns| ns > 0.0),
+        "{publish}"
+    );
     for q in ["p50", "p90", "p99", "p999", "max"] {
         assert!(
             publish["latency_us"][q].as_u64().is_some(),
@@ -128,6 +135,31 @@ fn every_scenario_runs_and_verifies() {
     ]);
     check(&extract, "extract", 2000);
     assert!(extract["settings"]["extract_vs_fetch"].as_f64().is_some());
+    // 200 batches of 50, one in 4 the tenant's; a quarter of those records (13 of each
+    // batch's 50: the batches start at multiples of 200) are shares.
+    let history = |criteria: &[&str]| {
+        let args = [
+            "history",
+            "--count",
+            "10000",
+            "--batch",
+            "50",
+            "--record-size",
+            "100",
+            "--tenants",
+            "4",
+            "--partitions",
+            "3",
+        ];
+        run(&[&args[..], criteria].concat())
+    };
+    let all = history(&[]);
+    check(&all, "history", 2500);
+    assert_eq!(all["settings"]["tenant_records"], 2500);
+    assert!(all["settings"]["history_vs_fetch_whole_partition_seconds"]
+        .as_f64()
+        .is_some_and(|r| r > 0.0));
+    check(&history(&["--header", "type=share"]), "history", 50 * 13);
     let group = run(&[
         "group",
         "--count",

@@ -95,6 +95,8 @@ pub fn history(
                 .collect();
             request.extend_from_slice(&build_batch(&records, ProducerStamp::default()));
             written += n;
+            // The bar follows the fill (`--count` records, the run's long part).
+            progress.fetch_add(n, Ordering::Relaxed);
             batch_no += 1;
         }
         admin
@@ -121,7 +123,6 @@ pub fn history(
                 let value = r.value.unwrap_or_default();
                 bytes += value.len() as u64;
                 got.push((r.offset, value));
-                progress.fetch_add(1, Ordering::Relaxed);
             }
             Some(ExtractEvent::Watermark { offset, .. }) => break offset,
             Some(ExtractEvent::Live(_)) => return Err("live record before the watermark".into()),
