@@ -1,6 +1,7 @@
 //! The tenant index's hot path: applying queued updates (what the indexer thread does for
 //! every keyed record) to a tenant that already has many live keys, updated at random, and
-//! hashing a key (what the appender does per keyed record); encoding its checkpoint.
+//! hashing a key (what the appender does per keyed record); encoding its checkpoint; and a
+//! sealed segment's tenant map (made at every seal; read by every history extraction).
 //!
 //! Run: `cargo bench -p tidelog-bench --bench tenant_index`. Figures go in
 //! docs/BENCHMARKS.md.
@@ -84,5 +85,47 @@ fn checkpoint(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply, checkpoint);
+/// A segment of 64 MiB in tenant-uniform batches of 100 records of 200 bytes (~21 KiB),
+/// 64 tenants in turn: making its tenant map (a walk over the batch headers, as at a
+/// seal), and finding one tenant's chunks in it (as a history scan does).
+fn tenant_map(c: &mut Criterion) {
+    use tidelog_engine::tenant_map::{tenant_bits, TenantMap};
+    use tidelog_engine::{build_batch, ProducerStamp, Record};
+    let mut group = c.benchmark_group("tenant_map");
+    let mut segment = Vec::with_capacity(64 << 20);
+    let mut i = 0u64;
+    while segment.len() < 64 << 20 {
+        let tenant = format!("tenant-{}", i % 64).into_bytes();
+        let records: Vec<Record> = (0..100)
+            .map(|r| Record {
+                timestamp_ms: 1_700_000_000_000,
+                tenant: Some(tenant.clone()),
+                key: Some(format!("file-{r:08}").into_bytes()),
+                value: Some(vec![7; 200]),
+                headers: Vec::new(),
+            })
+            .collect();
+        segment.extend(build_batch(&records, ProducerStamp::default()));
+        i += 1;
+    }
+    group.throughput(Throughput::Bytes(segment.len() as u64));
+    group.bench_function("build_64MiB", |b| {
+        b.iter(|| black_box(TenantMap::build(&segment).map(|m| m.heap_bytes())))
+    });
+    let map = TenantMap::build(&segment).expect("map");
+    let bits = tenant_bits(b"tenant-7");
+    group.bench_function("chunks_of_one_tenant_64MiB", |b| {
+        b.iter(|| {
+            let (mut n, mut at) = (0, 0);
+            while let Some(c) = map.next_chunk(bits, at) {
+                n += 1;
+                at = c + 1;
+            }
+            black_box(n)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, apply, checkpoint, tenant_map);
 criterion_main!(benches);

@@ -23,15 +23,7 @@ sleep 1
 B() { "$BENCH" --server 127.0.0.1:$PORT --json "$@" 2>/dev/null; }
 B publish --topic old --count "$COUNT" --record-size 1024 --batch 100 --in-flight 32 > "$WORK/publish.json"
 kill -INT $SERVER; wait $SERVER
-python3 - "$WORK/data/topics/old" <<'PY'
-import os, sys
-for root, _, files in os.walk(sys.argv[1]):
-    for f in files:
-        fd = os.open(os.path.join(root, f), os.O_RDONLY)
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-PY
+python3 "$(dirname "$0")/drop_page_cache.py" "$WORK/data/topics/old"
 "$BIN" serve --data-dir "$WORK/data" --listen 127.0.0.1:$PORT >> "$WORK/server.log" 2>&1 &
 SERVER=$!
 sleep 1

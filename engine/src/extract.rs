@@ -20,6 +20,7 @@ use tidelog_protocol::record::RecordView;
 
 use crate::error::{EngineError, Result};
 use crate::segment::Segment;
+use crate::tenant_map::{tenant_bits, TenantMap};
 
 /// What a history extraction (and, optionally, a state extraction) keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -224,7 +225,9 @@ impl TenantSnapshot {
 /// One step of a history extraction: the tenant's records matching `criteria` with
 /// offsets in `[from, upto]`, re-encoded (offsets preserved), scanning about `max_bytes`
 /// of log. Returns the bytes and the offset to continue from (past `upto` when done).
-/// Whole batches of other tenants are skipped from their header, without decoding.
+/// In a sealed segment only the runs of batches its tenant map names for the tenant are
+/// read ([`tenant_run`]); elsewhere whole batches of other tenants are skipped from their
+/// header, without decoding.
 pub fn history_step(
     partition: &crate::Partition,
     segments: &[Arc<Segment>],
@@ -238,29 +241,153 @@ pub fn history_step(
     let mut scratch = Vec::new();
     let mut at = from.max(partition.earliest_offset());
     let mut scanned = 0usize;
+    // Where the last run ended, as (offset, segment, position): the next run's start
+    // without a lookup of the offset (whose header walk would touch, and read around,
+    // pages before it).
+    let mut ended: Option<Place> = None;
     while at <= upto && scanned < max_bytes as usize && out.len() < max_bytes as usize {
-        let fetched = partition.read_pinned(segments, at, max_bytes)?;
-        if fetched.is_empty() {
-            break;
-        }
-        let bytes: &[u8] = &fetched;
-        let mut pos = 0;
-        while pos < bytes.len() {
-            let view =
-                view_stored(&bytes[pos..]).map_err(|e| EngineError::InvalidBatch(e.to_string()))?;
-            let kept = select(&view, tenant, criteria, at, upto);
-            let before = out.len();
-            push_batch(&mut out, &mut scratch, &view, &kept);
-            if before > 0 && out.len() > max_bytes as usize {
-                // Never past `max_bytes` (a reader's credit) unless one batch alone is:
-                // this batch starts the next step.
-                out.truncate(before);
-                return Ok((out, view.header.base_offset.max(at)));
+        let known = ended.take().filter(|p| p.offset == at);
+        let fetched;
+        let (bytes, run_end): (&[u8], Option<Place>) = match tenant_run(segments, tenant, at, known)
+        {
+            Some(TenantRun::Past(next)) => {
+                at = next;
+                continue;
             }
-            pos += view.bytes().len();
-        }
+            Some(TenantRun::Batches(bytes, end)) => (bytes, Some(end)),
+            None => {
+                fetched = partition.read_pinned(segments, at, max_bytes)?;
+                if fetched.is_empty() {
+                    break;
+                }
+                (&fetched, None)
+            }
+        };
         scanned += bytes.len();
-        at = fetched.next_offset;
+        let taken = take_batches(
+            bytes,
+            tenant,
+            criteria,
+            at,
+            upto,
+            &mut out,
+            &mut scratch,
+            max_bytes,
+        )?;
+        if let (Taken::All(next), Some(end)) = (&taken, run_end) {
+            ended = Some(Place {
+                offset: *next,
+                ..end
+            });
+        }
+        match taken {
+            Taken::All(next) if next > at => at = next,
+            // (Cannot happen: a run holds at least the batch of `at` or a later one.)
+            Taken::All(_) => break,
+            Taken::Full(resume) => return Ok((out, resume)),
+        }
     }
     Ok((out, at))
+}
+
+/// How far [`take_batches`] got.
+enum Taken {
+    /// Through the last batch: the offset after it.
+    All(u64),
+    /// `out` is full: the offset to resume from (a batch left for the next step).
+    Full(u64),
+}
+
+/// Appends to `out` what `select` keeps of every batch in `bytes` (whole batches).
+#[allow(clippy::too_many_arguments)]
+fn take_batches(
+    bytes: &[u8],
+    tenant: &[u8],
+    criteria: &Criteria,
+    at: u64,
+    upto: u64,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    max_bytes: u32,
+) -> Result<Taken> {
+    let mut pos = 0;
+    let mut next = at;
+    while pos < bytes.len() {
+        let view =
+            view_stored(&bytes[pos..]).map_err(|e| EngineError::InvalidBatch(e.to_string()))?;
+        let kept = select(&view, tenant, criteria, at, upto);
+        let before = out.len();
+        push_batch(out, scratch, &view, &kept);
+        if before > 0 && out.len() > max_bytes as usize {
+            // Never past `max_bytes` (a reader's credit) unless one batch alone is: this
+            // batch starts the next step.
+            out.truncate(before);
+            return Ok(Taken::Full(view.header.base_offset.max(at)));
+        }
+        next = view.header.next_offset();
+        pos += view.bytes().len();
+    }
+    Ok(Taken::All(next))
+}
+
+/// A place in the log: an offset, and where its batch starts in which segment.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    offset: u64,
+    segment: u64,
+    position: u32,
+}
+
+/// What a sealed segment's tenant map says a history scan standing at `at` reads next.
+enum TenantRun<'a> {
+    /// These whole batches (the ones that start in one chunk the map names for the
+    /// tenant: from `at`'s batch when its chunk is named, else the next named chunk's),
+    /// and the place right after them (its offset left for the caller to fill in).
+    Batches(&'a [u8], Place),
+    /// Nothing before this offset (the segment's end: no chunk left is named).
+    Past(u64),
+}
+
+/// The next run a history scan of `tenant` at `at` reads, from the tenant map of `at`'s
+/// segment (`tenant_map.rs`); `None` where there is no map to go by (the active segment,
+/// one that could not be mapped, every tenant's history): the scan then reads on from
+/// `at`. The run's pages are asked of the disk in one go before they are touched, so that
+/// the faults of reading them find them coming and do not read around them (which would
+/// read the other tenants' batches beside them, the very thing the map saves).
+fn tenant_run<'a>(
+    segments: &'a [Arc<Segment>],
+    tenant: &[u8],
+    at: u64,
+    known: Option<Place>,
+) -> Option<TenantRun<'a>> {
+    if tenant.is_empty() {
+        return None;
+    }
+    let idx = segments.partition_point(|s| s.base_offset() <= at);
+    let seg = segments.get(idx.checked_sub(1)?)?;
+    let map = seg.tenant_map()?;
+    let pos = match known.filter(|p| p.segment == seg.base_offset() && p.position < seg.len()) {
+        Some(place) => place.position,
+        None => seg.find_position(at)?,
+    };
+    let bits = tenant_bits(tenant);
+    let chunk = TenantMap::chunk_of(pos);
+    let (from, chunk) = if map.next_chunk(bits, chunk) == Some(chunk) {
+        (pos, chunk) // `pos` starts a batch of this chunk: from it
+    } else {
+        match map.next_chunk(bits, chunk + 1) {
+            Some(next) => (map.first_batch(next)?, next),
+            // (A segment that does not know its end is read as it comes.)
+            None => return (seg.next_offset() > at).then(|| TenantRun::Past(seg.next_offset())),
+        }
+    };
+    let end = map.run_end(chunk, seg.len());
+    seg.will_need(from, end);
+    let after = Place {
+        offset: 0,
+        segment: seg.base_offset(),
+        position: end,
+    };
+    seg.bytes(from, end)
+        .map(|bytes| TenantRun::Batches(bytes, after))
 }

@@ -73,6 +73,7 @@ pub mod recovery;
 pub mod segment;
 mod snapshot_file;
 pub mod tenant_index;
+pub mod tenant_map;
 pub mod topic;
 mod work_queue;
 

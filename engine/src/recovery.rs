@@ -343,7 +343,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
             "log" => {
                 logs.insert(base);
             }
-            "index" | "timeindex" => others.push((base, path)),
+            "index" | "timeindex" | "tenantmap" => others.push((base, path)),
             _ => {}
         }
     }
@@ -360,6 +360,7 @@ fn delete_segment_files(dir: &Path, base: u64) -> Result<()> {
         segment::log_path(dir, base),
         segment::offset_index_path(dir, base),
         segment::time_index_path(dir, base),
+        segment::tenant_map_path(dir, base),
     ] {
         match fs::remove_file(&p) {
             Ok(()) => {}

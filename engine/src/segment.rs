@@ -1,7 +1,8 @@
 //! One segment: a log file of batches, written with `pwritev` and read through a shared,
 //! read-only memory mapping of the same file, plus its offset and time indexes.
 //!
-//! Files: `{base_offset:020}.log`, `.index`, `.timeindex` (see `docs/FORMAT.md`).
+//! Files: `{base_offset:020}.log`, `.index`, `.timeindex`, and once sealed `.tenantmap`
+//! (see `docs/FORMAT.md`).
 //!
 //! Concurrency: one writer (the partition's append lock holder) writes a batch *past* the
 //! published length (stamped with its offset on the way: `pwritev` of the batch with the
@@ -26,6 +27,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -33,6 +35,7 @@ use crate::batch::{self, BatchError, BatchHeader};
 use crate::error::{EngineError, Result};
 use crate::fsio::{self, SyncPolicy};
 use crate::index::{OffsetEntry, SegmentIndex};
+use crate::tenant_map::{FileIdentity, TenantMap};
 
 /// Zeros written per call when a file system cannot zero a range in place.
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
@@ -45,6 +48,9 @@ pub fn offset_index_path(dir: &Path, base_offset: u64) -> PathBuf {
 }
 pub fn time_index_path(dir: &Path, base_offset: u64) -> PathBuf {
     dir.join(format!("{base_offset:020}.timeindex"))
+}
+pub fn tenant_map_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.tenantmap"))
 }
 
 #[derive(Debug)]
@@ -81,6 +87,11 @@ pub struct Segment {
     fresh: bool,
     /// Its pages were handed back to the kernel ([`Segment::drop_cache`]).
     cache_dropped: AtomicBool,
+    /// Sealed by this process ([`Segment::seal`]): immutable from then on.
+    sealed: AtomicBool,
+    /// Its tenant map once a history scan or the seal asked for it ([`Segment::tenant_map`];
+    /// `Some(None)`: the segment could not be mapped). ~0.02 % of the segment's size.
+    tenant_map: Mutex<Option<Option<Arc<TenantMap>>>>,
 }
 
 /// Segments sealed (or read back in) by this process so far: orders them by age across
@@ -128,6 +139,7 @@ impl Segment {
             &path,
             &offset_index_path(dir, base_offset),
             &time_index_path(dir, base_offset),
+            &tenant_map_path(dir, base_offset),
         ] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| EngineError::io("remove stale", p, e))?;
@@ -204,6 +216,8 @@ impl Segment {
             cache_seq: AtomicU64::new(0),
             fresh: len == 0,
             cache_dropped: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
+            tenant_map: Mutex::new(None),
         };
         Ok(seg)
     }
@@ -255,6 +269,8 @@ impl Segment {
             cache_seq: AtomicU64::new(0),
             fresh: false,
             cache_dropped: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
+            tenant_map: Mutex::new(None),
         })
     }
 
@@ -659,7 +675,45 @@ impl Segment {
             .map_err(|e| EngineError::io("fsync", &self.path, e))?;
         self.index.trim(policy)?;
         self.cache_seq.store(next_cache_seq(), Ordering::Release);
+        self.sealed.store(true, Ordering::Release);
+        // Its tenant map now, while its pages are in the page cache (a walk over its
+        // batch headers: a few ms for 256 MiB), rather than at the first history scan.
+        drop(self.tenant_map());
         Ok(())
+    }
+
+    /// The segment's tenant map (`tenant_map.rs`): the one cached, else the one on disk if
+    /// it is this file's, else one built from the segment's batch headers and stored.
+    /// `None` while the segment takes appends (its end moves) or when it cannot be mapped.
+    pub fn tenant_map(&self) -> Option<Arc<TenantMap>> {
+        if self.writable && !self.sealed.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut cached = self.tenant_map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(map) = cached.as_ref() {
+            return map.clone();
+        }
+        let len = self.len();
+        let identity = FileIdentity::of(&self.file, len);
+        let path = self.path.with_extension("tenantmap");
+        let loaded = identity.and_then(|id| TenantMap::load(&path, &id));
+        let map = loaded.or_else(|| {
+            let built = TenantMap::build(self.bytes(0, len)?);
+            // The walk mapped the page of every batch header: unmapped again, so that a
+            // sealed segment's mapping holds no more pages than its readers touch (the
+            // process's resident size does not grow with the log).
+            let _ = self.unmap_pages();
+            let built = built?;
+            if let Some(id) = identity {
+                if let Err(e) = built.store(&path, &id) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not write a tenant map");
+                }
+            }
+            Some(built)
+        });
+        let map = map.map(Arc::new);
+        *cached = Some(map.clone());
+        map
     }
 
     /// Its place among sealed segments by age, for the page cache budget: 0 for one
@@ -723,6 +777,16 @@ impl Segment {
         }
     }
 
+    /// Asks the kernel to read the published bytes `[from, to)` in, without waiting: a
+    /// reader about to touch exactly these pages through the mapping then finds them in
+    /// flight, and its faults read nothing around them.
+    pub fn will_need(&self, from: u32, to: u32) {
+        let to = to.min(self.len());
+        if from < to {
+            fsio::will_need(&self.file, u64::from(from), u64::from(to - from));
+        }
+    }
+
     /// Whether [`Segment::drop_cache`] has run on it.
     pub fn cache_dropped(&self) -> bool {
         self.cache_dropped.load(Ordering::Acquire)
@@ -738,6 +802,14 @@ impl Segment {
         if self.cache_dropped.swap(true, Ordering::AcqRel) {
             return Ok(false);
         }
+        self.unmap_pages()?;
+        fsio::drop_cached(&self.file, &self.path)?;
+        Ok(true)
+    }
+
+    /// Removes the segment's pages from this process's mapping; they stay in the page
+    /// cache, and the next read maps them again.
+    fn unmap_pages(&self) -> Result<()> {
         if let Some(map) = &self.map {
             // SAFETY: a shared, read-only file mapping: MADV_DONTNEED only unmaps its
             // pages, and the next access reads the same bytes back from the file (unlike
@@ -745,8 +817,7 @@ impl Segment {
             unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) }
                 .map_err(|e| EngineError::io("madvise segment", &self.path, e))?;
         }
-        fsio::drop_cached(&self.file, &self.path)?;
-        Ok(true)
+        Ok(())
     }
 
     /// Removes the segment's files. Readers holding the segment keep their mapping.
@@ -755,6 +826,7 @@ impl Segment {
             self.path.clone(),
             offset_index_path(dir, self.base_offset),
             time_index_path(dir, self.base_offset),
+            tenant_map_path(dir, self.base_offset),
         ] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}

@@ -152,6 +152,21 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Every tenant's history (read through the rewritten segments' tenant maps) is exactly
+/// its records in `rows`, in order.
+fn assert_histories(p: &Partition, rows: &[Row]) {
+    for tenant in [&b"t0"[..], b"t1", b"t2"] {
+        let (got, _) = history_offsets(p, tenant, &Criteria::default(), p.earliest_offset(), 4096);
+        let want: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.1.as_deref() == Some(tenant))
+            .map(|r| r.0)
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "history of {}", String::from_utf8_lossy(tenant));
+    }
+}
+
 #[test]
 fn compaction_keeps_the_latest_of_each_key_at_its_offset_and_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -170,9 +185,15 @@ fn compaction_keeps_the_latest_of_each_key_at_its_offset_and_survives_reopen() {
         );
         assert!(stats.bytes_after < stats.bytes_before);
         let after = read_all(&p);
+        assert_histories(&p, &after);
         engine.close().expect("close");
         (before, after)
     };
+    {
+        // The rewritten segments' maps came with them, and are theirs.
+        let engine = open(dir.path());
+        assert_histories(&partition0(&engine, "t"), &after);
+    }
     assert!(after.len() < before.len());
     // Same state, every kept record exactly as it was at its offset.
     assert_eq!(state_of(&after), state_of(&before));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use tidelog_engine::batch::check_frame;
-use tidelog_engine::extract::{history_step, Criteria};
+use tidelog_engine::extract::Criteria;
 use tidelog_engine::{
     build_batch, EngineConfig, IndexLag, Partition, ProducerStamp, Record, TopicConfig,
 };
@@ -404,21 +404,192 @@ fn history_returns_the_tenants_matching_events_in_offset_order() {
         key_prefix: Some(b"doc".to_vec()),
         headers: vec![(b"type".to_vec(), b"share".to_vec())],
     };
-    let upto = p.next_offset() - 1;
-    let mut got = Vec::new();
-    let mut at = p.offset_for_time(1100);
-    while at <= upto {
-        let (bytes, next) =
-            history_step(&p, &p.segments(), b"acme", &criteria, at, upto, 2000).expect("history");
-        assert!(next > at);
+    let (got, _) = history_offsets(&p, b"acme", &criteria, p.offset_for_time(1100), 2000);
+    assert!(!expected.is_empty());
+    assert_eq!(got, expected);
+}
+
+/// The offsets of `tenant`'s records of type `kind` (any with `None`), read from the
+/// whole log.
+fn tenant_offsets(p: &Partition, tenant: &[u8], kind: Option<&[u8]>) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut at = p.earliest_offset();
+    while at < p.next_offset() {
+        let f = p.read(at, 1 << 20).expect("read");
+        let bytes: &[u8] = &f;
         let mut pos = 0;
         while pos < bytes.len() {
             let v = check_frame(&bytes[pos..]).expect("valid");
-            got.extend(v.records().map(|r| r.expect("record").offset));
+            for r in v.records().map(|r| r.expect("record")) {
+                let typed = kind.is_none_or(|k| r.headers().any(|(n, v)| n == b"type" && v == k));
+                if r.tenant == Some(tenant) && typed {
+                    out.push(r.offset);
+                }
+            }
             pos += v.bytes().len();
         }
-        at = next;
+        at = f.next_offset;
     }
-    assert!(!expected.is_empty());
-    assert_eq!(got, expected);
+    out
+}
+
+#[test]
+fn history_reads_only_the_chunks_its_tenants_map_names_and_misses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segment_bytes = 256 << 10;
+    let tenants: Vec<String> = (0..12).map(|t| format!("tenant-{t}")).collect();
+    let fill = |p: &Partition| {
+        // Runs of 24 batches (~100 KiB) per tenant, so a 64 KiB chunk holds one or two
+        // tenants; a few batches mixed, half "rare" (a mixed batch matches every
+        // tenant's filter); otherwise "rare" only at the very end.
+        let mut next = rng(7);
+        let mut i = 0u64;
+        for round in 0..3 {
+            for t in &tenants {
+                for b in 0..24 {
+                    let mixed = (round + b) % 37 == 0;
+                    let records: Vec<Record> = (0..20)
+                        .map(|r| {
+                            i += 1;
+                            Record {
+                                timestamp_ms: 1,
+                                tenant: Some(
+                                    if mixed && r % 2 == 1 { "rare" } else { t }
+                                        .as_bytes()
+                                        .to_vec(),
+                                ),
+                                key: Some(format!("k{}", next() % 50).into_bytes()),
+                                value: Some(vec![b'v'; 180]),
+                                headers: vec![(
+                                    b"type".to_vec(),
+                                    if i % 3 == 0 { &b"share"[..] } else { b"upload" }.to_vec(),
+                                )],
+                            }
+                        })
+                        .collect();
+                    p.append(&build_batch(&records, ProducerStamp::default()))
+                        .expect("append");
+                }
+            }
+        }
+        for _ in 0..3 {
+            let records: Vec<Record> = (0..20)
+                .map(|_| Record {
+                    timestamp_ms: 1,
+                    tenant: Some(b"rare".to_vec()),
+                    value: Some(vec![b'r'; 180]),
+                    headers: vec![(b"type".to_vec(), b"share".to_vec())],
+                    ..Record::default()
+                })
+                .collect();
+            p.append(&build_batch(&records, ProducerStamp::default()))
+                .expect("append");
+        }
+    };
+    let share = Criteria {
+        headers: vec![(b"type".to_vec(), b"share".to_vec())],
+        ..Criteria::default()
+    };
+    let check = |p: &Partition| {
+        for t in ["tenant-3", "tenant-11", "rare"] {
+            let (got, _) = history_offsets(
+                p,
+                t.as_bytes(),
+                &Criteria::default(),
+                p.earliest_offset(),
+                16 << 10,
+            );
+            assert_eq!(got, tenant_offsets(p, t.as_bytes(), None), "{t}");
+            let (got, _) = history_offsets(p, t.as_bytes(), &share, p.earliest_offset(), 16 << 10);
+            assert_eq!(
+                got,
+                tenant_offsets(p, t.as_bytes(), Some(b"share")),
+                "{t}, type=share"
+            );
+        }
+        assert!(!tenant_offsets(p, b"rare", None).is_empty());
+    };
+    let map_files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let part = dir.join("topics").join("t").join("0");
+        let mut files: Vec<_> = std::fs::read_dir(&part)
+            .expect("partition dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "tenantmap"))
+            .collect();
+        files.sort();
+        files
+    };
+    {
+        let engine = open(dir.path());
+        engine
+            .create_topic("t", small_topic(segment_bytes))
+            .expect("create");
+        let p = partition0(&engine, "t");
+        fill(&p);
+        engine.flush_all().expect("flush"); // seals the rolled segments: their maps
+        let sealed = p.segments().len() - 1;
+        assert!(sealed >= 10, "{sealed} sealed segments");
+        assert_eq!(
+            map_files(dir.path()).len(),
+            sealed,
+            "one map per sealed segment"
+        );
+        check(&p);
+        // Steps of at most 16 KiB of log: the history of every tenant (no map applies)
+        // reads all of it; the rare tenant's reads of the sealed segments only the chunks
+        // with a mixed batch; a twelfth of the log, about a twelfth of the steps.
+        let (_, all) =
+            history_offsets(&p, b"", &Criteria::default(), p.earliest_offset(), 16 << 10);
+        let (_, rare) = history_offsets(
+            &p,
+            b"rare",
+            &Criteria::default(),
+            p.earliest_offset(),
+            16 << 10,
+        );
+        let (_, one) = history_offsets(
+            &p,
+            b"tenant-3",
+            &Criteria::default(),
+            p.earliest_offset(),
+            16 << 10,
+        );
+        assert!(rare * 3 < all, "rare {rare} steps, all {all}");
+        assert!(one * 3 < all, "tenant-3 {one} steps, all {all}");
+        engine.close().expect("close");
+    }
+    // A map torn, one removed, one of another file: each is rebuilt when first needed,
+    // and the history is the same.
+    let maps = map_files(dir.path());
+    let mut torn = std::fs::read(&maps[0]).expect("map");
+    let middle = torn.len() / 2;
+    torn[middle] ^= 0xFF;
+    std::fs::write(&maps[0], torn).expect("tear");
+    std::fs::remove_file(&maps[1]).expect("remove");
+    std::fs::copy(&maps[3], &maps[2]).expect("another's map");
+    let engine = open(dir.path());
+    let p = partition0(&engine, "t");
+    check(&p);
+    let (_, all) = history_offsets(&p, b"", &Criteria::default(), p.earliest_offset(), 16 << 10);
+    let (_, rare) = history_offsets(
+        &p,
+        b"rare",
+        &Criteria::default(),
+        p.earliest_offset(),
+        16 << 10,
+    );
+    assert!(
+        rare * 3 < all,
+        "after a restart: rare {rare} steps, all {all}"
+    );
+    assert_eq!(
+        map_files(dir.path()),
+        maps,
+        "the damaged maps were written again"
+    );
+    let reread: Vec<Vec<u8>> = maps
+        .iter()
+        .map(|m| std::fs::read(m).expect("map"))
+        .collect();
+    assert_ne!(reread[2], reread[3], "each segment its own map");
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tidelog_engine::batch::check_frame;
+use tidelog_engine::extract::{history_step, Criteria};
 use tidelog_engine::{
     build_batch, Engine, EngineConfig, Partition, ProducerStamp, Record, TopicConfig,
 };
@@ -112,4 +113,31 @@ pub fn apply(state: &mut State, bytes: &[u8], tenant: &[u8], from: u64, upto: u6
         }
         pos += v.bytes().len();
     }
+}
+
+/// The offsets a history extraction of `tenant` returns from `from` to the log's end, in
+/// steps of at most `max_bytes` of log each (every step must move on), and the steps.
+pub fn history_offsets(
+    p: &Partition,
+    tenant: &[u8],
+    criteria: &Criteria,
+    from: u64,
+    max_bytes: u32,
+) -> (Vec<u64>, usize) {
+    let upto = p.next_offset() - 1;
+    let (mut got, mut steps, mut at) = (Vec::new(), 0, from);
+    while at <= upto {
+        let (bytes, next) =
+            history_step(p, &p.segments(), tenant, criteria, at, upto, max_bytes).expect("history");
+        assert!(next > at, "a step moves on");
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let v = check_frame(&bytes[pos..]).expect("valid");
+            got.extend(v.records().map(|r| r.expect("record").offset));
+            pos += v.bytes().len();
+        }
+        at = next;
+        steps += 1;
+    }
+    (got, steps)
 }
