@@ -509,6 +509,17 @@ fn history_reads_only_the_chunks_its_tenants_map_names_and_misses_nothing() {
         }
         assert!(!tenant_offsets(p, b"rare", None).is_empty());
     };
+    // Steps of a tenant's whole history, at most 16 KiB of log each.
+    let steps = |p: &Partition, tenant: &[u8]| {
+        history_offsets(
+            p,
+            tenant,
+            &Criteria::default(),
+            p.earliest_offset(),
+            16 << 10,
+        )
+        .1
+    };
     let map_files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
         let part = dir.join("topics").join("t").join("0");
         let mut files: Vec<_> = std::fs::read_dir(&part)
@@ -535,25 +546,10 @@ fn history_reads_only_the_chunks_its_tenants_map_names_and_misses_nothing() {
             "one map per sealed segment"
         );
         check(&p);
-        // Steps of at most 16 KiB of log: the history of every tenant (no map applies)
+        // The history of every tenant (no map applies)
         // reads all of it; the rare tenant's reads of the sealed segments only the chunks
         // with a mixed batch; a twelfth of the log, about a twelfth of the steps.
-        let (_, all) =
-            history_offsets(&p, b"", &Criteria::default(), p.earliest_offset(), 16 << 10);
-        let (_, rare) = history_offsets(
-            &p,
-            b"rare",
-            &Criteria::default(),
-            p.earliest_offset(),
-            16 << 10,
-        );
-        let (_, one) = history_offsets(
-            &p,
-            b"tenant-3",
-            &Criteria::default(),
-            p.earliest_offset(),
-            16 << 10,
-        );
+        let (all, rare, one) = (steps(&p, b""), steps(&p, b"rare"), steps(&p, b"tenant-3"));
         assert!(rare * 3 < all, "rare {rare} steps, all {all}");
         assert!(one * 3 < all, "tenant-3 {one} steps, all {all}");
         engine.close().expect("close");
@@ -570,14 +566,7 @@ fn history_reads_only_the_chunks_its_tenants_map_names_and_misses_nothing() {
     let engine = open(dir.path());
     let p = partition0(&engine, "t");
     check(&p);
-    let (_, all) = history_offsets(&p, b"", &Criteria::default(), p.earliest_offset(), 16 << 10);
-    let (_, rare) = history_offsets(
-        &p,
-        b"rare",
-        &Criteria::default(),
-        p.earliest_offset(),
-        16 << 10,
-    );
+    let (all, rare) = (steps(&p, b""), steps(&p, b"rare"));
     assert!(
         rare * 3 < all,
         "after a restart: rare {rare} steps, all {all}"
