@@ -89,8 +89,10 @@ pub struct Segment {
     cache_dropped: AtomicBool,
     /// Sealed by this process ([`Segment::seal`]): immutable from then on.
     sealed: AtomicBool,
-    /// Its tenant map once a history scan or the seal asked for it ([`Segment::tenant_map`];
-    /// `Some(None)`: the segment could not be mapped). ~0.02 % of the segment's size.
+    /// Its tenant map once a history scan asked for it ([`Segment::tenant_map`];
+    /// `Some(None)`: the segment could not be mapped), ~0.02 % of the segment's size;
+    /// forgotten with the segment's pages ([`Segment::drop_cache`]), so that with a page
+    /// cache budget the maps held are bounded too.
     tenant_map: Mutex<Option<Option<Arc<TenantMap>>>>,
 }
 
@@ -677,8 +679,9 @@ impl Segment {
         self.cache_seq.store(next_cache_seq(), Ordering::Release);
         self.sealed.store(true, Ordering::Release);
         // Its tenant map now, while its pages are in the page cache (a walk over its
-        // batch headers: a few ms for 256 MiB), rather than at the first history scan.
-        drop(self.tenant_map());
+        // batch headers: a few ms for 256 MiB), rather than at the first history scan;
+        // stored, and kept in memory only once a history reads the segment.
+        drop(self.load_or_build_tenant_map());
         Ok(())
     }
 
@@ -693,27 +696,32 @@ impl Segment {
         if let Some(map) = cached.as_ref() {
             return map.clone();
         }
+        let map = self.load_or_build_tenant_map().map(Arc::new);
+        *cached = Some(map.clone());
+        map
+    }
+
+    /// The segment's tenant map from its file if that is this file's, else built from the
+    /// batch headers and stored. Not cached: see [`Segment::tenant_map`].
+    fn load_or_build_tenant_map(&self) -> Option<TenantMap> {
         let len = self.len();
         let identity = FileIdentity::of(&self.file, len);
         let path = self.path.with_extension("tenantmap");
-        let loaded = identity.and_then(|id| TenantMap::load(&path, &id));
-        let map = loaded.or_else(|| {
-            let built = TenantMap::build(self.bytes(0, len)?);
-            // The walk mapped the page of every batch header: unmapped again, so that a
-            // sealed segment's mapping holds no more pages than its readers touch (the
-            // process's resident size does not grow with the log).
-            let _ = self.unmap_pages();
-            let built = built?;
-            if let Some(id) = identity {
-                if let Err(e) = built.store(&path, &id) {
-                    tracing::warn!(path = %path.display(), error = %e, "could not write a tenant map");
-                }
+        if let Some(map) = identity.and_then(|id| TenantMap::load(&path, &id)) {
+            return Some(map);
+        }
+        let built = TenantMap::build(self.bytes(0, len)?);
+        // The walk mapped the page of every batch header: unmapped again, so that a
+        // sealed segment's mapping holds no more pages than its readers touch (the
+        // process's resident size does not grow with the log).
+        let _ = self.unmap_pages();
+        let built = built?;
+        if let Some(id) = identity {
+            if let Err(e) = built.store(&path, &id) {
+                tracing::warn!(path = %path.display(), error = %e, "could not write a tenant map");
             }
-            Some(built)
-        });
-        let map = map.map(Arc::new);
-        *cached = Some(map.clone());
-        map
+        }
+        Some(built)
     }
 
     /// Its place among sealed segments by age, for the page cache budget: 0 for one
@@ -802,6 +810,7 @@ impl Segment {
         if self.cache_dropped.swap(true, Ordering::AcqRel) {
             return Ok(false);
         }
+        *self.tenant_map.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.unmap_pages()?;
         fsio::drop_cached(&self.file, &self.path)?;
         Ok(true)
