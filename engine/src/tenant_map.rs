@@ -12,9 +12,9 @@
 //! ~20 KiB, a chunk holds the batches of about three tenants (at most six bits set), so
 //! another tenant matches it with odds of about 1 in 100 ((6/64)²).
 //!
-//! The map is derived data: it is never needed for correctness, only for speed, so a map
-//! that is missing, torn, or of another file is rebuilt from the segment (one walk over
-//! its batch headers) and written again, and it is never synced. It names the file it
+//! The map is derived data: a scan without it is only slower, so a map that is missing,
+//! torn, or of another file is never used — it is rebuilt from the segment (one walk over
+//! its batch headers) and written again — and it is never synced. It names the file it
 //! describes by inode, modification time and length, which a compaction's rewrite (a new
 //! file renamed into place) or recovery's cut (a modified file) changes.
 //!
