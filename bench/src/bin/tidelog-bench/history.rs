@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tidelog_client::{
-    build_batch, Ack, ExtractCriteria, ExtractEvent, ExtractMode, ProducerStamp, Record, StartAt,
+    build_batch, Ack, ExtractCriteria, ExtractMode, ProducerStamp, Record, StartAt,
 };
 
 use crate::report::Report;
-use crate::scenarios::create_topic;
+use crate::scenarios::{create_topic, drain_to_watermark};
 use crate::verify::Verdict;
 use crate::{Common, Target};
 
@@ -114,21 +114,12 @@ pub fn history(
         .extract_then_follow(&c.topic, TENANT, ExtractMode::History, criteria)
         .map_err(|e| format!("extract: {e}"))?;
     let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
-    let mut first_record = None;
     let mut bytes = 0u64;
-    let watermark = loop {
-        match stream.next_timeout(c.timeout).map_err(|e| e.to_string())? {
-            Some(ExtractEvent::Snapshot(r)) => {
-                first_record.get_or_insert_with(|| started.elapsed());
-                let value = r.value.unwrap_or_default();
-                bytes += value.len() as u64;
-                got.push((r.offset, value));
-            }
-            Some(ExtractEvent::Watermark { offset, .. }) => break offset,
-            Some(ExtractEvent::Live(_)) => return Err("live record before the watermark".into()),
-            None => return Err("history extraction timed out".into()),
-        }
-    };
+    let (watermark, first_record) = drain_to_watermark(&mut stream, c.timeout, started, |r| {
+        let value = r.value.unwrap_or_default();
+        bytes += value.len() as u64;
+        got.push((r.offset, value));
+    })?;
     let seconds = started.elapsed().as_secs_f64();
     drop(stream);
     // The whole partition up to the watermark, as the fastest consumer without history

@@ -640,6 +640,30 @@ pub fn e2e(
     })
 }
 
+/// Drains an extraction up to its watermark, handing every record to `record`. Returns
+/// the watermark (`None`: the partition was empty) and when the first record came, after
+/// `started`.
+pub(crate) fn drain_to_watermark(
+    stream: &mut tidelog_client::ExtractThenFollow,
+    timeout: Duration,
+    started: Instant,
+    mut record: impl FnMut(tidelog_client::ConsumedRecord),
+) -> Result<(Option<u64>, Option<Duration>), String> {
+    use tidelog_client::ExtractEvent;
+    let mut first_record = None;
+    loop {
+        match stream.next_timeout(timeout).map_err(|e| e.to_string())? {
+            Some(ExtractEvent::Snapshot(r)) => {
+                first_record.get_or_insert_with(|| started.elapsed());
+                record(r);
+            }
+            Some(ExtractEvent::Watermark { offset, .. }) => return Ok((offset, first_record)),
+            Some(ExtractEvent::Live(_)) => return Err("live record before the watermark".into()),
+            None => return Err("extraction timed out".into()),
+        }
+    }
+}
+
 /// `extract`: a tenant with `keys` live keys, writers updating them throughout; the
 /// extraction's time to first record and snapshot rate, then the live catch-up after the
 /// writers stop. Verified: the snapshot holds every key exactly once, and snapshot ∪ live
@@ -758,28 +782,20 @@ pub fn extract(
         )
         .map_err(|e| format!("extract: {e}"))?;
     let mut state: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
-    let mut first_record = None;
     let mut duplicate = 0u64;
     let mut bytes = 0u64;
-    let watermark = loop {
-        match stream.next_timeout(c.timeout).map_err(|e| e.to_string())? {
-            Some(ExtractEvent::Snapshot(r)) => {
-                first_record.get_or_insert_with(|| started.elapsed());
-                let value = r.value.unwrap_or_default();
-                bytes += value.len() as u64;
-                if state
-                    .insert(r.key.unwrap_or_default(), (r.offset, value))
-                    .is_some()
-                {
-                    duplicate += 1;
-                }
-                progress.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(ExtractEvent::Watermark { offset, .. }) => break offset.unwrap_or(0),
-            Some(ExtractEvent::Live(_)) => return Err("live record before the watermark".into()),
-            None => return Err("extraction timed out".into()),
+    let (watermark, first_record) = drain_to_watermark(&mut stream, c.timeout, started, |r| {
+        let value = r.value.unwrap_or_default();
+        bytes += value.len() as u64;
+        if state
+            .insert(r.key.unwrap_or_default(), (r.offset, value))
+            .is_some()
+        {
+            duplicate += 1;
         }
-    };
+        progress.fetch_add(1, Ordering::Relaxed);
+    })?;
+    let watermark = watermark.unwrap_or(0);
     let seconds = started.elapsed().as_secs_f64();
     let snapshot_records = state.len() as u64 + duplicate;
     // Live catch-up: stop the writers; follow up to the tenant's last record.
