@@ -112,6 +112,21 @@ fn tenant_map(c: &mut Criterion) {
     group.bench_function("build_64MiB", |b| {
         b.iter(|| black_box(TenantMap::build(&segment).map(|m| m.heap_bytes())))
     });
+    // The worst case for the walk: a batch per record of 100 bytes.
+    let mut singles = Vec::with_capacity(64 << 20);
+    while singles.len() < 64 << 20 {
+        let record = Record {
+            timestamp_ms: 1_700_000_000_000,
+            tenant: Some(format!("tenant-{}", singles.len() % 64).into_bytes()),
+            key: Some(b"file-00000001".to_vec()),
+            value: Some(vec![7; 100]),
+            headers: Vec::new(),
+        };
+        singles.extend(build_batch(&[record], ProducerStamp::default()));
+    }
+    group.bench_function("build_64MiB_single_record_batches", |b| {
+        b.iter(|| black_box(TenantMap::build(&singles).map(|m| m.heap_bytes())))
+    });
     let map = TenantMap::build(&segment).expect("map");
     let bits = tenant_bits(b"tenant-7");
     group.bench_function("chunks_of_one_tenant_64MiB", |b| {

@@ -242,6 +242,8 @@ pub fn rewrite(
             seg.append(bytes, &view.header, *offset)?;
         }
         seg.seal(0, sync)?;
+        // Its tenant map goes into place with it.
+        seg.store_tenant_map();
         // Check what was written before committing to it.
         drop(seg);
         let check = Segment::open_closed(&scratch, base, index_interval_bytes)?;

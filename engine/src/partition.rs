@@ -1222,6 +1222,9 @@ impl Partition {
             // of a wake-up's worth should not wait for more appends.
             self.poke_indexer();
         }
+        for sealed in &unsealed {
+            sealed.store_tenant_map();
+        }
         Ok(())
     }
 
@@ -1377,6 +1380,7 @@ impl Partition {
             self.poison(&e);
             return Err(e);
         }
+        w.active.store_tenant_map();
         let next = self.next_offset();
         drop(w);
         let path = self.dir.join(TENANT_INDEX_FILE);

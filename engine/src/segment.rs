@@ -678,11 +678,19 @@ impl Segment {
         self.index.trim(policy)?;
         self.cache_seq.store(next_cache_seq(), Ordering::Release);
         self.sealed.store(true, Ordering::Release);
-        // Its tenant map now, while its pages are in the page cache (a walk over its
-        // batch headers: a few ms for 256 MiB), rather than at the first history scan;
-        // stored, and kept in memory only once a history reads the segment.
-        drop(self.load_or_build_tenant_map());
         Ok(())
+    }
+
+    /// Makes and stores the sealed segment's tenant map now, while its pages are in the
+    /// page cache (a walk over its batch headers: a few ms for 256 MiB of 20 KiB batches,
+    /// tens of ms of single 100-byte records), rather than at the first history that reads it, from
+    /// the disk. Not kept in memory (see [`Segment::tenant_map`]). The flusher calls it
+    /// after the flush that sealed the segment has made its data durable, so that no
+    /// durable acknowledgement waits for it.
+    pub fn store_tenant_map(&self) {
+        if self.sealed.load(Ordering::Acquire) || !self.writable {
+            drop(self.load_or_build_tenant_map());
+        }
     }
 
     /// The segment's tenant map (`tenant_map.rs`): the one cached, else the one on disk if
