@@ -689,7 +689,12 @@ impl Segment {
     /// durable acknowledgement waits for it.
     pub fn store_tenant_map(&self) {
         if self.sealed.load(Ordering::Acquire) || !self.writable {
-            drop(self.load_or_build_tenant_map());
+            // Under the cache's lock, as `tenant_map`: a history reading the segment
+            // meanwhile neither builds it a second time nor writes the same file at once.
+            let cached = self.tenant_map.lock().unwrap_or_else(|p| p.into_inner());
+            if cached.is_none() {
+                drop(self.load_or_build_tenant_map());
+            }
         }
     }
 
